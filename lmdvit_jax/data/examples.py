@@ -1,0 +1,86 @@
+"""Examples, samples and the random-access `Source` every reader implements.
+
+Two forms of the same record:
+
+* an *example* is what is stored: `blur`, `sharp` uint8 [H, W, 3], `mask` uint8
+  [H, W, 1] in {0, 1} (1 = blurred), plus a `name` string. TFDS builders write
+  it and the training pipeline crops it (cropping uint8 is cheaper than float).
+* a *sample* is what models see: `blur`, `sharp` float32 [H, W, 3] in [0, 1],
+  `mask` float32 [H, W, 1] in {0, 1}, plus `name`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+Example = dict[str, Any]
+Sample = dict[str, Any]
+
+IMAGE_KEYS = ('blur', 'sharp', 'mask')
+
+
+class DataError(ValueError):
+  """A dataset on disk is not what its reader expects (pairs, sizes, files)."""
+
+
+def check_example(example: Example, where: str = '') -> Example:
+  """Checks dtypes, ranks and matching sizes of an example; returns it."""
+  at = f' in {where}' if where else ''
+  for key in IMAGE_KEYS:
+    if key not in example:
+      raise DataError(f'Missing {key!r}{at}.')
+    a = example[key]
+    if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 3:
+      raise DataError(f'{key!r}{at} must be a uint8 [H, W, C] array, got '
+                      f'{getattr(a, "dtype", type(a))} {np.shape(a)}.')
+  sizes = {k: example[k].shape[:2] for k in IMAGE_KEYS}
+  if len(set(sizes.values())) != 1:
+    raise DataError(f'Size mismatch between blur, sharp and mask{at}: '
+                    + ', '.join(f'{k} {h}x{w}' for k, (h, w) in sizes.items())
+                    + ' (height x width).')
+  if example['blur'].shape[2] != 3 or example['sharp'].shape[2] != 3:
+    raise DataError(f'blur and sharp must have 3 channels{at}.')
+  if example['mask'].shape[2] != 1:
+    raise DataError(f'mask must have 1 channel{at}.')
+  return example
+
+
+def to_sample(example: Example) -> Sample:
+  """uint8 example -> float32 sample in [0, 1] (other keys pass through)."""
+  sample = dict(example)
+  sample['blur'] = example['blur'].astype(np.float32) / 255.0
+  sample['sharp'] = example['sharp'].astype(np.float32) / 255.0
+  sample['mask'] = (example['mask'] > 0).astype(np.float32)
+  return sample
+
+
+class Source(Sequence):
+  """A random-access collection of full-resolution examples.
+
+  Subclasses implement `__len__` and `_example(index)`. Indexing a source gives
+  float32 samples (with `name`); `example(index)` gives the stored uint8 form.
+  Sources hold only file lists and settings, so they pickle cheaply (grain
+  workers) and read lazily.
+  """
+
+  def __len__(self) -> int:
+    raise NotImplementedError
+
+  def _example(self, index: int) -> Example:
+    raise NotImplementedError
+
+  def example(self, index: int) -> Example:
+    """uint8 example `index` (negative indices count from the end)."""
+    n = len(self)
+    if not -n <= index < n:
+      raise IndexError(f'index {index} out of range for {n} examples')
+    return self._example(int(index) % n)
+
+  def __getitem__(self, index: int) -> Sample:  # pytype: disable=signature-mismatch
+    return to_sample(self.example(index))
+
+  def __repr__(self) -> str:
+    return f'{type(self).__name__}({len(self)} examples)'

@@ -1,0 +1,410 @@
+"""Seeded synthesis of local motion blur triples (blur, sharp, mask).
+
+A soft-edged object cut from one photograph moves over a static background cut
+from another one, while the camera stands still. In linear light, with `K` the
+object's motion kernel (centred at mid-exposure) and `alpha` its matte:
+
+    sharp   = alpha * F + (1 - alpha) * B
+    blurred = K * (alpha * F) + (1 - K * alpha) * B
+
+and the mask marks every pixel the object covered at some time during the
+exposure. Outside the mask blurred and sharp are bit-identical, also after the
+optional noise (the same noise field goes into both images, as scene texture).
+
+Sources of sharp photographs: the RGB and grey photographs bundled inside
+scikit-image (read as files from the installed package, never downloaded), or a
+folder of the user's own photographs. Both split into disjoint train and test
+photos so a held-out test set never shows a training photo.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import importlib.resources
+import os
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from scipy import fft as sp_fft
+
+from lmdvit_jax.data import image_files
+from lmdvit_jax.data.examples import DataError, Example, Source
+
+# Files in `skimage/data` (shipped in the wheel; no network fetch). Photos of the
+# same scene (the two motorcycle views) stay in the same split.
+SKIMAGE_PHOTOS = {
+    'astronaut': 'astronaut.png',
+    'coffee': 'coffee.png',
+    'rocket': 'rocket.jpg',
+    'motorcycle_left': 'motorcycle_left.png',
+    'motorcycle_right': 'motorcycle_right.png',
+    'hubble_deep_field': 'hubble_deep_field.jpg',
+    'immunohistochemistry': 'ihc.png',
+    'camera': 'camera.png',
+    'brick': 'brick.png',
+    'grass': 'grass.png',
+    'moon': 'moon.png',
+    'chelsea': 'chelsea.png',
+    'coins': 'coins.png',
+    'gravel': 'gravel.png',
+}
+TEST_PHOTOS = ('chelsea', 'coins', 'gravel')
+TRAIN_PHOTOS = tuple(n for n in SKIMAGE_PHOTOS if n not in TEST_PHOTOS)
+
+_SPLIT_CODES = {'train': 0, 'test': 1}
+
+# ---------------------------------------------------------------------------
+# Colour: sRGB <-> linear light.
+
+_SRGB_TO_LINEAR_LUT = None
+
+
+def srgb_to_linear(x: np.ndarray) -> np.ndarray:
+  """Inverse sRGB transfer. uint8 input uses a 256-entry table (fast)."""
+  global _SRGB_TO_LINEAR_LUT
+  if x.dtype == np.uint8:
+    if _SRGB_TO_LINEAR_LUT is None:
+      _SRGB_TO_LINEAR_LUT = srgb_to_linear(np.arange(256, dtype=np.float32) / 255.0)
+    return _SRGB_TO_LINEAR_LUT[x]
+  x = np.asarray(x, np.float32)
+  return np.where(x <= 0.04045, x / 12.92, ((x + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+_LINEAR_TO_SRGB_LUT = None
+_LUT_LEVELS = 1 << 16  # Linear step 1.5e-5: far below an 8-bit sRGB step anywhere.
+
+
+def linear_to_srgb(x: np.ndarray) -> np.ndarray:
+  """sRGB transfer on float linear values (clipped to [0, 1]), float32.
+
+  Looked up in a 65536-entry table: pow() on every pixel was the slowest step of
+  synthesis.
+  """
+  global _LINEAR_TO_SRGB_LUT
+  if _LINEAR_TO_SRGB_LUT is None:
+    v = np.linspace(0.0, 1.0, _LUT_LEVELS, dtype=np.float64)
+    _LINEAR_TO_SRGB_LUT = np.where(
+        v <= 0.0031308, v * 12.92, 1.055 * v ** (1 / 2.4) - 0.055).astype(np.float32)
+  index = np.clip(np.asarray(x, np.float32), 0.0, 1.0) * (_LUT_LEVELS - 1) + 0.5
+  return _LINEAR_TO_SRGB_LUT[index.astype(np.int32)]
+
+
+# ---------------------------------------------------------------------------
+# Photographs.
+
+
+@functools.lru_cache(maxsize=None)
+def _skimage_photo(name: str) -> np.ndarray:
+  path = importlib.resources.files('skimage') / 'data' / SKIMAGE_PHOTOS[name]
+  with importlib.resources.as_file(path) as p:
+    return image_files.load_rgb(p)
+
+
+class PhotoPool(Sequence):
+  """Named sharp photographs, uint8 [H, W, 3], decoded on first use and cached."""
+
+  def __init__(self, names: Sequence[str], loader, description: str):
+    if not names:
+      raise DataError(f'No photographs in {description}.')
+    self.names = tuple(names)
+    self._loader = loader
+    self.description = description
+
+  def __len__(self) -> int:
+    return len(self.names)
+
+  def __getitem__(self, index: int) -> np.ndarray:
+    return self._loader(self.names[index])
+
+  def __repr__(self) -> str:
+    return f'PhotoPool({self.description}: {len(self)} photos)'
+
+
+def skimage_photos(split: str = 'train') -> PhotoPool:
+  """The photographs bundled with scikit-image: `train`, `test` or `all`."""
+  names = {'train': TRAIN_PHOTOS, 'test': TEST_PHOTOS, 'all': tuple(SKIMAGE_PHOTOS)}
+  if split not in names:
+    raise ValueError(f'split must be train, test or all, got {split!r}')
+  return PhotoPool(names[split], _skimage_photo, f'scikit-image {split} photos')
+
+
+@functools.lru_cache(maxsize=64)
+def _folder_photo(path: str) -> np.ndarray:
+  return image_files.load_rgb(path)
+
+
+def folder_photos(folder: str | os.PathLike, split: str = 'train',
+                  test_fraction: float = 0.2) -> PhotoPool:
+  """Sharp photographs from a folder (recursive), split by a hash of their names.
+
+  A photo's split depends only on its relative path, so adding photos never
+  moves existing ones between splits. With at least two photos each split gets
+  at least one.
+  """
+  files = image_files.list_images(folder)
+  if not files:
+    raise DataError(f'No image files ({", ".join(image_files.IMAGE_SUFFIXES)}) in {folder}.')
+  keys = sorted(files)
+  score = {k: zlib.crc32(k.encode()) / 2**32 for k in keys}
+  test = {k for k in keys if score[k] < test_fraction}
+  if len(keys) >= 2 and not test:
+    test = {min(keys, key=score.get)}
+  if len(keys) >= 2 and len(test) == len(keys):
+    test.discard(max(keys, key=score.get))
+  chosen = {'train': [k for k in keys if k not in test],
+            'test': [k for k in keys if k in test], 'all': keys}
+  if split not in chosen:
+    raise ValueError(f'split must be train, test or all, got {split!r}')
+  paths = {k: str(files[k]) for k in keys}
+  return PhotoPool(chosen[split], lambda k: _folder_photo(paths[k]),
+                   f'{split} photos of {folder}')
+
+
+# ---------------------------------------------------------------------------
+# Motion: trajectories and kernels.
+
+TRAJECTORY_KINDS = ('linear', 'random_walk', 'curved')
+
+
+def random_trajectory(rng: np.random.Generator, length: float,
+                      kind: str | None = None) -> np.ndarray:
+  """Object positions during the exposure, [N, 2] (dy, dx) in pixels.
+
+  Constant speed along a path of arc length `length`; samples are at most 1/4 px
+  apart and the middle sample (mid-exposure) is at the origin.
+  """
+  kind = kind or TRAJECTORY_KINDS[rng.integers(len(TRAJECTORY_KINDS))]
+  n = int(np.ceil(4 * length)) | 1  # Odd, so there is a middle sample.
+  theta0 = rng.uniform(0, 2 * np.pi)
+  if kind == 'linear':
+    headings = np.full(n - 1, theta0)
+  elif kind == 'curved':
+    turn = rng.uniform(np.pi / 6, np.pi) * rng.choice([-1, 1])
+    headings = theta0 + turn * np.linspace(-0.5, 0.5, n - 1)
+  elif kind == 'random_walk':
+    # Heading changes smoothly: integrated noise, so the path wiggles, not jitters.
+    knots = rng.normal(0, 1.2, size=8).cumsum()
+    headings = theta0 + np.interp(np.linspace(0, 7, n - 1), np.arange(8), knots - knots.mean())
+  else:
+    raise ValueError(f'kind must be one of {TRAJECTORY_KINDS}, got {kind!r}')
+  step = length / (n - 1)
+  steps = step * np.stack([np.sin(headings), np.cos(headings)], axis=1)
+  path = np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
+  return path - path[n // 2]
+
+
+def trajectory_kernel(points: np.ndarray) -> np.ndarray:
+  """Splats a trajectory (bilinear) into a normalised kernel, [k, k] float32.
+
+  `k` is odd and the kernel centre is the trajectory origin (mid-exposure), so
+  convolving the object with it keeps the object's mid-exposure position.
+  """
+  r = int(np.ceil(np.abs(points).max(initial=0.0))) + 1
+  k = 2 * r + 1
+  p = points + r
+  y0, x0 = np.floor(p[:, 0]).astype(int), np.floor(p[:, 1]).astype(int)
+  fy, fx = p[:, 0] - y0, p[:, 1] - x0
+  kernel = np.zeros(k * k, np.float64)
+  for dy, wy in ((0, 1 - fy), (1, fy)):
+    for dx, wx in ((0, 1 - fx), (1, fx)):
+      np.add.at(kernel, (y0 + dy) * k + (x0 + dx), wy * wx)
+  kernel = kernel.reshape(k, k)
+  kernel[kernel < 1e-6 * kernel.max()] = 0.0  # Drop splat crumbs: a crisp support.
+  return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _full_convolve(x: np.ndarray, kernels: Sequence[np.ndarray],
+                   channels: Sequence[slice]) -> list[np.ndarray]:
+  """'Full' 2-D convolutions of channel groups of x [h, w, c] by FFT."""
+  h, w = x.shape[:2]
+  k = kernels[0].shape[0]
+  shape = (sp_fft.next_fast_len(h + k - 1, real=True),
+           sp_fft.next_fast_len(w + k - 1, real=True))
+  fx = sp_fft.rfft2(x, s=shape, axes=(0, 1))
+  out = []
+  for kernel, sl in zip(kernels, channels):
+    fk = sp_fft.rfft2(kernel, s=shape)[:, :, None]
+    y = sp_fft.irfft2(fx[:, :, sl] * fk, s=shape, axes=(0, 1))
+    out.append(y[:h + k - 1, :w + k - 1])
+  return out
+
+
+# ---------------------------------------------------------------------------
+# Objects and crops.
+
+
+def random_blob_alpha(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
+  """A random soft-edged blob filling part of an h x w box, [h, w] float32.
+
+  A smooth random field plus an elliptic bump, thresholded with a soft ramp.
+  The alpha is exactly 0 on and near the box border, so the object's support
+  (alpha > 0) is crisp and lies inside the box.
+  """
+  yy = np.linspace(-1, 1, h, dtype=np.float32)[:, None]
+  xx = np.linspace(-1, 1, w, dtype=np.float32)[None, :]
+  bump = 1.0 - (yy**2 + xx**2)  # <= 0 outside the inscribed ellipse.
+  grid = rng.uniform(-1, 1, size=(5, 5)).astype(np.float32)
+  noise = np.asarray(Image.fromarray(grid, mode='F').resize((w, h), Image.BICUBIC))
+  field = bump + 0.35 * np.clip(noise, -1, 1)
+  threshold, soft = 0.4, rng.uniform(0.03, 0.25)
+  t = np.clip((field - threshold) / soft, 0.0, 1.0)
+  return (t * t * (3 - 2 * t)).astype(np.float32)  # Smoothstep edge.
+
+
+def _random_crop(rng: np.random.Generator, photo: np.ndarray, h: int, w: int,
+                 max_zoom: float = 2.5) -> np.ndarray:
+  """A random h x w view of a photo: random zoom (down-scaling preferred), flip."""
+  ph, pw = photo.shape[:2]
+  top = min(max_zoom, ph / h, pw / w)
+  zoom = rng.uniform(min(1.0, top), top)
+  ch, cw = min(ph, max(1, round(h * zoom))), min(pw, max(1, round(w * zoom)))
+  y, x = rng.integers(0, ph - ch + 1), rng.integers(0, pw - cw + 1)
+  crop = photo[y:y + ch, x:x + cw]
+  if (ch, cw) != (h, w):
+    crop = np.asarray(Image.fromarray(crop).resize((w, h), Image.BILINEAR))
+  if rng.random() < 0.5:
+    crop = crop[:, ::-1]
+  return crop
+
+
+# ---------------------------------------------------------------------------
+# The triple.
+
+
+def _overlap(canvas_hw, top_left, box_hw):
+  """Slices (canvas, box) of where a box at `top_left` overlaps the canvas."""
+  (h, w), (by, bx), (bh, bw) = canvas_hw, top_left, box_hw
+  y0, y1, x0, x1 = max(0, by), min(h, by + bh), max(0, bx), min(w, bx + bw)
+  if y0 >= y1 or x0 >= x1:
+    return None
+  return ((slice(y0, y1), slice(x0, x1)),
+          (slice(y0 - by, y1 - by), slice(x0 - bx, x1 - bx)))
+
+
+@dataclasses.dataclass(frozen=True)
+class BlurSettings:
+  """How triples look. Lengths are trajectory arc lengths in pixels."""
+  blur_length: tuple[float, float] = (8.0, 64.0)
+  object_size: tuple[float, float] = (0.2, 0.6)  # Box side / min(H, W).
+  num_objects: tuple[int, int] = (1, 2)  # Inclusive range.
+  max_noise: float = 0.01  # Std of the shared sRGB noise, drawn in [0, max].
+  kinds: tuple[str, ...] = TRAJECTORY_KINDS
+
+
+def synthesize(rng: np.random.Generator, photos: Sequence[np.ndarray],
+               size: tuple[int, int],
+               settings: BlurSettings = BlurSettings()) -> Example:
+  """One local motion blur triple.
+
+  Args:
+    rng: the only source of randomness (same state -> same triple).
+    photos: a pool of uint8 [h, w, 3] photographs (a `PhotoPool`).
+    size: (H, W) of the triple.
+    settings: blur, object and noise ranges.
+
+  Returns:
+    `blur`, `sharp` uint8 [H, W, 3] and `mask` uint8 [H, W, 1] in {0, 1}.
+  """
+  h, w = size
+  n = len(photos)
+  bg_index = int(rng.integers(n))
+  background = srgb_to_linear(_random_crop(rng, photos[bg_index], h, w))
+  sharp = background.copy()
+  blurred = background.copy()
+  swept = np.zeros((h, w), bool)
+
+  lo, hi = settings.num_objects
+  for _ in range(int(rng.integers(lo, hi + 1))):
+    # The object comes from another photo than the background when possible.
+    fg_index = int(rng.integers(n - 1)) if n > 1 else 0
+    fg_index += int(n > 1 and fg_index >= bg_index)
+    side = min(h, w)
+    oh = max(4, round(side * rng.uniform(*settings.object_size)))
+    ow = max(4, round(oh * rng.uniform(0.6, 1.6)))
+    obj = srgb_to_linear(_random_crop(rng, photos[fg_index], oh, ow))
+    alpha = random_blob_alpha(rng, oh, ow)
+    # Mid-exposure box position; may hang over the border (motion brings it in).
+    y0 = int(rng.integers(-oh // 3, h - 2 * oh // 3 + 1))
+    x0 = int(rng.integers(-ow // 3, w - 2 * ow // 3 + 1))
+
+    kind = settings.kinds[rng.integers(len(settings.kinds))]
+    kernel = trajectory_kernel(random_trajectory(rng, rng.uniform(*settings.blur_length), kind))
+    r = kernel.shape[0] // 2
+    support = (alpha > 0).astype(np.float32)
+    stack = np.concatenate([alpha[..., None] * obj, alpha[..., None], support[..., None]], axis=2)
+    moved, covered = _full_convolve(
+        stack, [kernel, (kernel > 0).astype(np.float32)], [slice(0, 4), slice(4, 5)])
+
+    # Sharp: the object at its mid-exposure box (y0, x0).
+    region = _overlap((h, w), (y0, x0), (oh, ow))
+    if region:
+      canvas, local = region
+      a = alpha[local][..., None]
+      sharp[canvas] = a * obj[local] + (1 - a) * sharp[canvas]
+    # Blurred: the object's motion, a box grown by the kernel radius r.
+    region = _overlap((h, w), (y0 - r, x0 - r), moved.shape[:2])
+    if region:
+      canvas, local = region
+      here = covered[local][..., 0] > 0.5
+      k_alpha = np.clip(moved[local][..., 3:4], 0.0, 1.0)
+      mixed = np.clip(moved[local][..., :3], 0.0, None) + (1 - k_alpha) * blurred[canvas]
+      blurred[canvas] = np.where(here[..., None], mixed, blurred[canvas])
+      swept[canvas] |= here
+
+  # Outside the swept area both images are the background bit for bit.
+  blurred = np.where(swept[..., None], blurred, sharp)
+  pair = linear_to_srgb(np.stack([blurred, sharp]))
+  if settings.max_noise > 0:
+    sigma = rng.uniform(0, settings.max_noise)
+    pair = pair + rng.normal(0, sigma, size=(h, w, 3)).astype(np.float32)
+  pair = np.clip(np.round(pair * 255.0), 0, 255).astype(np.uint8)
+  return {'blur': pair[0], 'sharp': pair[1], 'mask': swept.astype(np.uint8)[..., None]}
+
+
+class SyntheticSource(Source):
+  """`count` synthetic triples of a fixed size; example i depends only on (seed, split, i).
+
+  Train and test use disjoint photos and disjoint random streams, so
+  `SyntheticSource(split='test')` is a held-out set for a model trained on
+  `SyntheticSource(split='train')`, whatever the seeds.
+  """
+
+  def __init__(self, count: int = 100, size: int | tuple[int, int] = 256, seed: int = 0,
+               split: str = 'train', photos: str | os.PathLike | None = None,
+               settings: BlurSettings = BlurSettings()):
+    if split not in _SPLIT_CODES:
+      raise ValueError(f'split must be train or test, got {split!r}')
+    if count < 1:
+      raise ValueError(f'count must be positive, got {count}')
+    self.count = int(count)
+    self.size = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
+    if min(self.size) < 16:
+      raise ValueError(f'size must be at least 16 pixels, got {self.size}')
+    self.seed = int(seed)
+    self.split = split
+    self.photos_folder = None if photos is None else str(photos)
+    self.settings = settings
+
+  @functools.cached_property
+  def photos(self) -> PhotoPool:
+    if self.photos_folder is None:
+      return skimage_photos(self.split)
+    return folder_photos(self.photos_folder, self.split)
+
+  def __len__(self) -> int:
+    return self.count
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.pop('photos', None)  # Rebuilt lazily in each worker.
+    return state
+
+  def _example(self, index: int) -> Example:
+    rng = np.random.default_rng([self.seed, _SPLIT_CODES[self.split], index])
+    example = synthesize(rng, self.photos, self.size, self.settings)
+    example['name'] = f'synthetic_{self.split}_{self.seed}_{index:06d}'
+    return example

@@ -1,0 +1,189 @@
+"""Transformer block and the adaptive window pruning Transformer stage (AdaWPT)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmdvit_jax.models import pruning
+from lmdvit_jax.models import windows as win
+from lmdvit_jax.models.attention import WindowAttention
+from lmdvit_jax.models.feedforward import WLeFF
+
+
+class TransformerBlock(nn.Module):
+  """LN, W-MSA, residual, LN, W-LeFF, residual, all inside windows.
+
+  Both residual branches are multiplied by the window's keep value, so a window
+  with keep 0 leaves the block bit-identical to how it came in (the official
+  inference skips it; its training path multiplies the same way).
+  """
+
+  dim: int
+  num_heads: int
+  win_size: int
+  mlp_ratio: float = 4.0
+  modulator: bool = False
+  drop_path: float = 0.0
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, windows: jax.Array, keep: jax.Array, region_ids: jax.Array | None,
+               *, train: bool) -> jax.Array:
+    """Runs the block on windows.
+
+    Args:
+      windows: `[n, ws, ws, C]`.
+      keep: `[n]` keep value per window (hard 0/1; straight-through in training).
+      region_ids: `[n, ws*ws]` shift-region labels, or None for unshifted blocks.
+      train: enables stochastic depth (rng stream `dropout`).
+
+    Returns:
+      `[n, ws, ws, C]`.
+    """
+    n, ws, _, c = windows.shape
+    k = keep.astype(windows.dtype)[:, None, None, None]
+    norm = lambda name: nn.LayerNorm(epsilon=pruning.LN_EPS, use_fast_variance=False, name=name)
+
+    h = (norm('norm1')(windows) * k).reshape(n, ws * ws, c)
+    if self.modulator:
+      # A learned [ws*ws, C] table added to every window (nn.Embedding init).
+      h = h + self.param('modulator', nn.initializers.normal(1.0), (ws * ws, c))
+    a = WindowAttention(c, self.num_heads, ws, dtype=self.dtype, name='attn')(h, region_ids)
+    x = windows + self._drop_path(a.reshape(n, ws, ws, c), train) * k
+    f = WLeFF(c, int(c * self.mlp_ratio), dtype=self.dtype, name='mlp')(norm('norm2')(x))
+    return x + self._drop_path(f, train) * k
+
+  def _drop_path(self, y: jax.Array, train: bool) -> jax.Array:
+    # Stochastic depth per window: the official block applies it to a tensor
+    # whose leading axis is batch x windows.
+    if not train or self.drop_path == 0.0:
+      return y
+    keep_prob = 1.0 - self.drop_path
+    mask = jax.random.bernoulli(self.make_rng('dropout'), keep_prob, (y.shape[0], 1, 1, 1))
+    return y * mask.astype(y.dtype) / keep_prob
+
+
+class AdaWPTStage(nn.Module):
+  """A stage of Transformer blocks with adaptive window pruning.
+
+  Blocks alternate shift 0 and ws/2. With pruning on, block 0 (AdaWPT-F of the
+  unshifted parity) and block 1 (of the shifted parity) each predict window
+  confidences and decide which windows to keep; later blocks (AdaWPT-P) reuse
+  the decision, and at inference the window ranking, of their parity.
+
+  Attributes:
+    capacity: `'exact'`, `'masked'` (every window computed, outputs selected by
+      the decision: the reference) or a float fixed budget in (0, 1].
+    buckets: capacity fractions of `'exact'` mode.
+  """
+
+  dim: int
+  depth: int
+  num_heads: int
+  win_size: int
+  mlp_ratio: float = 4.0
+  modulator: bool = False
+  prune: bool = True
+  keep_threshold: float = 0.5
+  drop_path: Sequence[float] = ()
+  capacity: str | float = 'exact'
+  buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool):
+    """Runs the stage.
+
+    Args:
+      x: `[B, H, W, C]`.
+      train: Gumbel decisions (rng `gumbel`) and stochastic depth.
+
+    Returns:
+      `(x, scores, decisions, dropped)`: the output `[B, H, W, C]`; per
+      predicting block its token logits `[B, H, W, 2]`, keep map
+      `[B, H/ws, W/ws]` and count of kept windows dropped by the capacity `[B]`.
+    """
+    b, h, w, _ = x.shape
+    ws = self.win_size
+    nh, nw = h // ws, w // ws
+    policies = [jnp.ones((b, nh * nw), x.dtype)] * 2
+    plans: list[pruning.WindowPlan | None] = [None, None]
+    scores, decisions, dropped = [], [], []
+    gathered = self.prune and not train and self.capacity != 'masked'
+
+    for i in range(self.depth):
+      parity = i % 2
+      shift = 0 if parity == 0 else ws // 2
+      if self.prune and i <= 1:
+        logits = pruning.ConfidencePredictor(self.dim, name=f'predictor_{i}')(x)
+        window_logits = win.window_mean(win.roll(logits, -shift), ws)
+        rng = self.make_rng('gumbel') if train else None
+        decision = pruning.decide(window_logits, train=train, threshold=self.keep_threshold,
+                                  rng=rng)
+        policies[parity] = decision.reshape(b, nh * nw) * policies[parity]
+        scores.append(logits)
+        decisions.append(policies[parity].reshape(b, nh, nw))
+        if gathered:
+          confidence = pruning.keep_probability(window_logits).reshape(b, nh * nw)
+          cap = None if self.capacity == 'exact' else pruning.fixed_capacity(nh * nw, self.capacity)
+          plans[parity] = pruning.plan_windows(
+              policies[parity], confidence, pruning.bucket_sizes(nh * nw, self.buckets), cap)
+          dropped.append(plans[parity].dropped)
+        else:
+          dropped.append(jnp.zeros((b,), jnp.int32))
+
+      block = TransformerBlock(self.dim, self.num_heads, ws, self.mlp_ratio, self.modulator,
+                               self.drop_path[i] if i < len(self.drop_path) else 0.0,
+                               dtype=self.dtype, name=f'block_{i}')
+      wins = win.partition(win.roll(x, -shift), ws)
+      regions = win.shift_region_ids(h, w, ws, shift) if shift else None
+      if plans[parity] is None or self.is_initializing():
+        wins = _run_all(block, wins, policies[parity], regions, train)
+      else:
+        wins = self._run_gathered(block, wins, plans[parity], regions)
+      x = win.roll(win.reverse(wins, ws, h, w), shift)
+    return x, scores, decisions, dropped
+
+  def _run_gathered(self, block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan,
+                    regions: np.ndarray | None) -> jax.Array:
+    num_windows = wins.shape[1]
+    if self.capacity == 'exact':
+      sizes = pruning.bucket_sizes(num_windows, self.buckets)
+      branches = [_gathered_branch(k, regions) for k in sizes]
+      return nn.switch(plan.branch, branches, block, wins, plan)
+    k = pruning.fixed_capacity(num_windows, self.capacity)
+    return _gathered_branch(k, regions)(block, wins, plan)
+
+
+def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
+             regions: np.ndarray | None, train: bool) -> jax.Array:
+  """Every window through the block, outputs selected by `policy` `[B, nW]`."""
+  b, nwin, ws, _, c = wins.shape
+  reg = None
+  if regions is not None:
+    reg = jnp.broadcast_to(regions[None], (b,) + regions.shape).reshape(b * nwin, -1)
+  out = block(wins.reshape(b * nwin, ws, ws, c), policy.reshape(-1), reg, train=train)
+  return out.reshape(wins.shape)
+
+
+def _gathered_branch(k: int, regions: np.ndarray | None):
+  """A switch branch that runs the first `k` planned windows of each image."""
+
+  def branch(block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan) -> jax.Array:
+    if k == 0:
+      return wins
+    b, _, ws, _, c = wins.shape
+    sel = pruning.gather_windows(wins, plan.order, k)
+    valid = (jnp.arange(k)[None, :] < plan.count[:, None]).astype(wins.dtype)
+    reg = None
+    if regions is not None:
+      reg = jnp.asarray(regions)[plan.order[:, :k]].reshape(b * k, -1)
+    out = block(sel.reshape(b * k, ws, ws, c), valid.reshape(-1), reg, train=False)
+    return pruning.scatter_windows(wins, plan.order, out.reshape(b, k, ws, ws, c))
+
+  return branch

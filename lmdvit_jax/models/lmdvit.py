@@ -1,0 +1,196 @@
+"""LMD-ViT: the U-shaped local motion deblurring Transformer with window pruning."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from lmdvit_jax.models import pruning
+from lmdvit_jax.models.adawpt import AdaWPTStage
+
+NUM_STAGES = 9  # 4 encoder stages, bottleneck, 4 decoder stages.
+STAGE_NAMES = tuple([f'encoder_{i}' for i in range(4)] + ['bottleneck'] +
+                    [f'decoder_{i}' for i in range(4)])
+
+
+@flax.struct.dataclass
+class LMDViTOutput:
+  """What `LMDViT.__call__` returns.
+
+  Attributes:
+    restored: `[B, H, W, 3]` input + residual * gate (not clamped).
+    gate: `[B, H, W, 1]` max(sigmoid(gate logit), 0.1).
+    scores: per confidence predictor (network order) token logits `[B, h, w, 2]`
+      in the unrolled grid of its stage; channel 0 is "keep".
+    decisions: matching keep maps `[B, h/ws, w/ws]` in {0, 1} over the window
+      grid the block used (for a shifted block, the grid of the rolled map).
+    dropped: matching `[B]` counts of kept windows that a fixed capacity dropped.
+  """
+
+  restored: jax.Array
+  gate: jax.Array
+  scores: tuple[jax.Array, ...]
+  decisions: tuple[jax.Array, ...]
+  dropped: tuple[jax.Array, ...]
+
+
+class Upsample(nn.Module):
+  """2x2 transposed convolution with stride 2 (params `kernel` `[2, 2, in, out]`, `bias`)."""
+
+  features: int
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    b, h, w, cin = x.shape
+    kernel = self.param('kernel', nn.initializers.lecun_normal(in_axis=2, out_axis=3),
+                        (2, 2, cin, self.features))
+    bias = self.param('bias', nn.initializers.zeros, (self.features,))
+    # Stride equals kernel size: every output pixel sees exactly one input pixel.
+    y = jnp.einsum('bhwi,pqio->bhpwqo', x.astype(self.dtype), kernel.astype(self.dtype))
+    return y.reshape(b, 2 * h, 2 * w, self.features) + bias.astype(self.dtype)
+
+
+def drop_path_rates(depths: Sequence[int], rate: float) -> list[tuple[float, ...]]:
+  """Stochastic depth per block of each stage, as the official schedule.
+
+  Encoder blocks ramp linearly from 0 to `rate`; bottleneck blocks use `rate`;
+  the decoder reuses the encoder ramp reversed.
+  """
+  enc = [float(v) for v in np.linspace(0.0, rate, sum(depths[:4]))]
+  rates = [tuple(enc[sum(depths[:i]):sum(depths[:i + 1])]) for i in range(4)]
+  rates.append((rate,) * depths[4])
+  dec = enc[::-1]
+  for j in range(4):
+    lo, hi = sum(depths[5:5 + j]), sum(depths[5:6 + j])
+    rates.append(tuple(dec[lo:hi]))
+  return rates
+
+
+class LMDViT(nn.Module):
+  """LMD-ViT (Li et al., ICLR 2024), NHWC, images in [0, 1].
+
+  Attributes:
+    embed_dim: width C of the first stage (32 released, 16 "Small").
+    depths: blocks per stage (9 entries: 4 encoder, bottleneck, 4 decoder).
+    num_heads: attention heads per stage (9 entries).
+    win_size: window side ws; inputs must be multiples of 16 * ws.
+    mlp_ratio: W-LeFF hidden width / C.
+    modulator: learned window modulator in the decoder stages.
+    prune_loc: 1 where a stage prunes windows (9 entries).
+    keep_threshold: inference keeps a window where softmax keep prob > this.
+    capacity: `'exact'` (gather every kept window; the buffer size is chosen at
+      run time among static `capacity_buckets`), a float in (0, 1] (fixed
+      budget: lowest-confidence overflow is dropped and counted), or
+      `'masked'` (compute every window, select outputs: the reference).
+    capacity_buckets: window fractions available to `'exact'` mode.
+    drop_path_rate: stochastic depth rate (training only).
+    dtype: compute dtype of projections (params stay float32).
+  """
+
+  embed_dim: int = 32
+  depths: Sequence[int] = (1, 2, 8, 8, 2, 8, 8, 2, 1)
+  num_heads: Sequence[int] = (1, 2, 4, 8, 16, 16, 8, 4, 2)
+  win_size: int = 8
+  mlp_ratio: float = 4.0
+  modulator: bool = True
+  prune_loc: Sequence[int] = (1, 1, 1, 1, 1, 1, 1, 1, 1)
+  keep_threshold: float = 0.5
+  capacity: str | float = 'exact'
+  capacity_buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
+  drop_path_rate: float = 0.0
+  dtype: Any = jnp.float32
+
+  @property
+  def multiple(self) -> int:
+    """Input sides must be multiples of this (four 2x down-samplings of ws windows)."""
+    return self.win_size * 16
+
+  def check_config(self) -> None:
+    """Raises ValueError naming the first invalid attribute."""
+    for name in ('depths', 'num_heads', 'prune_loc'):
+      if len(getattr(self, name)) != NUM_STAGES:
+        raise ValueError(f'LMDViT.{name} needs {NUM_STAGES} entries (4 encoder stages, '
+                         f'bottleneck, 4 decoder stages), got {list(getattr(self, name))}')
+    widths = [self.embed_dim * 2**i for i in range(5)] + [
+        self.embed_dim * 2**(4 - j) for j in range(4)]
+    for i, (width, heads) in enumerate(zip(widths, self.num_heads)):
+      if heads < 1 or width % heads:
+        raise ValueError(f'stage {STAGE_NAMES[i]} has width {width}, not divisible by '
+                         f'num_heads={heads}')
+    if self.embed_dim % 4:
+      raise ValueError(f'embed_dim must be a multiple of 4 (the confidence predictor '
+                       f'uses C/4 channels), got {self.embed_dim}')
+    if self.win_size < 2 or self.win_size % 2:
+      raise ValueError(f'win_size must be an even number >= 2, got {self.win_size}')
+    if isinstance(self.capacity, str):
+      if self.capacity not in ('exact', 'masked'):
+        raise ValueError(f"capacity must be 'exact', 'masked' or a float in (0, 1], "
+                         f'got {self.capacity!r}')
+    elif not 0 < float(self.capacity) <= 1:
+      raise ValueError(f'a fixed capacity must be in (0, 1], got {self.capacity}')
+    if not 0 <= self.keep_threshold < 1:
+      raise ValueError(f'keep_threshold must be in [0, 1), got {self.keep_threshold}')
+
+  def check_input(self, x: jax.Array) -> None:
+    if x.ndim != 4 or x.shape[-1] != 3:
+      raise ValueError(f'LMDViT expects images [B, H, W, 3] (NHWC), got shape {x.shape}')
+    if not jnp.issubdtype(x.dtype, jnp.floating):
+      raise TypeError(f'LMDViT expects float images in [0, 1], got dtype {x.dtype}; '
+                      'divide uint8 images by 255')
+    h, w = x.shape[1:3]
+    if h % self.multiple or w % self.multiple:
+      raise ValueError(f'image sides must be multiples of 16 * win_size = {self.multiple}, '
+                       f'got {h}x{w}; pad first (lmdvit_jax.inference pads for you)')
+
+  @nn.compact
+  def __call__(self, x: jax.Array, train: bool = False) -> LMDViTOutput:
+    """Deblurs `x` `[B, H, W, 3]`; `train=True` needs rngs `gumbel` (and `dropout`)."""
+    self.check_config()
+    self.check_input(x)
+    c = self.embed_dim
+    dpr = drop_path_rates(self.depths, self.drop_path_rate)
+    scores, decisions, dropped = [], [], []
+
+    def stage(i: int, width: int, y: jax.Array) -> jax.Array:
+      out, s, d, dr = AdaWPTStage(
+          width, self.depths[i], self.num_heads[i], self.win_size, self.mlp_ratio,
+          modulator=self.modulator and i > 4, prune=bool(self.prune_loc[i]),
+          keep_threshold=self.keep_threshold, drop_path=dpr[i], capacity=self.capacity,
+          buckets=tuple(self.capacity_buckets), dtype=self.dtype, name=STAGE_NAMES[i])(
+              y, train=train)
+      scores.extend(s)
+      decisions.extend(d)
+      dropped.extend(dr)
+      return out
+
+    y = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name='input_proj')(x)
+    y = nn.leaky_relu(y, negative_slope=0.01)
+    skips = []
+    for i in range(4):
+      y = stage(i, c * 2**i, y)
+      skips.append(y)
+      y = nn.Conv(c * 2**(i + 1), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
+                  dtype=self.dtype, name=f'downsample_{i}')(y)
+    y = stage(4, c * 16, y)
+    for j in range(4):
+      out = c * 2**(3 - j)
+      y = Upsample(out, dtype=self.dtype, name=f'upsample_{j}')(y)
+      y = jnp.concatenate([y, skips[3 - j]], axis=-1)
+      y = stage(5 + j, 2 * out, y)
+    y = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name='output_proj')(y)
+    y = y.astype(jnp.float32)
+    gate = jnp.maximum(jax.nn.sigmoid(y[..., 3:]), 0.1)
+    restored = x + y[..., :3] * gate
+    return LMDViTOutput(restored=restored, gate=gate, scores=tuple(scores),
+                        decisions=tuple(decisions), dropped=tuple(dropped))
+
+
+def count_params(params: Any) -> int:
+  """Number of scalars in a params pytree."""
+  return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

@@ -1,0 +1,155 @@
+"""Adaptive window pruning: confidence predictor, decision layer, window gathering.
+
+The official model selects kept windows with boolean indexing, a data-dependent
+shape. Here the kept windows of each image are gathered into a buffer of static
+capacity K (`plan_windows` ranks the windows once per shift parity; every block
+of that parity reuses the ranking), the block runs on `[B*K, ws, ws, C]`, and the
+results are scattered back. Slots past an image's kept count hold pruned
+windows; the block multiplies its residual branches by the slot's validity, so
+such windows come back bit-identical, exactly like windows that were never run.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+
+from lmdvit_jax.models.attention import dense_init
+from lmdvit_jax.models.feedforward import gelu
+
+# LayerNorm epsilon of the official model (PyTorch default; flax's is 1e-6).
+LN_EPS = 1e-5
+
+DEFAULT_BUCKETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+
+class ConfidencePredictor(nn.Module):
+  """Token logits of blurriness from local and image-global features.
+
+  Linear, GELU, LayerNorm, Linear; the first C/2 channels stay per token and
+  the last C/2 are replaced by their mean over all tokens of the image; then
+  Linear(C, C/2), GELU, Linear(C/2, C/4), GELU, Linear(C/4, 2). Logit 0 is
+  "keep" (blurry), logit 1 "prune".
+  """
+
+  dim: int
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    """`[B, H, W, C]` block input (before LN1) -> `[B, H, W, 2]` logits."""
+    b, h, w, c = x.shape
+    dense = lambda f, name: nn.Dense(f, kernel_init=dense_init, name=name)
+    t = dense(c, 'in_linear1')(x.reshape(b, h * w, c))
+    t = nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name='in_norm')(gelu(t))
+    t = dense(c, 'in_linear2')(t)
+    half = c // 2
+    glob = jnp.broadcast_to(t[:, :, half:].mean(axis=1, keepdims=True), t[:, :, half:].shape)
+    t = jnp.concatenate([t[:, :, :half], glob], axis=-1)
+    t = gelu(dense(c // 2, 'out_linear1')(t))
+    t = gelu(dense(c // 4, 'out_linear2')(t))
+    return dense(2, 'out_linear3')(t).reshape(b, h, w, 2)
+
+
+def keep_probability(window_logits: jax.Array) -> jax.Array:
+  """`[..., 2]` logits -> `[...]` softmax probability of "keep"."""
+  return jax.nn.softmax(window_logits, axis=-1)[..., 0]
+
+
+def decide(window_logits: jax.Array, *, train: bool, threshold: float,
+           rng: jax.Array | None = None) -> jax.Array:
+  """Decision layer: `[B, h, w, 2]` window logits -> `[B, h, w]` keep map in {0, 1}.
+
+  Training draws a hard Gumbel-softmax sample (tau 1) whose gradient is that of
+  the soft sample (straight-through); inference thresholds the keep probability.
+  """
+  if not train:
+    return (keep_probability(window_logits) > threshold).astype(window_logits.dtype)
+  gumbels = jax.random.gumbel(rng, window_logits.shape, window_logits.dtype)
+  soft = jax.nn.softmax(window_logits + gumbels, axis=-1)
+  hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), 2, dtype=soft.dtype)
+  return (hard - jax.lax.stop_gradient(soft) + soft)[..., 0]
+
+
+@flax.struct.dataclass
+class WindowPlan:
+  """Which windows of each image a pruned block runs.
+
+  Attributes:
+    order: `[B, nW]` int32 window indices, kept windows first (most confident
+      first), then pruned ones.
+    count: `[B]` int32 windows to run per image (kept, capped by the capacity).
+    dropped: `[B]` int32 kept windows that did not fit the capacity.
+    branch: scalar int32, which static capacity bucket to run (`'exact'` mode).
+  """
+
+  order: jax.Array
+  count: jax.Array
+  dropped: jax.Array
+  branch: jax.Array
+
+
+def bucket_sizes(num_windows: int, fractions: Sequence[float]) -> tuple[int, ...]:
+  """Static capacities (windows per image) for the `'exact'` mode.
+
+  Always includes 0 (nothing kept: the block is skipped) and `num_windows`
+  (everything kept), so every kept count has a bucket that holds it.
+  """
+  sizes = {0, num_windows}
+  for f in fractions:
+    if not 0 < f <= 1:
+      raise ValueError(f'capacity bucket fractions must be in (0, 1], got {f}')
+    sizes.add(min(num_windows, max(1, math.ceil(f * num_windows))))
+  return tuple(sorted(sizes))
+
+
+def fixed_capacity(num_windows: int, fraction: float) -> int:
+  """Windows per image for a fixed budget `fraction` in (0, 1]."""
+  return min(num_windows, max(1, math.ceil(fraction * num_windows)))
+
+
+def plan_windows(policy: jax.Array, confidence: jax.Array, buckets: Sequence[int],
+                 capacity: int | None = None) -> WindowPlan:
+  """Ranks the windows of each image for gathering.
+
+  Args:
+    policy: `[B, nW]` keep map in {0, 1}.
+    confidence: `[B, nW]` keep probability, used to rank kept windows (and to
+      choose which ones to drop when a fixed capacity overflows).
+    buckets: the static capacities of `'exact'` mode (ascending).
+    capacity: fixed capacity K per image, or None for `'exact'` mode.
+
+  Returns:
+    The plan; in `'exact'` mode `branch` indexes the smallest bucket holding
+    the largest kept count of the batch.
+  """
+  kept = jnp.sum(policy > 0, axis=-1).astype(jnp.int32)
+  # Kept windows rank above pruned ones whatever their confidence.
+  key = jnp.where(policy > 0, 1.0 + confidence, confidence)
+  order = jnp.argsort(-key, axis=-1, stable=True).astype(jnp.int32)
+  if capacity is None:
+    count = kept
+    branch = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), jnp.max(kept), side='left')
+  else:
+    count = jnp.minimum(kept, capacity)
+    branch = jnp.zeros((), jnp.int32)
+  return WindowPlan(order=order, count=count, dropped=kept - count,
+                    branch=branch.astype(jnp.int32))
+
+
+def gather_windows(windows: jax.Array, order: jax.Array, k: int) -> jax.Array:
+  """`[B, nW, ws, ws, C]`, `[B, nW]` -> the first k planned windows `[B, k, ws, ws, C]`."""
+  idx = order[:, :k]
+  return jnp.take_along_axis(windows, idx[:, :, None, None, None], axis=1)
+
+
+def scatter_windows(windows: jax.Array, order: jax.Array, updated: jax.Array) -> jax.Array:
+  """Writes `updated` `[B, k, ws, ws, C]` back to its planned slots of `windows`."""
+  k = updated.shape[1]
+  b_idx = jnp.arange(windows.shape[0])[:, None]
+  # The first k entries of a permutation are distinct: no write collides.
+  return windows.at[b_idx, order[:, :k]].set(updated, unique_indices=True)

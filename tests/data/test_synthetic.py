@@ -1,0 +1,141 @@
+"""Synthetic local motion blur: photos, kernels, triples, determinism, speed."""
+
+import time
+
+import numpy as np
+import pytest
+
+from lmdvit_jax.data import synthetic
+from .conftest import save
+
+
+def test_bundled_photos_load_from_the_installed_package():
+  for name in synthetic.SKIMAGE_PHOTOS:
+    photo = synthetic._skimage_photo(name)
+    assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3, name
+    assert min(photo.shape[:2]) >= 256, name
+    assert photo.std() > 10, name  # A real picture, not a blank placeholder.
+  assert not set(synthetic.TRAIN_PHOTOS) & set(synthetic.TEST_PHOTOS)
+  assert set(synthetic.TRAIN_PHOTOS) | set(synthetic.TEST_PHOTOS) == set(synthetic.SKIMAGE_PHOTOS)
+
+
+def test_srgb_round_trip():
+  v = np.arange(256, dtype=np.uint8)
+  lin = synthetic.srgb_to_linear(v)
+  assert np.all(np.diff(lin) > 0) and lin[0] == 0 and abs(lin[-1] - 1) < 1e-6
+  np.testing.assert_array_equal(np.round(synthetic.linear_to_srgb(lin) * 255).astype(np.uint8), v)
+  np.testing.assert_allclose(synthetic.srgb_to_linear(v.astype(np.float32) / 255), lin, atol=1e-6)
+
+
+@pytest.mark.parametrize('kind', synthetic.TRAJECTORY_KINDS)
+def test_kernel_is_normalised_and_centred_on_mid_exposure(kind):
+  rng = np.random.default_rng(1)
+  for length in (8.0, 30.0, 64.0):
+    path = synthetic.random_trajectory(rng, length, kind)
+    np.testing.assert_allclose(path[len(path) // 2], 0.0, atol=1e-9)
+    arc = np.linalg.norm(np.diff(path, axis=0), axis=1).sum()
+    np.testing.assert_allclose(arc, length, rtol=1e-6)
+    k = synthetic.trajectory_kernel(path)
+    assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
+    np.testing.assert_allclose(k.sum(), 1.0, rtol=1e-5)
+    r = k.shape[0] // 2
+    assert k[r, r] > 0  # The object is at its sharp position at mid-exposure.
+    assert r <= length / 2 + 2 if kind == 'linear' else r <= length + 2
+
+
+def test_linear_kernel_is_a_centred_segment():
+  path = synthetic.random_trajectory(np.random.default_rng(3), 20.0, 'linear')
+  k = synthetic.trajectory_kernel(path)
+  r = k.shape[0] // 2
+  ys, xs = np.mgrid[-r:r + 1, -r:r + 1]
+  np.testing.assert_allclose([(k * ys).sum(), (k * xs).sum()], [0, 0], atol=1e-4)
+  extent = np.sqrt((k * (ys**2 + xs**2)).sum() * 12)  # Uniform segment: var = L^2 / 12.
+  np.testing.assert_allclose(extent, 20.0, rtol=0.1)
+
+
+def test_same_seed_same_triple_other_seed_other_triple():
+  a = synthetic.SyntheticSource(count=4, size=64, seed=7)
+  b = synthetic.SyntheticSource(count=4, size=64, seed=7)
+  c = synthetic.SyntheticSource(count=4, size=64, seed=8)
+  for i in (0, 3):
+    ea, eb, ec = a.example(i), b.example(i), c.example(i)
+    for key in ('blur', 'sharp', 'mask'):
+      np.testing.assert_array_equal(ea[key], eb[key])
+    assert not np.array_equal(ea['sharp'], ec['sharp'])
+  # Random access: example 3 does not depend on having made 0..2 first.
+  np.testing.assert_array_equal(synthetic.SyntheticSource(count=4, size=64, seed=7).example(3)['blur'],
+                                a.example(3)['blur'])
+
+
+def test_blur_equals_sharp_outside_the_mask_and_differs_inside():
+  src = synthetic.SyntheticSource(count=12, size=96, seed=0)
+  inside_diffs = []
+  for i in range(len(src)):
+    s = src[i]
+    assert s['blur'].shape == (96, 96, 3) and s['mask'].shape == (96, 96, 1)
+    assert s['blur'].dtype == np.float32 and set(np.unique(s['mask'])) <= {0.0, 1.0}
+    m = s['mask'][..., 0] > 0
+    assert 0 < m.mean() < 1
+    np.testing.assert_array_equal(s['blur'][~m], s['sharp'][~m])
+    inside_diffs.append(np.abs(s['blur'][m] - s['sharp'][m]).mean())
+  assert min(inside_diffs) > 0.01 and np.mean(inside_diffs) > 0.04
+
+
+def test_blur_preserves_object_energy_in_linear_light():
+  # White object on black: sum(sharp) = sum(alpha), sum(blur) = sum(K * alpha) = sum(alpha).
+  photos = [np.zeros((80, 80, 3), np.uint8), np.full((80, 80, 3), 255, np.uint8)]
+  settings = synthetic.BlurSettings(blur_length=(10, 20), object_size=(0.2, 0.3),
+                                    num_objects=(1, 1), max_noise=0.0)
+  checked = 0
+  for seed in range(40):
+    rng = np.random.default_rng(seed)
+    if rng.integers(2) != 0:
+      continue  # Need the black photo as background (its first draw).
+    ex = synthetic.synthesize(np.random.default_rng(seed), photos, (80, 80), settings)
+    m = ex['mask'][..., 0]
+    if m[0].any() or m[-1].any() or m[:, 0].any() or m[:, -1].any():
+      continue  # Part of the motion left the canvas.
+    lin = {k: synthetic.srgb_to_linear(ex[k]).sum() for k in ('blur', 'sharp')}
+    np.testing.assert_allclose(lin['blur'], lin['sharp'], rtol=0.03)
+    assert not np.array_equal(ex['blur'], ex['sharp'])
+    checked += 1
+  assert checked >= 3
+
+
+def test_train_and_test_use_disjoint_photos_and_streams():
+  train = synthetic.SyntheticSource(count=2, size=32, seed=0, split='train')
+  test = synthetic.SyntheticSource(count=2, size=32, seed=0, split='test')
+  assert set(train.photos.names) == set(synthetic.TRAIN_PHOTOS)
+  assert set(test.photos.names) == set(synthetic.TEST_PHOTOS)
+  assert not np.array_equal(train.example(0)['sharp'], test.example(0)['sharp'])
+  with pytest.raises(ValueError, match='split'):
+    synthetic.SyntheticSource(split='val')
+
+
+def test_folder_of_photos_splits_by_name(tmp_path):
+  rng = np.random.default_rng(0)
+  for i in range(10):
+    save(tmp_path / 'photos' / f'p{i}.png', rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
+  save(tmp_path / 'photos' / 'sub' / 'grey.jpg', rng.integers(0, 256, (60, 40), dtype=np.uint8))
+  train = synthetic.folder_photos(tmp_path / 'photos', 'train')
+  test = synthetic.folder_photos(tmp_path / 'photos', 'test')
+  assert len(train) >= 1 and len(test) >= 1
+  assert not set(train.names) & set(test.names)
+  assert set(train.names) | set(test.names) == {f'p{i}' for i in range(10)} | {'sub/grey'}
+  assert synthetic.folder_photos(tmp_path / 'photos', 'test').names == test.names
+  assert all(p.shape[2] == 3 for p in train)
+  src = synthetic.SyntheticSource(count=2, size=32, photos=tmp_path / 'photos')
+  assert src.example(1)['blur'].shape == (32, 32, 3)
+  with pytest.raises(FileNotFoundError):
+    synthetic.folder_photos(tmp_path / 'nope')
+
+
+def test_generator_is_fast():
+  for size, budget_ms in ((128, 40), (256, 80)):
+    src = synthetic.SyntheticSource(count=20, size=size, seed=1)
+    src.example(0)  # Decode and cache the photos.
+    start = time.perf_counter()
+    for i in range(1, 11):
+      src.example(i)
+    per_triple_ms = (time.perf_counter() - start) * 100
+    assert per_triple_ms < budget_ms, (size, per_triple_ms)
