@@ -1,5 +1,5 @@
 """LMD-ViT modules (flax.linen)."""
 
-from lmdvit_jax.models.lmdvit import LMDViT, LMDViTOutput, count_params
+from lmdvit_jax.models.lmdvit import LMDViT, LMDViTOutput, count_params, init_params
 
-__all__ = ['LMDViT', 'LMDViTOutput', 'count_params']
+__all__ = ["LMDViT", "LMDViTOutput", "count_params", "init_params"]

@@ -17,6 +17,9 @@ NUM_STAGES = 9  # 4 encoder stages, bottleneck, 4 decoder stages.
 STAGE_NAMES = tuple([f'encoder_{i}' for i in range(4)] + ['bottleneck'] +
                     [f'decoder_{i}' for i in range(4)])
 
+# PyTorch's default conv init (kaiming uniform with a = sqrt(5)): U(+-1/sqrt(fan_in)).
+conv_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
+
 
 @flax.struct.dataclass
 class LMDViTOutput:
@@ -48,7 +51,7 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, cin = x.shape
-    kernel = self.param('kernel', nn.initializers.lecun_normal(in_axis=2, out_axis=3),
+    kernel = self.param('kernel', conv_init,
                         (2, 2, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     # Stride equals kernel size: every output pixel sees exactly one input pixel.
@@ -169,26 +172,86 @@ class LMDViT(nn.Module):
       dropped.extend(dr)
       return out
 
-    y = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name='input_proj')(x)
+    y = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
+                kernel_init=conv_init, name='input_proj')(x)
     y = nn.leaky_relu(y, negative_slope=0.01)
     skips = []
     for i in range(4):
       y = stage(i, c * 2**i, y)
       skips.append(y)
       y = nn.Conv(c * 2**(i + 1), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  dtype=self.dtype, name=f'downsample_{i}')(y)
+                  dtype=self.dtype, kernel_init=conv_init, name=f'downsample_{i}')(y)
     y = stage(4, c * 16, y)
     for j in range(4):
       out = c * 2**(3 - j)
       y = Upsample(out, dtype=self.dtype, name=f'upsample_{j}')(y)
       y = jnp.concatenate([y, skips[3 - j]], axis=-1)
       y = stage(5 + j, 2 * out, y)
-    y = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, name='output_proj')(y)
+    y = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, kernel_init=conv_init,
+                name='output_proj')(y)
     y = y.astype(jnp.float32)
     gate = jnp.maximum(jax.nn.sigmoid(y[..., 3:]), 0.1)
     restored = x + y[..., :3] * gate
     return LMDViTOutput(restored=restored, gate=gate, scores=tuple(scores),
                         decisions=tuple(decisions), dropped=tuple(dropped))
+
+
+_TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
+
+
+def init_params(model: LMDViT, rng: int | jax.Array = 0) -> dict[str, Any]:
+  """Initialises `model`'s params on the host with numpy.
+
+  Same distributions as `model.init` (truncated normal 0.02 for linear layers
+  and bias tables, PyTorch-style uniform for convolutions, N(0, 1) modulators,
+  zero biases, unit norms), but in about a second: a jitted flax `init`
+  compiles one random kernel per parameter, which takes minutes on CPU for the
+  released model.
+
+  Args:
+    model: the module (its attributes fix the shapes; no input is needed).
+    rng: an int seed or a JAX PRNG key.
+
+  Returns:
+    The params pytree (nested dict of float32 jax arrays).
+  """
+  side = model.multiple
+  abstract = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
+                            jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32))['params']
+  if isinstance(rng, int):
+    entropy = [rng]
+  else:
+    data = jax.random.key_data(rng) if jnp.issubdtype(rng.dtype, jax.dtypes.prng_key) else rng
+    entropy = [int(v) for v in np.asarray(data).ravel()]
+  gen = np.random.default_rng(entropy)
+
+  def trunc_normal(shape, std):
+    z = gen.standard_normal(shape)
+    while np.any(bad := np.abs(z) > 2):
+      z[bad] = gen.standard_normal(int(bad.sum()))
+    return z * (std / _TRUNC_NORMAL_STD)
+
+  def leaf(path, x):
+    names = [k.key for k in path]
+    name, parent, shape = names[-1], names[-2], x.shape
+    if name == 'bias':
+      value = np.zeros(shape)
+    elif name == 'scale':
+      value = np.ones(shape)
+    elif name == 'modulator':
+      value = gen.standard_normal(shape)
+    elif name == 'relative_position_bias_table':
+      value = trunc_normal(shape, 0.02)
+    elif parent == 'dwconv':
+      value = gen.uniform(-1 / 3, 1 / 3, shape)  # fan-in 9
+    elif len(shape) == 4:  # conv, transposed conv: [kh, kw, in, out]
+      bound = 1 / np.sqrt(np.prod(shape[:-1]))
+      value = gen.uniform(-bound, bound, shape)
+    else:  # linear
+      value = trunc_normal(shape, 0.02)
+    return jnp.asarray(value, jnp.float32)
+
+  return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
 def count_params(params: Any) -> int:
