@@ -109,6 +109,15 @@ class LMDViT(nn.Module):
   drop_path_rate: float = 0.0
   dtype: Any = jnp.float32
 
+  def __post_init__(self):
+    # Lists (e.g. from JSON or a ConfigDict) become tuples: the module stays
+    # hashable, so it can key caches and be a static argument.
+    for name in ('depths', 'num_heads', 'prune_loc', 'capacity_buckets'):
+      value = getattr(self, name)
+      if not isinstance(value, tuple):
+        object.__setattr__(self, name, tuple(value))
+    super().__post_init__()
+
   @property
   def multiple(self) -> int:
     """Input sides must be multiples of this (four 2x down-samplings of ws windows)."""
