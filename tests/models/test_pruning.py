@@ -1,0 +1,142 @@
+"""Gathered (compiled, fixed-capacity) pruning equals the masked dense computation."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from lmdvit_jax.models import pruning
+from lmdvit_jax.models import windows as win
+from lmdvit_jax.models.adawpt import AdaWPTStage
+
+B, SIDE, DIM, WS = 3, 16, 16, 4  # 16 windows of 4x4 per image
+NUM_WINDOWS = (SIDE // WS) ** 2
+
+
+def make_stage(capacity, buckets=pruning.DEFAULT_BUCKETS):
+  return AdaWPTStage(DIM, depth=4, num_heads=2, win_size=WS, modulator=True, prune=True,
+                     capacity=capacity, buckets=buckets)
+
+
+_JITTED = {}
+
+
+def run(stage, params, x):
+  if stage not in _JITTED:  # stages are hashable: share compilations across tests
+    _JITTED[stage] = jax.jit(lambda p, x: stage.apply({'params': p}, x, train=False))
+  return _JITTED[stage](params, x)
+
+
+@pytest.fixture(scope='module')
+def setup():
+  rng = np.random.default_rng(0)
+  # Images of different contrast: their predictors keep different numbers of windows.
+  x = rng.normal(size=(B, SIDE, SIDE, DIM)) * np.array([0.5, 1.0, 2.0])[:, None, None, None]
+  x = jnp.asarray(x, jnp.float32)
+  params = make_stage('masked').init(jax.random.PRNGKey(0), x, train=False)['params']
+  # Centre the keep logits so that each predictor keeps about half of the windows.
+  params = jax.tree_util.tree_map(np.array, params)
+  for i in range(2):
+    _, scores, _, _ = run(make_stage('masked'), params, x)
+    window_logits = win.window_mean(win.roll(scores[i], -(WS // 2) * i), WS)
+    diff = np.median(np.asarray(window_logits[..., 0] - window_logits[..., 1]))
+    params[f'predictor_{i}']['out_linear3']['bias'][0] -= diff
+  return x, params
+
+
+def with_constant_decisions(params, keep: bool):
+  """Predictors that keep every window (or none), whatever the input."""
+  params = jax.tree_util.tree_map(np.array, params)
+  for i in range(2):
+    last = params[f'predictor_{i}']['out_linear3']
+    last['kernel'][:] = 0
+    last['bias'][:] = [50.0, -50.0] if keep else [-50.0, 50.0]
+  return params
+
+
+def test_setup_has_different_kept_counts_per_image(setup):
+  x, params = setup
+  _, _, decisions, _ = run(make_stage('masked'), params, x)
+  for d in decisions:
+    counts = np.asarray(d).reshape(B, -1).sum(-1)
+    assert 0 < counts.min() and counts.max() < NUM_WINDOWS
+    assert len(set(counts.tolist())) > 1, counts
+
+
+@pytest.mark.parametrize('capacity', ['exact', 1.0, 0.875])
+def test_gathered_equals_masked(setup, capacity):
+  x, params = setup
+  ref, _, ref_decisions, _ = run(make_stage('masked'), params, x)
+  out, _, decisions, dropped = run(make_stage(capacity), params, x)
+  max_kept = max(float(np.asarray(d).reshape(B, -1).sum(-1).max()) for d in decisions)
+  assert max_kept <= 0.875 * NUM_WINDOWS  # nothing is dropped at these capacities
+  assert all(int(np.asarray(d).sum()) == 0 for d in dropped)
+  for a, b in zip(decisions, ref_decisions):
+    np.testing.assert_array_equal(a, b)
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize('keep', [True, False])
+def test_all_or_no_windows_kept(setup, keep):
+  x, params = setup
+  params = with_constant_decisions(params, keep)
+  ref, _, _, _ = run(make_stage('masked'), params, x)
+  out, _, decisions, _ = run(make_stage('exact'), params, x)
+  assert all(np.all(np.asarray(d) == float(keep)) for d in decisions)
+  np.testing.assert_allclose(out, ref, atol=1e-5, rtol=0)
+  if not keep:  # pruned windows leave the stage bit-identical
+    np.testing.assert_array_equal(out, x)
+  else:
+    assert np.abs(np.asarray(out - x)).max() > 1e-3
+
+
+def test_fixed_budget_drops_and_reports_overflow(setup):
+  x, params = setup
+  out, _, decisions, dropped = run(make_stage(0.25), params, x)
+  ref, _, _, _ = run(make_stage('masked'), params, x)
+  capacity = pruning.fixed_capacity(NUM_WINDOWS, 0.25)
+  for d, dr in zip(decisions, dropped):
+    kept = np.asarray(d).reshape(B, -1).sum(-1).astype(int)
+    np.testing.assert_array_equal(np.asarray(dr), np.maximum(kept - capacity, 0))
+  assert sum(int(np.asarray(d).sum()) for d in dropped) > 0
+  assert np.abs(np.asarray(out - ref)).max() > 1e-4  # dropping changes the result
+
+
+def test_plan_ranks_kept_windows_by_confidence():
+  policy = jnp.array([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0]], jnp.float32)
+  confidence = jnp.array([[0.6, 0.4, 0.9, 0.7, 0.3, 0.55], [0.1, 0.2, 0.3, 0.4, 0.45, 0.0]])
+  sizes = pruning.bucket_sizes(6, (0.25, 0.5, 1.0))
+  assert sizes == (0, 2, 3, 6)
+  plan = pruning.plan_windows(policy, confidence, sizes)
+  np.testing.assert_array_equal(plan.order[0, :4], [2, 3, 0, 5])
+  np.testing.assert_array_equal(plan.count, [4, 0])
+  assert int(plan.branch) == 3  # 4 kept windows need the bucket of 6
+  budget = pruning.plan_windows(policy, confidence, sizes, capacity=3)
+  np.testing.assert_array_equal(budget.count, [3, 0])
+  np.testing.assert_array_equal(budget.dropped, [1, 0])  # window 5, the least confident
+  assert int(pruning.plan_windows(policy * 0, confidence, sizes).branch) == 0
+
+
+def test_gather_scatter_round_trip():
+  w = jnp.arange(2 * 5 * 2 * 2 * 1, dtype=jnp.float32).reshape(2, 5, 2, 2, 1)
+  order = jnp.array([[3, 1, 0, 2, 4], [4, 3, 2, 1, 0]], jnp.int32)
+  sel = pruning.gather_windows(w, order, 2)
+  np.testing.assert_array_equal(sel[1, 0], w[1, 4])
+  back = pruning.scatter_windows(jnp.zeros_like(w), order, sel)
+  np.testing.assert_array_equal(back[0, 3], w[0, 3])
+  np.testing.assert_array_equal(back[0, 0], 0)
+
+
+def test_compiled_program_has_static_shapes_and_no_host_calls(setup):
+  x, params = setup
+  lowered = jax.jit(lambda p, x: make_stage('exact').apply({'params': p}, x, train=False)).lower(params, x)
+  text = lowered.as_text()
+  assert 'callback' not in text
+  assert 'stablehlo.case' in text  # the run-time choice among static capacities
+  # Compiled FLOPs follow a fixed budget.
+  flops = {}
+  for budget in (1.0, 0.25):
+    compiled = jax.jit(lambda p, x, s=make_stage(budget): s.apply({'params': p}, x, train=False)).lower(
+        params, x).compile()
+    flops[budget] = compiled.cost_analysis()['flops']
+  assert flops[0.25] < 0.5 * flops[1.0]
