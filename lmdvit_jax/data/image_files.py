@@ -14,7 +14,7 @@ from lmdvit_jax.data.examples import DataError
 IMAGE_SUFFIXES = ('.png', '.jpg', '.jpeg', '.bmp', '.tif', '.tiff', '.webp')
 
 
-def _open(path: str | os.PathLike) -> Image.Image:
+def open_image(path: str | os.PathLike) -> Image.Image:
   try:
     image = Image.open(path)
     image.load()
@@ -39,7 +39,7 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 def load_rgb(path: str | os.PathLike) -> np.ndarray:
   """Reads an image file as uint8 RGB [H, W, 3] (grey replicated, alpha dropped)."""
-  image = _open(path)
+  image = open_image(path)
   if image.mode in ('RGB', 'L', 'I;16', 'I;16B', 'I;16L', 'I', 'F', '1'):
     a = _to_uint8(np.asarray(image))
   else:  # Palette, RGBA, CMYK, LA, ...
@@ -72,7 +72,7 @@ def binarize_mask(mask: np.ndarray, threshold: float = 0.5) -> np.ndarray:
 
 def load_mask(path: str | os.PathLike, threshold: float = 0.5) -> np.ndarray:
   """Reads a mask image as uint8 [H, W, 1] in {0, 1} (see `binarize_mask`)."""
-  image = _open(path)
+  image = open_image(path)
   if image.mode == 'P':
     image = image.convert('L')
   return binarize_mask(np.asarray(image), threshold)

@@ -1,0 +1,268 @@
+r"""Deblurs image files of any size with an LMD-ViT checkpoint.
+
+  python -m lmdvit_jax.deblur --checkpoint ckpt/lmdvit photo.jpg shots/ --output out/
+
+INPUT arguments are image files or folders (searched recursively). Results are
+PNG files under --output: a folder argument's images keep their path relative to
+it, a file argument is written under its own name, with the suffix .png.
+--overlays also writes NAME.decisions.png: the windows each pruning stage kept.
+
+Formats: RGB and grey, 8 and 16 bit (16-bit input gives 16-bit output; note
+that Pillow decodes 16-bit colour PNGs to 8 bits), alpha (kept aside and put
+back unchanged), palette (written as RGB or RGBA). JPEG orientation tags are
+applied. A file that cannot be read is reported on stderr with its name; the
+other files are still processed and the exit status is 1. Every output is
+written to a temporary file and renamed, never left half-written.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import os
+import struct
+import sys
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+from absl import app, flags, logging
+import numpy as np
+from PIL import Image, ImageOps
+from tqdm import tqdm
+
+from lmdvit_jax import panels
+from lmdvit_jax.data import DataError
+from lmdvit_jax.data import image_files
+from lmdvit_jax.inference import Deblurrer, parse_capacity, to_uint8
+
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+# PNG colour type by channel count: grey, grey + alpha, RGB, RGBA.
+_PNG_COLOUR_TYPE = {1: 0, 2: 4, 3: 2, 4: 6}
+
+
+@dataclasses.dataclass
+class LoadedImage:
+  """An input image split into what the model sees and what is put back.
+
+  Attributes:
+    rgb: [H, W, 3] float32 in [0, 1] (grey replicated).
+    alpha: None or [H, W] float32 in [0, 1], restored unchanged.
+    grey: the file is grey (the output is written grey).
+    bits: 8 or 16, bit depth of the output.
+  """
+
+  rgb: np.ndarray
+  alpha: np.ndarray | None
+  grey: bool
+  bits: int
+
+
+def png_bit_depth(path: str | os.PathLike) -> int | None:
+  """Bit depth from a PNG header (IHDR), None for other files."""
+  with open(path, 'rb') as f:
+    head = f.read(26)
+  if len(head) < 26 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b'IHDR':
+    return None
+  return head[24]
+
+
+def _scaled(a: np.ndarray) -> np.ndarray:
+  """Integer array -> float32 in [0, 1] by its type's full scale (16 bits for int32)."""
+  a = np.asarray(a)
+  if a.dtype == np.uint8:
+    return a.astype(np.float32) / 255.0
+  return np.clip(a.astype(np.float32) / 65535.0, 0.0, 1.0)
+
+
+def read_image(path: str | os.PathLike) -> LoadedImage:
+  """Reads any image Pillow opens into a `LoadedImage`.
+
+  Raises:
+    DataError: the file is not a readable image (names the file).
+    FileNotFoundError: it does not exist.
+  """
+  sixteen = png_bit_depth(path) == 16
+  image = image_files.open_image(path)
+  image = ImageOps.exif_transpose(image)
+  mode = image.mode
+  if mode.startswith('I') or mode == 'F':  # 16-bit (or wider) grey.
+    if mode == 'F':
+      grey = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+    else:
+      grey = _scaled(np.asarray(image).astype(np.int64))
+    return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16)
+  if mode == 'P':
+    mode = 'RGBA' if 'transparency' in image.info else 'RGB'
+    image = image.convert(mode)
+  elif mode == 'PA':
+    mode, image = 'RGBA', image.convert('RGBA')
+  elif mode in ('1', 'La'):
+    mode = 'L' if mode == '1' else 'LA'
+    image = image.convert(mode)
+  elif mode not in ('L', 'LA', 'RGB', 'RGBA'):  # CMYK, YCbCr, RGBa, ...
+    mode = 'RGBA' if 'A' in mode or 'a' in mode else 'RGB'
+    image = image.convert(mode)
+  a = np.asarray(image)
+  if a.ndim == 2:
+    a = a[..., None]
+  grey = mode in ('L', 'LA')
+  colour = np.repeat(a[..., :1], 3, axis=2) if grey else a[..., :3]
+  alpha = _scaled(a[..., -1]) if mode in ('LA', 'RGBA') else None
+  return LoadedImage(_scaled(colour), alpha, grey, 16 if sixteen else 8)
+
+
+def encode_png16(a: np.ndarray, compress_level: int = 6) -> bytes:
+  """uint16 [H, W, C] (C = 1 grey, 2 grey + alpha, 3 RGB, 4 RGBA) -> 16-bit PNG bytes.
+
+  Pillow writes 16 bits for grey only, so the few chunks are assembled here.
+  Every row uses filter type 0 (none).
+  """
+  a = np.asarray(a)
+  if a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] not in _PNG_COLOUR_TYPE:
+    raise ValueError(f'expected uint16 [H, W, 1..4], got {a.dtype} {a.shape}')
+  h, w, c = a.shape
+
+  def chunk(kind: bytes, data: bytes) -> bytes:
+    return (struct.pack('>I', len(data)) + kind + data
+            + struct.pack('>I', zlib.crc32(kind + data) & 0xffffffff))
+
+  rows = a.astype('>u2').reshape(h, w * c).view(np.uint8)
+  raw = np.concatenate([np.zeros((h, 1), np.uint8), rows], axis=1).tobytes()
+  header = struct.pack('>IIBBBBB', w, h, 16, _PNG_COLOUR_TYPE[c], 0, 0, 0)
+  return (PNG_SIGNATURE + chunk(b'IHDR', header)
+          + chunk(b'IDAT', zlib.compress(raw, compress_level)) + chunk(b'IEND', b''))
+
+
+def encode_result(restored: np.ndarray, like: LoadedImage) -> bytes:
+  """PNG bytes of `restored` [H, W, 3] in the layout of the input `like`."""
+  channels = restored.mean(axis=2, keepdims=True) if like.grey else restored
+  if like.alpha is not None:
+    channels = np.concatenate([channels, like.alpha[..., None]], axis=2)
+  if like.bits == 16:
+    return encode_png16(np.round(np.clip(channels, 0, 1) * 65535.0).astype(np.uint16))
+  a = to_uint8(channels)
+  image = Image.fromarray(a[..., 0] if a.shape[2] == 1 else a)
+  buf = io.BytesIO()
+  image.save(buf, format='PNG', compress_level=6)
+  return buf.getvalue()
+
+
+def collect_inputs(inputs: Sequence[str], exclude: Path | None = None
+                   ) -> tuple[list[tuple[Path, Path]], list[str]]:
+  """(input file, output path relative to --output) pairs, and error messages.
+
+  Folders are searched recursively for image suffixes; files are taken as given.
+  Two inputs that would write the same output: the second is an error.
+  """
+  jobs, errors, taken = [], [], {}
+  for arg in inputs:
+    path = Path(arg)
+    if path.is_dir():
+      found = [f for f in sorted(path.rglob('*'))
+               if f.is_file() and f.suffix.lower() in image_files.IMAGE_SUFFIXES
+               and not (exclude is not None and exclude in f.resolve().parents)]
+      if not found:
+        errors.append(f'{arg}: no image files in this folder')
+      pairs = [(f, f.relative_to(path).with_suffix('.png')) for f in found]
+    elif path.is_file():
+      pairs = [(path, Path(path.name).with_suffix('.png'))]
+    else:
+      errors.append(f'{arg}: no such file or folder')
+      continue
+    for src, rel in pairs:
+      key = rel.as_posix().lower()
+      if key in taken:
+        errors.append(f'{src}: skipped, its output {rel} is already written for {taken[key]}')
+        continue
+      taken[key] = src
+      jobs.append((src, rel))
+  return jobs, errors
+
+
+def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output: Path,
+                 overlays: bool = False, progress: bool = True) -> tuple[list[str], list[float]]:
+  """Deblurs each (input, relative output) pair; returns (errors, seconds per image)."""
+  errors, seconds = [], []
+  for src, rel in tqdm(jobs, desc='deblur', unit='img', disable=not progress):
+    try:
+      loaded = read_image(src)
+      result = deblurrer(loaded.rgb)
+      seconds.append(result.seconds)
+      panels.write_bytes_atomic(output / rel, encode_result(result.restored, loaded))
+      if overlays:
+        panels.save_png(output / rel.with_suffix('.decisions.png'),
+                        panels.decision_panel(loaded.rgb, result), compress_level=6)
+    except (DataError, OSError, Image.DecompressionBombError) as e:
+      # DataError messages already name the file; OSError ones usually do too.
+      msg = str(e) if str(src) in str(e) else f'{src}: {e}'
+      errors.append(msg)
+      tqdm.write(f'error: {msg}', file=sys.stderr)
+  return errors, seconds
+
+
+def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None = None,
+        capacity: str | float = 'exact', keep_threshold: float | None = None,
+        overlays: bool = False, progress: bool = True) -> int:
+  """Deblurs `inputs` (files or folders) into `output`; returns the exit status.
+
+  0 when every file was deblurred; 1 when some input was missing or unreadable
+  (the others are still written); 2 when the checkpoint cannot be loaded.
+  """
+  out = Path(output)
+  jobs, errors = collect_inputs(inputs, exclude=out.resolve())
+  for e in errors:
+    print(f'error: {e}', file=sys.stderr)
+  if not jobs:
+    return 1
+  overrides: dict[str, object] = {'capacity': parse_capacity(capacity)}
+  if keep_threshold is not None:
+    overrides['keep_threshold'] = float(keep_threshold)
+  try:
+    if not Path(checkpoint).is_dir():
+      raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
+    # No warm-up: timings here are informative only, and it would double the
+    # work of the first image of every size.
+    deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=False)
+  except (FileNotFoundError, ValueError) as e:
+    print(f'error: {e}', file=sys.stderr)
+    return 2
+  failed, seconds = deblur_files(deblurrer, jobs, out, overlays, progress)
+  errors += failed
+  mean = f', {np.mean(seconds):.3f} s per image' if seconds else ''
+  print(f'Deblurred {len(jobs) - len(failed)} of {len(jobs)} images into {out}{mean}.')
+  if errors:
+    print(f'{len(errors)} error(s), listed above.', file=sys.stderr)
+    return 1
+  return 0
+
+
+def _define_flags() -> None:
+  # Defined only when run as a program: importing this module (tests,
+  # evaluate.py) must not claim flag names.
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint directory.', required=True)
+  flags.DEFINE_string('output', None, 'Output folder.', required=True)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
+  flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window fraction in (0, 1].")
+  flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.')
+  flags.DEFINE_bool('overlays', False, 'Also write NAME.decisions.png with the windows '
+                    'kept by each pruning stage.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) < 2:
+    raise app.UsageError('Give at least one image file or folder.')
+  fl = flags.FLAGS
+  if not fl['verbosity'].present:
+    logging.set_verbosity(logging.WARNING)  # Checkpoint loading logs a lot at INFO.
+  try:
+    capacity = parse_capacity(fl.capacity)
+  except ValueError as e:
+    raise app.UsageError(str(e)) from None
+  sys.exit(run(fl.checkpoint, argv[1:], fl.output, step=fl.step, capacity=capacity,
+               keep_threshold=fl.keep_threshold, overlays=fl.overlays))
+
+
+if __name__ == '__main__':
+  _define_flags()
+  app.run(main)

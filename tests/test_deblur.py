@@ -1,0 +1,180 @@
+"""The deblurring command: real photographs, image formats, broken files, atomic writes."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from configs import tiny
+from lmdvit_jax import checkpointing, deblur, panels
+from lmdvit_jax.data import DataError
+from lmdvit_jax.models import LMDViT, init_params
+from tests.conftest import REPO
+
+TINY = dict(tiny.get_config().model, capacity='masked')  # as in test_inference: shared compiles
+REAL = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'real'
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+  path = tmp_path_factory.mktemp('ckpt')
+  checkpointing.save_model(path, init_params(LMDViT(**TINY), 0), TINY)
+  return path
+
+
+def _png_header(path):
+  """(bit depth, colour type) from the IHDR chunk."""
+  head = Path(path).read_bytes()[:26]
+  return head[24], head[25]
+
+
+# ---------------------------------------------------------------------------
+# Model-free parts.
+
+
+def test_encode_png16_round_trip(tmp_path):
+  rng = np.random.default_rng(0)
+  grey = rng.integers(0, 65536, (5, 7, 1), dtype=np.uint16)
+  (tmp_path / 'g.png').write_bytes(deblur.encode_png16(grey))
+  with Image.open(tmp_path / 'g.png') as im:
+    np.testing.assert_array_equal(np.asarray(im), grey[..., 0])
+  rgb = rng.integers(0, 65536, (5, 7, 3), dtype=np.uint16)
+  (tmp_path / 'c.png').write_bytes(deblur.encode_png16(rgb))
+  assert _png_header(tmp_path / 'c.png') == (16, 2)
+  with Image.open(tmp_path / 'c.png') as im:  # Pillow decodes it to 8 bits
+    assert im.mode == 'RGB'
+    np.testing.assert_array_equal(np.asarray(im), (rgb >> 8).astype(np.uint8))
+  with pytest.raises(ValueError):
+    deblur.encode_png16(rgb.astype(np.uint8))
+
+
+def test_read_image_modes(tmp_path):
+  a16 = np.array([[0, 65535], [257, 32768]], np.uint16)
+  Image.fromarray(a16).save(tmp_path / 'g16.png')
+  loaded = deblur.read_image(tmp_path / 'g16.png')
+  assert loaded.grey and loaded.bits == 16 and loaded.alpha is None
+  np.testing.assert_allclose(loaded.rgb[..., 1], a16 / 65535, atol=1e-7)
+  pal = Image.fromarray(np.array([[0, 1], [2, 1]], np.uint8), 'P')
+  pal.putpalette([255, 0, 0, 0, 255, 0, 0, 0, 255])
+  pal.save(tmp_path / 'p.png')
+  loaded = deblur.read_image(tmp_path / 'p.png')
+  assert not loaded.grey and loaded.bits == 8 and loaded.alpha is None
+  np.testing.assert_array_equal(loaded.rgb[1, 0], [0, 0, 1])
+  with pytest.raises(DataError, match='t.png'):
+    (tmp_path / 't.png').write_text('not an image')
+    deblur.read_image(tmp_path / 't.png')
+
+
+def test_collect_inputs_mirrors_paths_and_flags_clashes(tmp_path):
+  (tmp_path / 'in' / 'sub').mkdir(parents=True)
+  for name in ('a.png', 'a.jpg', 'sub/b.JPEG', 'notes.txt', 'out/old.png'):
+    (tmp_path / 'in' / name).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / 'in' / name).write_bytes(b'x')
+  jobs, errors = deblur.collect_inputs(
+      [str(tmp_path / 'in'), str(tmp_path / 'in' / 'sub' / 'b.JPEG'), str(tmp_path / 'nope')],
+      exclude=(tmp_path / 'in' / 'out').resolve())
+  assert [rel.as_posix() for _, rel in jobs] == ['a.png', 'sub/b.png', 'b.png']
+  assert len(errors) == 2  # a.png vs a.jpg clash, missing input
+  assert any('a.png' in e and 'already' in e for e in errors)
+  assert any('nope' in e for e in errors)
+
+
+def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
+  target = tmp_path / 'x.png'
+  target.write_bytes(b'old')
+
+  def fail(*args):
+    raise OSError('disk full')
+
+  monkeypatch.setattr(os, 'replace', fail)
+  with pytest.raises(OSError):
+    panels.write_bytes_atomic(target, b'new contents')
+  assert target.read_bytes() == b'old' and sorted(os.listdir(tmp_path)) == ['x.png']
+
+
+# ---------------------------------------------------------------------------
+# With the model.
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason=f'real photographs not found at {REAL}')
+def test_real_photographs(checkpoint, tmp_path, capsys):
+  out = tmp_path / 'out'
+  assert deblur.run(str(checkpoint), [str(REAL)], str(out), capacity='masked',
+                    progress=False) == 0
+  inputs = sorted(REAL.glob('*.png'))
+  assert len(inputs) == 4
+  for src in inputs:
+    with Image.open(src) as a, Image.open(out / src.name) as b:
+      assert b.size == a.size == (1280, 720) and b.mode == 'RGB'
+      before, after = np.asarray(a, np.float32), np.asarray(b, np.float32)
+    assert np.all(np.isfinite(after))
+    assert np.abs(after - before).mean() > 0.5  # the random model did change it
+  assert 'Deblurred 4 of 4 images' in capsys.readouterr().out
+
+
+def _write_inputs(folder):
+  """Small inputs of every kind (all pad to 128 x 128), two of them broken."""
+  rng = np.random.default_rng(0)
+  (folder / 'nested').mkdir(parents=True)
+  rgb = rng.integers(0, 256, (90, 110, 3), dtype=np.uint8)
+  Image.fromarray(rgb).save(folder / 'rgb.jpg', quality=90)
+  Image.fromarray(rgb[..., 0]).save(folder / 'grey8.png')
+  Image.fromarray(rng.integers(0, 65536, (90, 110), dtype=np.uint16)).save(folder / 'grey16.png')
+  (folder / 'rgb16.png').write_bytes(
+      deblur.encode_png16(rng.integers(0, 65536, (64, 80, 3), dtype=np.uint16)))
+  alpha = rng.integers(0, 256, (90, 110, 1), dtype=np.uint8)
+  Image.fromarray(np.concatenate([rgb, alpha], axis=2)).save(folder / 'nested' / 'rgba.png')
+  Image.fromarray(rgb).convert('P', palette=Image.Palette.ADAPTIVE).save(folder / 'pal.png')
+  pal = Image.fromarray(rgb).convert('P', palette=Image.Palette.ADAPTIVE, colors=16)
+  pal.save(folder / 'pal_transparent.png', transparency=0)
+  # Truncated PNG and a text file with an image suffix.
+  Image.fromarray(rgb).save(folder / 'full.png')
+  data = (folder / 'full.png').read_bytes()
+  (folder / 'full.png').unlink()
+  (folder / 'truncated.png').write_bytes(data[:len(data) // 2])
+  (folder / 'notes.png').write_text('this is not an image\n')
+  return alpha[..., 0]
+
+
+def test_formats_and_broken_files(checkpoint, tmp_path, capsys):
+  alpha = _write_inputs(tmp_path / 'in')
+  out = tmp_path / 'out'
+  status = deblur.run(str(checkpoint), [str(tmp_path / 'in')], str(out), capacity='masked',
+                      overlays=True, progress=False)
+  assert status == 1  # two files failed, the others were written
+  err = capsys.readouterr().err
+  assert 'truncated.png' in err and 'notes.png' in err
+  assert not (out / 'truncated.png').exists() and not (out / 'notes.png').exists()
+  expect = {  # name: (mode, size)
+      'rgb.png': ('RGB', (110, 90)), 'grey8.png': ('L', (110, 90)),
+      'grey16.png': ('I;16', (110, 90)), 'rgb16.png': ('RGB', (80, 64)),
+      'nested/rgba.png': ('RGBA', (110, 90)), 'pal.png': ('RGB', (110, 90)),
+      'pal_transparent.png': ('RGBA', (110, 90)),
+  }
+  for name, (mode, size) in expect.items():
+    with Image.open(out / name) as im:
+      assert (im.mode, im.size) == (mode, size), name
+  assert _png_header(out / 'grey16.png') == (16, 0)
+  assert _png_header(out / 'rgb16.png') == (16, 2)
+  with Image.open(out / 'nested' / 'rgba.png') as im:
+    np.testing.assert_array_equal(np.asarray(im)[..., 3], alpha)  # alpha put back as it was
+  with Image.open(out / 'grey16.png') as im:
+    assert np.asarray(im).dtype == np.uint16
+  assert (out / 'nested' / 'rgba.decisions.png').is_file()
+  assert not list(out.rglob('*.tmp'))
+
+
+def test_cli_exit_status(checkpoint, tmp_path):
+  bad = tmp_path / 'bad.png'
+  bad.write_bytes(b'\x89PNG\r\n\x1a\n' + b'\0' * 40)
+  run = subprocess.run(
+      [sys.executable, '-m', 'lmdvit_jax.deblur', f'--checkpoint={checkpoint}', str(bad),
+       str(tmp_path / 'missing.png'), f'--output={tmp_path / "out"}'],
+      cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert run.returncode == 1
+  assert 'bad.png' in run.stderr and 'missing.png' in run.stderr
+  assert not (tmp_path / 'out' / 'bad.png').exists()

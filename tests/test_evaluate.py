@@ -1,0 +1,161 @@
+"""evaluate.py end to end on a tiny random model and a folder in the official .npy format."""
+
+import json
+import subprocess
+import sys
+
+from absl import flags
+from absl.testing import flagsaver
+import numpy as np
+from PIL import Image
+import pytest
+
+import evaluate
+from configs import tiny
+from lmdvit_jax import checkpointing
+from lmdvit_jax.inference import DecisionBlock, DeblurResult, PadGeometry
+from lmdvit_jax.models import LMDViT, init_params
+from tests.conftest import REPO
+
+TINY = dict(tiny.get_config().model, capacity='masked')  # as in test_inference: shared compiles
+H, W = 100, 120  # pads to 128 x 128
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+  path = tmp_path_factory.mktemp('ckpt')
+  checkpointing.save_model(path, init_params(LMDViT(**TINY), 0), TINY)
+  return path
+
+
+def _npy_folder(root):
+  """Two images in the official format: a local blob mask and an all-ones mask."""
+  rng = np.random.default_rng(0)
+  root.mkdir()
+  masks = [np.zeros((H, W), np.float64), np.ones((H, W), np.float64)]
+  masks[0][30:70, 40:90] = 1
+  for i, mask in enumerate(masks):
+    gt = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
+    noise = rng.integers(-40, 41, (H, W, 3)) * mask[..., None]
+    blur = np.clip(gt + noise, 0, 255).astype(np.uint8)
+    np.save(root / f'img_{i}.npy', {'img_blur': blur, 'img_gt': gt, 'blur_mask': mask},
+            allow_pickle=True)
+  return root
+
+
+def _psnr(a, b, mask=None):
+  err = np.square(a.astype(np.float64) / 255 - b.astype(np.float64) / 255)
+  if mask is None:
+    return 10 * np.log10(1 / (err.mean() + 1e-8))
+  m = np.broadcast_to(mask[..., None], err.shape)
+  return 10 * np.log10(1 / ((err * m).sum() / m.sum()))
+
+
+@pytest.fixture(scope='module')
+def evaluated(checkpoint, tmp_path_factory):
+  """Runs evaluate.py's main in-process (so the compiled model is shared)."""
+  tmp = tmp_path_factory.mktemp('eval')
+  data, out = _npy_folder(tmp / 'npy'), tmp / 'out'
+  argv = ['evaluate.py', f'--checkpoint={checkpoint}', f'--data=npy:{data}',
+          f'--output={out}', '--capacity=masked', '--num_panels=1', '--save_images']
+  with flagsaver.flagsaver():
+    flags.FLAGS(argv)
+    evaluate.main(argv[:1])
+  return data, out
+
+
+def test_metrics_json_schema_and_values(evaluated):
+  _, out = evaluated
+  summary = json.loads((out / 'metrics.json').read_text())
+  mean = summary['mean']
+  for key in ('psnr', 'ssim', 'wpsnr', 'wssim', 'sharp_psnr', 'input_psnr', 'input_wpsnr',
+              'prune_precision', 'prune_recall', 'kept_fraction', 'seconds_per_image'):
+    assert key in mean, key
+  assert summary['count'] == 2 and [r['name'] for r in summary['images']] == ['img_0', 'img_1']
+  assert 5 < mean['psnr'] < 80 and -1 < mean['ssim'] <= 1
+  assert 0 <= mean['prune_precision'] <= 1 and 0 <= mean['prune_recall'] <= 1
+  assert 0 <= mean['kept_fraction'] <= 1 and mean['seconds_per_image'] > 0
+  assert summary['params'] > 0 and mean['flops'] > 0
+  assert summary['model']['capacity'] == 'masked'
+  # The all-ones mask has no sharp pixels: null for that image, ignored by the mean.
+  first, second = summary['images']
+  assert second['sharp_psnr'] is None and first['sharp_psnr'] is not None
+  assert mean['sharp_psnr'] == pytest.approx(first['sharp_psnr'])
+  # Per-block pruning scores, one entry per predicting block (11 in the tiny model).
+  assert len(summary['blocks']) == 11 and summary['blocks'][2]['shifted'] is True
+  assert len(first['blocks']['precision']) == 11
+  assert first['prune_precision'] == pytest.approx(np.mean(first['blocks']['precision']))
+  # An all-ones mask: every kept image pixel is blurred, so precision is 1
+  # (or 0 where a block kept no image pixel) and recall is the kept share.
+  assert all(np.isclose(p, 0) or np.isclose(p, 1) for p in second['blocks']['precision'])
+  assert max(second['blocks']['precision']) == pytest.approx(1.0)
+
+
+def test_scores_match_an_independent_computation(evaluated):
+  data, out = evaluated
+  summary = json.loads((out / 'metrics.json').read_text())
+  for record in summary['images']:
+    item = np.load(data / f'{record["name"]}.npy', allow_pickle=True).item()
+    restored = np.asarray(Image.open(out / 'images' / f'{record["name"]}.png'))
+    assert restored.shape == (H, W, 3)
+    mask = item['blur_mask']
+    assert record['psnr'] == pytest.approx(_psnr(restored, item['img_gt']), abs=1e-3)
+    assert record['wpsnr'] == pytest.approx(_psnr(restored, item['img_gt'], mask), abs=1e-3)
+    assert record['input_psnr'] == pytest.approx(_psnr(item['img_blur'], item['img_gt']),
+                                                 abs=1e-3)
+    assert record['input_wpsnr'] == pytest.approx(
+        _psnr(item['img_blur'], item['img_gt'], mask), abs=1e-3)
+  mean = summary['mean']
+  assert mean['psnr'] == pytest.approx(np.mean([r['psnr'] for r in summary['images']]))
+
+
+def test_table_and_panels(evaluated):
+  _, out = evaluated
+  table = (out / 'table.md').read_text()
+  assert table.startswith('| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | FLOPs |')
+  row = [line for line in table.splitlines() if 'lmdvit-jax' in line]
+  assert len(row) == 1 and len(row[0].split('|')) == 10
+  summary = json.loads((out / 'metrics.json').read_text())
+  assert f'{summary["mean"]["psnr"]:.2f}' in row[0]
+  panels = sorted((out / 'panels').iterdir())
+  assert [p.name for p in panels] == ['000_img_0.png']  # --num_panels=1
+  with Image.open(panels[0]) as im:
+    # 4 image tiles and 9 stage tiles of the 100x120 input, 5 columns x 3 rows.
+    assert im.mode == 'RGB' and im.width > 5 * W and im.height > 3 * H
+  assert not list(out.rglob('*.tmp'))
+
+
+def test_pruning_scores_ignore_padding():
+  g = PadGeometry(4, 8, 8, 8)  # two padded rows above and below
+  keep_all = np.ones((2, 2), np.uint8)
+  result = DeblurResult(np.zeros((4, 8, 3)), (keep_all,), (0,),
+                        (DecisionBlock('encoder_0', 0, False),), g, 0.0, 0.0)
+  mask = np.ones((4, 8, 1), np.float32)
+  scores = evaluate.pruning_scores(result, mask)
+  # Counting the padding as sharp pixels would give precision 0.5.
+  assert scores['precision'][0] == pytest.approx(1.0)
+  assert scores['recall'][0] == pytest.approx(1.0)
+  assert scores['kept_fraction'][0] == pytest.approx(1.0)
+
+
+def test_nan_handling_helpers():
+  assert evaluate.nanmean([1.0, float('nan'), 3.0]) == 2.0
+  assert np.isnan(evaluate.nanmean([float('nan')]))
+  assert evaluate._jsonable({'a': [np.float32(np.nan), np.inf, np.int64(3)]}) == {
+      'a': [None, None, 3]}
+
+
+def _run_cli(*args):
+  return subprocess.run([sys.executable, str(REPO / 'evaluate.py'), *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_cli_errors(checkpoint, tmp_path):
+  bad_spec = _run_cli(f'--checkpoint={checkpoint}', '--data=npz:/nowhere', f'--output={tmp_path}')
+  assert bad_spec.returncode != 0
+  assert "Unknown data kind 'npz'" in bad_spec.stderr and 'npy' in bad_spec.stderr
+  no_ckpt = _run_cli(f'--checkpoint={tmp_path / "missing"}', '--data=synthetic?count=1',
+                     f'--output={tmp_path / "out"}')
+  assert no_ckpt.returncode != 0
+  assert 'checkpoint directory not found' in no_ckpt.stderr
+  assert not (tmp_path / 'out' / 'metrics.json').exists()

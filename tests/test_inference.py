@@ -1,0 +1,150 @@
+"""Full-image inference: padding geometry, cropping, clamping, compile cache, batches."""
+
+import numpy as np
+import pytest
+
+from configs import tiny
+from lmdvit_jax import inference
+from lmdvit_jax.inference import DecisionBlock, DeblurResult, Deblurrer, PadGeometry
+from lmdvit_jax.models import LMDViT, init_params
+
+# Every test module uses this model, so the process compiles each input shape once.
+TINY = dict(tiny.get_config().model, capacity='masked')
+
+
+@pytest.fixture(scope='module')
+def deblurrer():
+  model = LMDViT(**TINY)
+  return Deblurrer(model, init_params(model, 0), warmup=False)
+
+
+# ---------------------------------------------------------------------------
+# Model-free geometry.
+
+
+@pytest.mark.parametrize('h, w, ph, pw, top, left', [
+    (720, 1280, 768, 1280, 24, 0),
+    (1436, 2152, 1536, 2176, 50, 12),  # a ReLoBlur image, as the official script pads it
+    (100, 130, 128, 256, 14, 63),
+    (128, 128, 128, 128, 0, 0),
+    (1, 1, 128, 128, 63, 63),
+])
+def test_pad_geometry_is_centred(h, w, ph, pw, top, left):
+  g = inference.pad_geometry(h, w, 128)
+  assert (g.padded_height, g.padded_width, g.top, g.left) == (ph, pw, top, left)
+
+
+def test_pad_crop_round_trip_and_zero_border():
+  g = inference.pad_geometry(37, 50, 16)
+  x = np.random.default_rng(0).uniform(0.1, 1.0, (2, 37, 50, 3)).astype(np.float32)
+  padded = g.pad(x)
+  assert padded.shape == (2, 48, 64, 3)
+  np.testing.assert_array_equal(g.crop(padded), x)
+  # Everything outside the image is zero: the sums agree.
+  np.testing.assert_allclose(padded.sum(), x.sum(), rtol=1e-6)
+  np.testing.assert_array_equal(padded[:, :g.top], 0)
+  np.testing.assert_array_equal(padded[:, :, g.left + 50:], 0)
+  valid = g.valid()
+  assert valid.shape == (48, 64, 1) and valid.sum() == 37 * 50
+  assert valid[g.top, g.left, 0] == 1 and valid[g.top - 1, g.left, 0] == 0
+  with pytest.raises(ValueError):
+    g.pad(np.zeros((36, 50, 3)))
+  with pytest.raises(ValueError):
+    g.crop(np.zeros((37, 50, 3)))
+
+
+def test_quantise_clamps_and_rounds():
+  x = np.array([-0.3, 0.0, 0.5 / 255 - 1e-4, 0.5 / 255 + 1e-4, 1.0, 1.7], np.float32)
+  np.testing.assert_array_equal(inference.to_uint8(x), [0, 0, 0, 1, 255, 255])
+  np.testing.assert_allclose(inference.quantize(x), [0, 0, 0, 1 / 255, 1, 1])
+  np.testing.assert_allclose(inference.to_float(np.array([0, 65535], np.uint16)), [0, 1])
+  with pytest.raises(TypeError):
+    inference.to_float(np.array([1, 2], np.int32))
+
+
+def test_parse_capacity():
+  assert inference.parse_capacity('exact') == 'exact'
+  assert inference.parse_capacity(' Masked ') == 'masked'
+  assert inference.parse_capacity('0.25') == 0.25
+  assert inference.parse_capacity(1) == 1.0
+  for bad in ('exactly', '0', '1.5', -0.1):
+    with pytest.raises(ValueError):
+      inference.parse_capacity(bad)
+
+
+def test_decision_blocks_follow_network_order():
+  blocks = inference.decision_blocks(LMDViT(**TINY))
+  # tiny depths (1, 2, 1, 1, 1, 1, 1, 3, 1): depth-1 stages predict once, the others twice.
+  assert len(blocks) == 11
+  assert blocks[0] == DecisionBlock('encoder_0', 0, False)
+  assert blocks[1:3] == (DecisionBlock('encoder_1', 0, False), DecisionBlock('encoder_1', 1, True))
+  assert [b.stage for b in blocks[-3:]] == ['decoder_2', 'decoder_2', 'decoder_3']
+  no_prune = LMDViT(**{**TINY, 'prune_loc': (0, 1, 0, 0, 0, 0, 0, 0, 0)})
+  assert [b.label for b in inference.decision_blocks(no_prune)] == ['encoder_1.0', 'encoder_1.1']
+
+
+def test_kept_maps_roll_shifted_grids_and_crop():
+  g = PadGeometry(6, 8, 8, 8)  # one padded row above and below
+  d = np.zeros((2, 2), np.uint8)
+  d[0, 1] = 1  # top-right window of a 4x4 grid
+  blocks = (DecisionBlock('s', 0, False), DecisionBlock('s', 1, True))
+  r = DeblurResult(np.zeros((6, 8, 3)), (d, d), (0, 0), blocks, g, 0.0, 0.0)
+  plain, shifted = r.kept_maps()
+  want = np.zeros((8, 8), bool)
+  want[0:4, 4:8] = True
+  np.testing.assert_array_equal(plain, want[1:7])
+  # A shifted block saw the map rolled by -2: its window covers rows/cols 2..5 + 2.
+  np.testing.assert_array_equal(shifted, np.roll(want, (2, 2), axis=(0, 1))[1:7])
+
+
+# ---------------------------------------------------------------------------
+# The compiled model.
+
+
+def test_deblur_pads_crops_and_clamps(deblurrer):
+  rng = np.random.default_rng(1)
+  image = rng.integers(0, 256, (100, 120, 3), dtype=np.uint8)
+  result = deblurrer(image)
+  assert result.restored.shape == (100, 120, 3) and result.restored.dtype == np.float32
+  assert np.all(np.isfinite(result.restored))
+  assert result.restored.min() >= 0 and result.restored.max() <= 1
+  # The random model changes the image (a gate of at least 0.1 on a random residual).
+  assert np.abs(result.restored - image / 255.0).mean() > 1e-3
+  assert result.geometry.padded_shape == (128, 128)
+  assert len(result.decisions) == len(result.blocks) == 11
+  assert result.decisions[0].shape == (16, 16)  # full-resolution window grid of 8x8 windows
+  assert result.decisions[5].shape == (1, 1)  # bottleneck at 1/16
+  assert all(set(np.unique(d)) <= {0, 1} for d in result.decisions)
+  assert result.seconds > 0 and np.isfinite(result.flops) and result.flops > 1e6
+
+  # The same image padded by hand (centred: 14 rows above, 4 columns left) and
+  # cropped by hand gives the same pixels.
+  padded = np.zeros((128, 128, 3), np.float32)
+  padded[14:114, 4:124] = image / 255.0
+  compiled = len(inference._EXECUTABLES)
+  full = deblurrer(padded)
+  assert len(inference._EXECUTABLES) == compiled  # same padded shape: no new compile
+  np.testing.assert_allclose(full.restored[14:114, 4:124], result.restored, atol=1e-6)
+  for a, b in zip(full.decisions, result.decisions):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_batch_matches_single_images(deblurrer):
+  rng = np.random.default_rng(2)
+  images = rng.uniform(size=(2, 90, 128, 3)).astype(np.float32)
+  batch = deblurrer.deblur_batch(images)
+  assert batch.restored.shape == (2, 90, 128, 3) and len(batch) == 2
+  assert batch.decisions[0].shape == (2, 16, 16)
+  for i in range(2):
+    single = deblurrer(images[i])
+    np.testing.assert_allclose(batch[i].restored, single.restored, atol=1e-5)
+    for a, b in zip(batch[i].decisions, single.decisions):
+      np.testing.assert_array_equal(a, b)
+  assert batch.flops > deblurrer.flops(90, 128)  # FLOPs of the B=2 program
+
+
+def test_rejects_bad_shapes(deblurrer):
+  with pytest.raises(ValueError):
+    deblurrer(np.zeros((64, 64), np.float32))
+  with pytest.raises(ValueError):
+    deblurrer.deblur_batch(np.zeros((1, 64, 64, 4), np.float32))
