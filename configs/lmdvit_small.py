@@ -5,6 +5,7 @@ no other hyper-parameter; halving the width of the released configuration (param
 grow with the square of the width) gives the count above.
 
 The paper reports 34.98 PSNR / 0.9259 SSIM / 29.89 weighted PSNR on ReLoBlur.
+Training fields are those of `configs/lmdvit.py` (the paper's recipe).
 """
 
 import ml_collections

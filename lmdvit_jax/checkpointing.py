@@ -9,6 +9,18 @@ One layout serves converted weights and training runs alike:
 so `load_model(DIR)` works on the output of `python -m lmdvit_jax.convert` and
 on a `train.py` workdir. Orbax writes each step to a temporary folder and
 renames it when complete; `model.json` is replaced atomically.
+
+A training step folder holds four items (see `TRAIN_ITEMS`):
+
+    params/      the params pytree (what `load_model` reads)
+    opt_state/   the optax state
+    meta/        step, base rng key, count of skipped (non-finite) steps
+    data/        the data iterator position (JSON), for an exact resume
+
+`train.py` also keeps `WORKDIR/best/`, a checkpoint directory of the same
+layout (model.json + checkpoints/<step>/params) holding only the params with
+the best held-out weighted PSNR so far, and `WORKDIR/best/best.json` with its
+step and metrics.
 """
 
 from __future__ import annotations
@@ -25,6 +37,9 @@ import orbax.checkpoint as ocp
 
 MODEL_FILE = 'model.json'
 CHECKPOINTS = 'checkpoints'
+TRAIN_ITEMS = ('params', 'opt_state', 'meta', 'data')
+BEST_DIR = 'best'
+BEST_FILE = 'best.json'
 
 
 def write_json_atomic(path: str | Path, obj: Any) -> None:
@@ -55,19 +70,48 @@ def _jsonable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def manager(directory: str | Path, max_to_keep: int | None = None,
-            item_names: tuple[str, ...] = ('params',)) -> ocp.CheckpointManager:
-  """The orbax manager of `directory/checkpoints`."""
+            item_names: tuple[str, ...] = ('params',),
+            async_save: bool = False) -> ocp.CheckpointManager:
+  """The orbax manager of `directory/checkpoints`.
+
+  `async_save=True` returns from `save` once the arrays are copied to the
+  host and writes in a background thread (call `wait_until_finished` or
+  `close`).
+  """
   path = Path(directory).absolute() / CHECKPOINTS
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
+  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
+                                         enable_async_checkpointing=async_save)
   return ocp.CheckpointManager(path, item_names=item_names, options=options)
 
 
+def write_model_json(directory: str | Path, model_kwargs: Mapping[str, Any]) -> None:
+  """Writes `directory/model.json` (from process 0 only in multi-host runs)."""
+  if jax.process_index() == 0:
+    write_json_atomic(Path(directory) / MODEL_FILE, _jsonable(model_kwargs))
+
+
+def check_model_kwargs(directory: str | Path, model_kwargs: Mapping[str, Any]) -> None:
+  """Raises ValueError if `directory/model.json` exists and records other kwargs."""
+  path = Path(directory) / MODEL_FILE
+  if not path.is_file():
+    return
+  recorded = read_model_kwargs(directory)
+  wanted = json.loads(json.dumps(_jsonable(model_kwargs)))
+  if recorded != wanted:
+    diff = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    details = ', '.join(f'{k}: {recorded.get(k)!r} there, {wanted.get(k)!r} now' for k in diff)
+    raise ValueError(f'{path} records a different model ({details}); use a new workdir')
+
+
 def save_model(directory: str | Path, params: Any, model_kwargs: Mapping[str, Any],
-               step: int = 0) -> Path:
-  """Writes `model.json` and the params as step `step` under `directory`."""
+               step: int = 0, max_to_keep: int | None = None) -> Path:
+  """Writes `model.json` and the params as step `step` under `directory`.
+
+  `max_to_keep` limits the number of step folders kept (oldest removed).
+  """
   directory = Path(directory)
-  write_json_atomic(directory / MODEL_FILE, _jsonable(model_kwargs))
-  with manager(directory) as mngr:
+  write_model_json(directory, model_kwargs)
+  with manager(directory, max_to_keep=max_to_keep) as mngr:
     mngr.save(step, args=ocp.args.Composite(params=ocp.args.StandardSave(params)), force=True)
     mngr.wait_until_finished()
   return directory
@@ -113,3 +157,84 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
     restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
   params = jax.tree_util.tree_map(np.asarray, restored['params'])
   return kwargs, params
+
+
+# ---------------------------------------------------------------------------
+# Training state.
+
+
+def train_manager(workdir: str | Path, max_to_keep: int | None = None,
+                  async_save: bool = True) -> ocp.CheckpointManager:
+  """The manager of a training workdir: items `TRAIN_ITEMS` per step."""
+  return manager(workdir, max_to_keep=max_to_keep, item_names=TRAIN_ITEMS,
+                 async_save=async_save)
+
+
+def save_train_state(mngr: ocp.CheckpointManager, state: Any,
+                     data_state: Mapping[str, Any] | None = None) -> int:
+  """Saves a `train_lib.TrainState` (and iterator position) at its step.
+
+  Returns the step. Arrays may be sharded across processes; orbax writes each
+  shard once.
+  """
+  step = int(jax.device_get(state.step))
+  meta = {'step': state.step, 'rng': state.rng, 'skipped': state.skipped}
+  mngr.save(step, args=ocp.args.Composite(
+      params=ocp.args.StandardSave(state.params),
+      opt_state=ocp.args.StandardSave(state.opt_state),
+      meta=ocp.args.StandardSave(meta),
+      data=ocp.args.JsonSave(dict(data_state or {}))), force=True)
+  return step
+
+
+def restore_train_state(mngr: ocp.CheckpointManager, target: Any,
+                        step: int | None = None) -> tuple[Any, dict[str, Any]]:
+  """Restores `(state, data_state)` from step `step` (default: the latest).
+
+  Args:
+    mngr: from `train_manager`.
+    target: a `train_lib.TrainState` of arrays (or `jax.ShapeDtypeStruct`s
+      with shardings) giving the structure, dtypes and shardings to restore.
+    step: which step.
+  """
+  step = mngr.latest_step() if step is None else step
+  if step is None:
+    raise FileNotFoundError(f'no checkpoint under {mngr.directory}')
+  abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
+  meta = {'step': abstract.step, 'rng': abstract.rng, 'skipped': abstract.skipped}
+  restored = mngr.restore(step, args=ocp.args.Composite(
+      params=ocp.args.StandardRestore(abstract.params),
+      opt_state=ocp.args.StandardRestore(abstract.opt_state),
+      meta=ocp.args.StandardRestore(meta),
+      data=ocp.args.JsonRestore()))
+  m = restored['meta']
+  state = type(target)(step=m['step'], params=restored['params'],
+                       opt_state=restored['opt_state'], rng=m['rng'], skipped=m['skipped'])
+  return state, dict(restored['data'] or {})
+
+
+def read_best(directory: str | Path) -> dict[str, Any] | None:
+  """`WORKDIR/best/best.json` ({'step', 'wpsnr', 'metrics'}), or None."""
+  path = Path(directory) / BEST_DIR / BEST_FILE
+  if not path.is_file():
+    return None
+  with open(path) as f:
+    return json.load(f)
+
+
+def save_best(workdir: str | Path, params: Any, model_kwargs: Mapping[str, Any], step: int,
+              metrics: Mapping[str, float], key: str = 'wpsnr') -> bool:
+  """Keeps `params` in `WORKDIR/best` if `metrics[key]` beats the recorded best.
+
+  Returns whether it saved. NaN never counts as better.
+  """
+  value = float(metrics.get(key, float('nan')))
+  best = read_best(workdir)
+  if not np.isfinite(value) or (best is not None and not value > best[key]):
+    return False
+  directory = Path(workdir) / BEST_DIR
+  save_model(directory, params, model_kwargs, step=step, max_to_keep=1)
+  if jax.process_index() == 0:
+    write_json_atomic(directory / BEST_FILE,
+                      {'step': int(step), key: value, 'metrics': dict(metrics)})
+  return True

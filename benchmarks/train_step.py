@@ -1,0 +1,84 @@
+"""Training speed: compile time, steps/s and images/s of the jitted train step.
+
+  python benchmarks/train_step.py                      # released and small, 256x256, batch 2
+  python benchmarks/train_step.py --configs tiny --patch 128 --steps 10
+
+Each configuration's step (forward, backward, AdamW update, non-finite guard)
+is compiled ahead of time, so the compile time is reported apart; then one
+warm-up step runs and `--steps` steps are timed. Inputs are random images with
+a random half-blurred mask; params come from `init_params`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from lmdvit_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmdvit_jax.models import count_params  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def bench(name: str, patch: int, batch: int, steps: int, dtype: str, remat: str) -> dict:
+  config = importlib.import_module(f'configs.{name}').get_config()
+  with config.unlocked():
+    config.update(patch_size=patch, batch_size=batch, compute_dtype=dtype, remat=remat)
+  mesh = train_lib.make_mesh()
+  model = train_lib.build_model(config)
+  tx = train_lib.make_optimizer(config)
+  state = train_lib.init_train_state(model, tx, config, mesh)
+  rng = np.random.default_rng(0)
+  mask = np.zeros((batch, patch, patch, 1), np.float32)
+  mask[:, patch // 4:3 * patch // 4, patch // 4:3 * patch // 4] = 1
+  host = {'blur': rng.random((batch, patch, patch, 3), np.float32),
+          'sharp': rng.random((batch, patch, patch, 3), np.float32), 'mask': mask}
+  data = train_lib.put_batch(host, mesh)
+
+  step = train_lib.make_train_step(model, tx, config, mesh)
+  t0 = time.perf_counter()
+  compiled = step.lower(state, data).compile()
+  compile_s = time.perf_counter() - t0
+  state, m = compiled(state, data)  # warm-up
+  jax.block_until_ready(m)
+  t0 = time.perf_counter()
+  for _ in range(steps):
+    state, m = compiled(state, data)
+  jax.block_until_ready(m)
+  per_step = (time.perf_counter() - t0) / steps
+  return dict(config=name, params=count_params(state.params), patch=patch, batch=batch,
+              dtype=dtype, remat=remat, compile_s=compile_s, s_per_step=per_step,
+              steps_per_s=1 / per_step, images_per_s=batch / per_step,
+              loss=float(m['loss']))
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+  parser.add_argument('--configs', nargs='+', default=['lmdvit', 'lmdvit_small'])
+  parser.add_argument('--patch', type=int, default=256)
+  parser.add_argument('--batch', type=int, default=2)
+  parser.add_argument('--steps', type=int, default=3)
+  parser.add_argument('--dtype', default='float32', choices=sorted(train_lib.COMPUTE_DTYPES))
+  parser.add_argument('--remat', default='none', choices=sorted(train_lib.REMAT_POLICIES))
+  args = parser.parse_args()
+  print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}')
+  header = ('| config | params | patch | batch | dtype | compile s | s/step | steps/s '
+            '| images/s |')
+  rows = []
+  for name in args.configs:
+    r = bench(name, args.patch, args.batch, args.steps, args.dtype, args.remat)
+    rows.append(f"| {r['config']} | {r['params'] / 1e6:.2f} M | {r['patch']} | {r['batch']} "
+                f"| {r['dtype']} | {r['compile_s']:.1f} | {r['s_per_step']:.2f} "
+                f"| {r['steps_per_s']:.3f} | {r['images_per_s']:.3f} |")
+    print(rows[-1].replace('|', ' ').strip(), flush=True)
+  print('\n' + header + '\n|' + ' --- |' * 9 + '\n' + '\n'.join(rows))
+
+
+if __name__ == '__main__':
+  main()

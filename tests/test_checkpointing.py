@@ -1,0 +1,110 @@
+"""Checkpoint directories: training state round trip, load_model on a workdir, best/."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from lmdvit_jax import checkpointing
+from lmdvit_jax import train_lib
+
+
+def _state(seed: int) -> train_lib.TrainState:
+  rng = np.random.default_rng(seed)
+  params = {'layer': {'kernel': rng.standard_normal((3, 4)).astype(np.float32),
+                      'bias': rng.standard_normal((4,)).astype(np.float32)}}
+  tx = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
+  opt_state = tx.init(params)
+  # Make the optimizer moments non-trivial.
+  grads = jax.tree.map(lambda p: jnp.asarray(p) * 0.5, params)
+  _, opt_state = tx.update(grads, opt_state, params)
+  state = train_lib.TrainState(step=np.int32(7 + seed), params=params, opt_state=opt_state,
+                               rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))),
+                               skipped=np.int32(seed))
+  return train_lib.put_replicated(state, train_lib.make_mesh())
+
+
+def _assert_trees_equal(a, b):
+  la, ta = jax.tree.flatten(a)
+  lb, tb = jax.tree.flatten(b)
+  assert ta == tb
+  for x, y in zip(la, lb):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_train_state_round_trip(tmp_path):
+  saved = _state(1)
+  data_state = {'next_index': 42, 'nested': {'a': [1, 2]}}
+  with checkpointing.train_manager(tmp_path, async_save=True) as mngr:
+    assert checkpointing.save_train_state(mngr, saved, data_state) == 8
+    mngr.wait_until_finished()
+  target = _state(2)  # Different values, same structure.
+  with checkpointing.train_manager(tmp_path) as mngr:
+    restored, restored_data = checkpointing.restore_train_state(mngr, target)
+  _assert_trees_equal(restored, saved)
+  assert restored_data == data_state
+  assert isinstance(restored, train_lib.TrainState)
+  assert restored.params['layer']['kernel'].sharding.is_fully_replicated
+
+
+def test_restore_picks_latest_and_keeps_n(tmp_path):
+  with checkpointing.train_manager(tmp_path, max_to_keep=2, async_save=False) as mngr:
+    for seed in (1, 2, 3):
+      checkpointing.save_train_state(mngr, _state(seed), {'i': seed})
+  assert sorted(p.name for p in (tmp_path / 'checkpoints').iterdir()) == ['10', '9']
+  assert checkpointing.latest_step(tmp_path) == 10
+  with checkpointing.train_manager(tmp_path) as mngr:
+    restored, data_state = checkpointing.restore_train_state(mngr, _state(0))
+    older, _ = checkpointing.restore_train_state(mngr, _state(0), step=9)
+  assert int(restored.step) == 10 and data_state == {'i': 3}
+  assert int(older.step) == 9
+
+
+def test_load_model_reads_params_of_a_training_workdir(tmp_path):
+  state = _state(1)
+  checkpointing.write_model_json(tmp_path, {'embed_dim': 8, 'depths': (1, 2)})
+  with checkpointing.train_manager(tmp_path, async_save=False) as mngr:
+    checkpointing.save_train_state(mngr, state, {})
+  kwargs, params = checkpointing.load_model(tmp_path)
+  assert kwargs == {'embed_dim': 8, 'depths': [1, 2]}
+  _assert_trees_equal(params, state.params)
+  assert isinstance(params['layer']['kernel'], np.ndarray)
+
+
+def test_save_best_keeps_only_improvements(tmp_path):
+  kwargs = {'embed_dim': 8}
+  p1, p2, p3 = (_state(s).params for s in (1, 2, 3))
+  assert checkpointing.save_best(tmp_path, p1, kwargs, 10, {'wpsnr': 20.0, 'psnr': 25.0})
+  assert not checkpointing.save_best(tmp_path, p2, kwargs, 20, {'wpsnr': 19.0})
+  assert not checkpointing.save_best(tmp_path, p2, kwargs, 25, {'wpsnr': float('nan')})
+  assert checkpointing.read_best(tmp_path)['step'] == 10
+  assert checkpointing.save_best(tmp_path, p3, kwargs, 30, {'wpsnr': 21.5})
+  best = checkpointing.read_best(tmp_path)
+  assert best['step'] == 30 and best['wpsnr'] == 21.5
+  # best/ is itself a checkpoint directory holding only the best step.
+  assert [p.name for p in (tmp_path / 'best' / 'checkpoints').iterdir()] == ['30']
+  loaded_kwargs, params = checkpointing.load_model(tmp_path / 'best')
+  assert loaded_kwargs == kwargs
+  _assert_trees_equal(params, p3)
+
+
+def test_restore_without_checkpoint_raises(tmp_path):
+  with checkpointing.train_manager(tmp_path) as mngr:
+    with pytest.raises(FileNotFoundError):
+      checkpointing.restore_train_state(mngr, _state(0))
+
+
+def test_model_json_is_plain_json(tmp_path):
+  checkpointing.write_model_json(tmp_path, {'depths': (np.int64(1), 2), 'mlp_ratio': np.float32(4)})
+  assert json.loads((tmp_path / 'model.json').read_text()) == {'depths': [1, 2], 'mlp_ratio': 4.0}
+
+
+def test_check_model_kwargs_refuses_another_model(tmp_path):
+  checkpointing.check_model_kwargs(tmp_path, {'embed_dim': 8})  # nothing recorded yet
+  checkpointing.write_model_json(tmp_path, {'embed_dim': 8, 'depths': (1, 2)})
+  checkpointing.check_model_kwargs(tmp_path, {'embed_dim': 8, 'depths': (1, 2)})
+  with pytest.raises(ValueError, match='embed_dim: 8 there, 16 now'):
+    checkpointing.check_model_kwargs(tmp_path, {'embed_dim': 16, 'depths': (1, 2)})

@@ -1,0 +1,136 @@
+"""train.py end to end: train, checkpoint, evaluate, get killed, resume exactly."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from lmdvit_jax import checkpointing
+from test_train_lib import REPO, subprocess_env
+
+NUM_STEPS = 6  # small_config: checkpoints every 2 steps (keeps 2), logs every 2, evals every 3.
+
+CONFIG_FILE = '''
+from test_train_lib import small_config
+
+
+def get_config():
+  return small_config()
+'''
+
+
+def _train(workdir, config_file, *overrides, wait=True):
+  cmd = [sys.executable, str(REPO / 'train.py'), f'--config={config_file}',
+         f'--workdir={workdir}', *overrides]
+  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True)
+  if wait:
+    output, _ = proc.communicate(timeout=900)
+    return proc.returncode, output
+  return proc
+
+
+def _read_jsonl(path):
+  return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+def _checkpoint_arrays(workdir, step):
+  """params, opt_state and meta of a step, flattened, as numpy."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  out = {}
+  with ocp.CheckpointManager(Path(workdir).absolute() / 'checkpoints',
+                             item_names=('params', 'opt_state', 'meta')) as mngr:
+    restored = mngr.restore(step, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(), opt_state=ocp.args.StandardRestore(),
+        meta=ocp.args.StandardRestore()))
+  for item in ('params', 'opt_state', 'meta'):
+    for k, v in jax.tree_util.tree_flatten_with_path(restored[item])[0]:
+      out[item + jax.tree_util.keystr(k)] = np.asarray(v)
+  return out
+
+
+@pytest.fixture(scope='module')
+def config_file(tmp_path_factory):
+  path = tmp_path_factory.mktemp('config') / 'small.py'
+  path.write_text(CONFIG_FILE)
+  return path
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory, config_file):
+  workdir = tmp_path_factory.mktemp('uninterrupted')
+  code, output = _train(workdir, config_file)
+  assert code == 0, output[-5000:]
+  return workdir
+
+
+def test_run_writes_metrics_checkpoints_and_best(uninterrupted):
+  w = uninterrupted
+  rows = _read_jsonl(w / 'metrics.jsonl')
+  assert [r['step'] for r in rows] == [2, 4, 6]
+  for r in rows:
+    assert np.isfinite(r['loss']) and r['skipped'] == 0
+    assert 0 < r['lr'] <= 1e-3
+    assert {'l1', 'ssim', 'fft', 'prune', 'grad_norm', 'kept/mean', 'kept/08'} <= set(r)
+  assert 'steps_per_sec' in rows[-1]
+  # Latest 2 steps are kept; each holds the params the evaluators read.
+  assert sorted(int(p.name) for p in (w / 'checkpoints').iterdir()) == [4, 6]
+  kwargs, params = checkpointing.load_model(w)
+  assert kwargs['win_size'] == 4 and kwargs['depths'] == [1] * 9 and 'dtype' not in kwargs
+  assert 'input_proj' in params
+  evals = _read_jsonl(w / 'eval.jsonl')
+  assert [e['step'] for e in evals] == [3, 6]
+  assert all(np.isfinite(e['eval/psnr']) for e in evals)
+  best = checkpointing.read_best(w)
+  assert best['step'] in (3, 6)
+  assert best['wpsnr'] == max(e['eval/wpsnr'] for e in evals)
+  best_kwargs, _ = checkpointing.load_model(w / 'best')
+  assert best_kwargs == kwargs
+  assert list((w / 'tensorboard').glob('events.out.tfevents.*'))
+
+
+def test_kill_and_resume_matches_uninterrupted_run(tmp_path, config_file, uninterrupted):
+  # Evaluation does not touch the training state: switch it off (and check overrides work).
+  no_eval = '--config.eval_every_steps=0'
+  proc = _train(tmp_path, config_file, no_eval, wait=False)
+  deadline = time.time() + 900
+  try:
+    while not (tmp_path / 'checkpoints' / '4').is_dir():
+      assert proc.poll() is None, proc.stdout.read()[-5000:]
+      assert time.time() < deadline
+      time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == -signal.SIGKILL
+  killed_at = checkpointing.latest_step(tmp_path)
+  assert killed_at is not None and killed_at < NUM_STEPS, 'the run finished before the kill'
+
+  code, output = _train(tmp_path, config_file, no_eval)
+  assert code == 0, output[-5000:]
+  assert not (tmp_path / 'eval.jsonl').exists()
+  assert f'Resumed from step {killed_at}' in output
+  assert checkpointing.latest_step(tmp_path) == NUM_STEPS
+  resumed = _checkpoint_arrays(tmp_path, NUM_STEPS)
+  reference = _checkpoint_arrays(uninterrupted, NUM_STEPS)
+  assert set(resumed) == set(reference)
+  assert int(resumed['meta[\'step\']']) == NUM_STEPS
+  for k in reference:
+    np.testing.assert_allclose(resumed[k], reference[k], rtol=0, atol=1e-6, err_msg=k)
+  loss = lambda w: {r['step']: r['loss'] for r in _read_jsonl(w / 'metrics.jsonl')}
+  assert loss(tmp_path)[NUM_STEPS] == pytest.approx(loss(uninterrupted)[NUM_STEPS], abs=1e-6)
+
+
+def test_config_typos_fail_clearly(tmp_path, config_file):
+  code, output = _train(tmp_path, config_file, '--config.optim.lrr=1e-3')
+  assert code != 0
+  assert 'lrr' in output
+  assert not (tmp_path / 'checkpoints').exists()

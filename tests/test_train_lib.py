@@ -1,0 +1,219 @@
+"""The train step: learning, non-finite guard, multi-device equality, schedule.
+
+Compilation dominates the run time on CPU, so one train step (of `small_config`)
+is compiled per process and shared, compiled executables go to a persistent
+cache that the subprocesses here and in test_train.py reuse, and the
+four-device step compiles in a subprocess started first, in parallel with the
+single-device work.
+"""
+
+import os
+import subprocess
+import sys
+import tempfile
+import types
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from configs import tiny
+from lmdvit_jax import train_lib
+from lmdvit_jax.data import pipeline
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE_DIR = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+    tempfile.gettempdir(), 'lmdvit_jax_test_compilation_cache')
+if not jax.config.jax_compilation_cache_dir:
+  jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
+
+
+def small_config() -> ml_collections.ConfigDict:
+  """configs/tiny.py shrunk for tests: 9 blocks of window 4, 64x64 patches, batch 4.
+
+  The schedule restarts every 1000 steps so it does not depend on
+  `num_train_steps`: runs of any length share one compiled step.
+  """
+  config = tiny.get_config()
+  config.model.update(win_size=4, depths=(1,) * 9)
+  config.update(batch_size=4, patch_size=64, num_train_steps=6, log_every_steps=2,
+                checkpoint_every_steps=2, keep_checkpoints=2, eval_every_steps=3)
+  config.optim.update(lr=1e-3, warmup_steps=2, restart_every=1000, end_lr=1e-5, grad_clip=1.0)
+  config.data.update(sources=('synthetic',), num_threads=1)
+  config.eval.update(source='synthetic?size=64&count=1', max_images=1)
+  return config
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, **extra)
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO), str(REPO / 'tests'),
+                                       env.get('PYTHONPATH', '')])
+  return env
+
+
+_FOUR_DEVICES = r'''
+import sys
+import jax
+import numpy as np
+from test_train_lib import small_config
+from lmdvit_jax import train_lib
+
+assert jax.device_count() == 4, jax.devices()
+config = small_config()
+mesh = train_lib.make_mesh()
+model, tx = train_lib.build_model(config), train_lib.make_optimizer(config)
+state = train_lib.init_train_state(model, tx, config, mesh)
+batch = train_lib.put_batch(dict(np.load(sys.argv[1])), mesh)
+assert {s.data.shape[0] for s in batch['blur'].addressable_shards} == {1}
+state, metrics = train_lib.make_train_step(model, tx, config, mesh)(state, batch)
+flat = {jax.tree_util.keystr(k): np.asarray(v)
+        for k, v in jax.tree_util.tree_flatten_with_path(state.params)[0]}
+np.savez(sys.argv[2], loss=np.asarray(metrics['loss']),
+         grad_norm=np.asarray(metrics['grad_norm']), **flat)
+'''
+
+
+def _flat(tree):
+  return {jax.tree_util.keystr(k): np.asarray(v)
+          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+@pytest.fixture(scope='module')
+def setup(tmp_path_factory):
+  tmp = tmp_path_factory.mktemp('train_lib')
+  config = small_config()
+  it = pipeline.make_train_iterator_from_config(config)
+  host_batch = it.next_local()
+  assert host_batch['mask'].sum() > 0
+  np.savez(tmp / 'batch.npz', **host_batch)
+  child = subprocess.Popen(
+      [sys.executable, '-c', _FOUR_DEVICES, str(tmp / 'batch.npz'), str(tmp / 'four.npz')],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'))
+  mesh = train_lib.make_mesh()
+  model, tx = train_lib.build_model(config), train_lib.make_optimizer(config)
+  ns = types.SimpleNamespace(
+      config=config, mesh=mesh, tmp=tmp, child=child, host_batch=host_batch,
+      batch=train_lib.put_batch(host_batch, mesh),
+      fresh=lambda: train_lib.init_train_state(model, tx, config, mesh),
+      step=train_lib.make_train_step(model, tx, config, mesh))
+  yield ns
+  if child.poll() is None:
+    child.kill()
+
+
+def test_one_step_on_four_devices_equals_one_device(setup):
+  state, metrics = setup.step(setup.fresh(), setup.batch)
+  output, _ = setup.child.communicate(timeout=900)
+  assert setup.child.returncode == 0, output[-5000:]
+  four = dict(np.load(setup.tmp / 'four.npz'))
+  np.testing.assert_allclose(four.pop('loss'), metrics['loss'], rtol=0, atol=1e-5)
+  np.testing.assert_allclose(four.pop('grad_norm'), metrics['grad_norm'], rtol=1e-5)
+  one = _flat(state.params)
+  assert set(one) == set(four)
+  worst = max(float(np.max(np.abs(one[k] - four[k]))) for k in one)
+  assert worst <= 1e-5, worst
+  # The step moved the params (the comparison is not between two copies of the init).
+  init = _flat(setup.fresh().params)
+  assert max(float(np.max(np.abs(one[k] - init[k]))) for k in one) > 1e-4
+
+
+def test_twenty_steps_on_a_fixed_batch_lower_the_loss(setup):
+  state = setup.fresh()
+  losses = []
+  for _ in range(20):
+    state, metrics = setup.step(state, setup.batch)
+    losses.append(float(metrics['loss']))
+  assert np.all(np.isfinite(losses))
+  assert int(state.step) == 20 and int(state.skipped) == 0
+  first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+  assert last < 0.97 * first, losses
+  assert losses[-1] < losses[0], losses
+
+
+def test_nan_batch_does_not_change_params(setup):
+  state = setup.fresh()
+  before = jax.device_get(state)
+  bad = dict(setup.host_batch)
+  bad['blur'] = bad['blur'].copy()
+  bad['blur'][1, 3, 5, 0] = np.nan
+  state, metrics = setup.step(state, train_lib.put_batch(bad, setup.mesh))
+  assert not np.isfinite(float(metrics['loss']))
+  assert float(metrics['finite']) == 0.0
+  assert int(state.step) == 1 and int(state.skipped) == 1
+  after = jax.device_get(state)
+  for name in ('params', 'opt_state'):
+    a, b = _flat(getattr(before, name)), _flat(getattr(after, name))
+    for k in a:
+      np.testing.assert_array_equal(a[k], b[k], err_msg=f'{name}{k}')
+  # A clean batch afterwards is applied: the guard does not latch.
+  state, metrics = setup.step(state, setup.batch)
+  assert float(metrics['finite']) == 1.0 and int(state.skipped) == 1
+  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(before.params),
+                                            jax.tree.leaves(jax.device_get(state.params))))
+
+
+def test_schedule_warmup_cosine_and_restarts():
+  config = small_config()
+  config.optim.update(lr=1.0, end_lr=0.0, warmup_steps=4, restart_every=10)
+  lr = train_lib.make_schedule(config)
+  np.testing.assert_allclose([lr(s) for s in range(4)], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)
+  np.testing.assert_allclose(lr(4), 1.0, rtol=1e-6)
+  np.testing.assert_allclose(lr(4 + 5), 0.5, atol=1e-6)       # half a cycle
+  np.testing.assert_allclose(lr(4 + 10), 1.0, rtol=1e-6)      # restart
+  np.testing.assert_allclose(lr(4 + 12), lr(4 + 2), rtol=1e-6)
+  config.optim.update(restart_every=0, warmup_steps=0)
+  config.num_train_steps = 100
+  lr = train_lib.make_schedule(config)
+  np.testing.assert_allclose([lr(0), lr(50), lr(100), lr(150)], [1.0, 0.5, 0.0, 0.0], atol=1e-6)
+
+
+def test_optimizer_follows_the_config():
+  config = small_config()
+  config.optim.update(b1=0.8, b2=0.95, weight_decay=0.5)
+  tx = train_lib.make_optimizer(config)
+  hp = tx.init({'w': jnp.ones(2)}).hyperparams
+  np.testing.assert_allclose([hp['b1'], hp['b2'], hp['weight_decay']], [0.8, 0.95, 0.5])
+
+
+def test_bfloat16_compute_dtype_and_bad_names():
+  config = small_config()
+  config.compute_dtype = 'bfloat16'
+  assert train_lib.build_model(config).dtype == jnp.bfloat16
+  config.compute_dtype = 'fp16'
+  with pytest.raises(ValueError, match='compute_dtype'):
+    train_lib.build_model(config)
+
+
+def test_summarize_averages_and_splits_blocks():
+  steps = [{'loss': np.float32(1.0), 'skipped': np.int32(0),
+            'kept_fraction': np.array([0.5, 1.0], np.float32)},
+           {'loss': np.float32(3.0), 'skipped': np.int32(1),
+            'kept_fraction': np.array([0.0, 1.0], np.float32)},
+           {'loss': np.float32(np.nan), 'skipped': np.int32(2),
+            'kept_fraction': np.array([0.25, 1.0], np.float32)}]
+  out = train_lib.summarize(steps)
+  assert out['loss'] == 2.0 and out['skipped'] == 2.0
+  np.testing.assert_allclose([out['kept/00'], out['kept/01'], out['kept/mean']],
+                             [0.25, 1.0, 0.625])
+
+
+def test_pad_to_multiple_centres_and_crops_back():
+  image = np.arange(70 * 130 * 1, dtype=np.float32).reshape(70, 130, 1)
+  padded, crop = train_lib.pad_to_multiple(image, 64)
+  assert padded.shape == (128, 192, 1)
+  np.testing.assert_array_equal(padded[crop], image)
+  assert crop[0].start == 29 and crop[1].start == 31
+
+
+def test_check_params_match_names_the_difference():
+  config = small_config()
+  model = train_lib.build_model(config)
+  params = train_lib.init_params(model, 0)
+  train_lib.check_params_match(params, train_lib.abstract_params(model))
+  params['input_proj']['kernel'] = np.zeros((3, 3, 3, 4), np.float32)
+  with pytest.raises(ValueError, match='input_proj'):
+    train_lib.check_params_match(params, train_lib.abstract_params(model))
