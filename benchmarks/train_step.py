@@ -45,6 +45,9 @@ def bench(name: str, patch: int, batch: int, steps: int, dtype: str, remat: str)
   t0 = time.perf_counter()
   compiled = step.lower(state, data).compile()
   compile_s = time.perf_counter() - t0
+  mem = compiled.memory_analysis()
+  memory_gb = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+               - mem.alias_size_in_bytes) / 2**30
   state, m = compiled(state, data)  # warm-up
   jax.block_until_ready(m)
   t0 = time.perf_counter()
@@ -53,7 +56,8 @@ def bench(name: str, patch: int, batch: int, steps: int, dtype: str, remat: str)
   jax.block_until_ready(m)
   per_step = (time.perf_counter() - t0) / steps
   return dict(config=name, params=count_params(state.params), patch=patch, batch=batch,
-              dtype=dtype, remat=remat, compile_s=compile_s, s_per_step=per_step,
+              dtype=dtype, remat=remat, compile_s=compile_s, memory_gb=memory_gb,
+              s_per_step=per_step,
               steps_per_s=1 / per_step, images_per_s=batch / per_step,
               loss=float(m['loss']))
 
@@ -68,16 +72,17 @@ def main():
   parser.add_argument('--remat', default='none', choices=sorted(train_lib.REMAT_POLICIES))
   args = parser.parse_args()
   print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}')
-  header = ('| config | params | patch | batch | dtype | compile s | s/step | steps/s '
-            '| images/s |')
+  header = ('| config | params | patch | batch | dtype | remat | memory GiB | compile s '
+            '| s/step | steps/s | images/s |')
   rows = []
   for name in args.configs:
     r = bench(name, args.patch, args.batch, args.steps, args.dtype, args.remat)
     rows.append(f"| {r['config']} | {r['params'] / 1e6:.2f} M | {r['patch']} | {r['batch']} "
-                f"| {r['dtype']} | {r['compile_s']:.1f} | {r['s_per_step']:.2f} "
+                f"| {r['dtype']} | {r['remat']} | {r['memory_gb']:.1f} | {r['compile_s']:.1f} "
+                f"| {r['s_per_step']:.2f} "
                 f"| {r['steps_per_s']:.3f} | {r['images_per_s']:.3f} |")
     print(rows[-1].replace('|', ' ').strip(), flush=True)
-  print('\n' + header + '\n|' + ' --- |' * 9 + '\n' + '\n'.join(rows))
+  print('\n' + header + '\n|' + ' --- |' * 11 + '\n' + '\n'.join(rows))
 
 
 if __name__ == '__main__':

@@ -19,7 +19,7 @@ lost from the paper's text; 2e-4 is the Uformer default LMD-ViT builds on),
 the weight decay (Uformer's 0.02), the cosine floor, no warmup, the number of
 steps, the 50/50 mixture weights and gradient clipping (off). On a pod, the
 batch is split over all devices (12 must be divisible by their number, or
-override `batch_size`); `compute_dtype='bfloat16'` and `remat='dots'` cut
+override `batch_size`); `compute_dtype='bfloat16'` and `remat='blocks'` cut
 memory for 512x512 x 12.
 """
 
@@ -55,7 +55,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.keep_checkpoints = 3       # latest N steps kept in WORKDIR/checkpoints
   config.eval_every_steps = 10_000  # 0: never (best/ is then not written)
   config.compute_dtype = 'float32'  # or 'bfloat16' (params stay float32)
-  config.remat = 'none'             # 'none', 'dots', 'dots_no_batch' (see train_lib)
+  config.remat = 'none'             # 'none', 'blocks', 'dots', 'dots_no_batch' (train_lib)
   config.init_from = ''             # a checkpoint directory (e.g. converted weights)
   config.distributed = ''           # '' auto, 'true' or 'false': jax.distributed.initialize()
 

@@ -42,13 +42,16 @@ DATA_AXIS = 'data'
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {
     'none': None,
+    # Recompute each Transformer block in the backward pass (the model's
+    # `remat`): stores only block inputs, the lowest peak memory.
+    'blocks': None,
     # Save only matrix-multiply outputs; recompute norms, GELUs, softmaxes.
     'dots': jax.checkpoint_policies.checkpoint_dots,
     # Save only weight matmuls; also recompute the attention maps (batched dots).
     'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 # (Saving nothing around the whole loss would not lower peak memory: the backward
-# would rebuild every residual at once. Per-block remat belongs in the model.)
+# would rebuild every residual at once; 'blocks' does it per block instead.)
 
 
 class TrainState(NamedTuple):
@@ -151,7 +154,11 @@ def build_model(config, **overrides) -> LMDViT:
   name = config.get('compute_dtype', 'float32')
   if name not in COMPUTE_DTYPES:
     raise ValueError(f'compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}')
-  kwargs = {**model_kwargs(config), 'dtype': COMPUTE_DTYPES[name], **overrides}
+  remat = config.get('remat', 'none')
+  if remat not in REMAT_POLICIES:
+    raise ValueError(f'remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}')
+  kwargs = {**model_kwargs(config), 'dtype': COMPUTE_DTYPES[name], 'remat': remat == 'blocks',
+            **overrides}
   model = LMDViT(**kwargs)
   model.check_config()
   return model

@@ -33,7 +33,7 @@ class TransformerBlock(nn.Module):
 
   @nn.compact
   def __call__(self, windows: jax.Array, keep: jax.Array, region_ids: jax.Array | None,
-               *, train: bool) -> jax.Array:
+               train: bool) -> jax.Array:
     """Runs the block on windows.
 
     Args:
@@ -68,6 +68,10 @@ class TransformerBlock(nn.Module):
     return y * mask.astype(y.dtype) / keep_prob
 
 
+# `train` (argument 4, counting the module) selects Python branches: static.
+_REMAT_BLOCK = nn.remat(TransformerBlock, static_argnums=(4,))
+
+
 class AdaWPTStage(nn.Module):
   """A stage of Transformer blocks with adaptive window pruning.
 
@@ -77,6 +81,8 @@ class AdaWPTStage(nn.Module):
   the decision, and at inference the window ranking, of their parity.
 
   Attributes:
+    remat: recompute each block's activations in the backward pass instead of
+      storing them (training memory falls to about one block's worth).
     capacity: `'exact'`, `'masked'` (every window computed, outputs selected by
       the decision: the reference) or a float fixed budget in (0, 1].
     buckets: capacity fractions of `'exact'` mode.
@@ -93,6 +99,7 @@ class AdaWPTStage(nn.Module):
   drop_path: Sequence[float] = ()
   capacity: str | float = 'exact'
   buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
+  remat: bool = False
   dtype: Any = jnp.float32
 
   @nn.compact
@@ -137,7 +144,8 @@ class AdaWPTStage(nn.Module):
         else:
           dropped.append(jnp.zeros((b,), jnp.int32))
 
-      block = TransformerBlock(self.dim, self.num_heads, ws, self.mlp_ratio, self.modulator,
+      block_cls = _REMAT_BLOCK if self.remat else TransformerBlock
+      block = block_cls(self.dim, self.num_heads, ws, self.mlp_ratio, self.modulator,
                                self.drop_path[i] if i < len(self.drop_path) else 0.0,
                                dtype=self.dtype, name=f'block_{i}')
       wins = win.partition(win.roll(x, -shift), ws)
@@ -167,7 +175,7 @@ def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
   reg = None
   if regions is not None:
     reg = jnp.broadcast_to(regions[None], (b,) + regions.shape).reshape(b * nwin, -1)
-  out = block(wins.reshape(b * nwin, ws, ws, c), policy.reshape(-1), reg, train=train)
+  out = block(wins.reshape(b * nwin, ws, ws, c), policy.reshape(-1), reg, train)
   return out.reshape(wins.shape)
 
 
@@ -183,7 +191,7 @@ def _gathered_branch(k: int, regions: np.ndarray | None):
     reg = None
     if regions is not None:
       reg = jnp.asarray(regions)[plan.order[:, :k]].reshape(b * k, -1)
-    out = block(sel.reshape(b * k, ws, ws, c), valid.reshape(-1), reg, train=False)
+    out = block(sel.reshape(b * k, ws, ws, c), valid.reshape(-1), reg, False)
     return pruning.scatter_windows(wins, plan.order, out.reshape(b, k, ws, ws, c))
 
   return branch

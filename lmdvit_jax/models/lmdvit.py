@@ -93,6 +93,8 @@ class LMDViT(nn.Module):
       `'masked'` (compute every window, select outputs: the reference).
     capacity_buckets: window fractions available to `'exact'` mode.
     drop_path_rate: stochastic depth rate (training only).
+    remat: rematerialise each Transformer block in the backward pass (training
+      memory; no effect on results).
     dtype: compute dtype of projections (params stay float32).
   """
 
@@ -107,6 +109,7 @@ class LMDViT(nn.Module):
   capacity: str | float = 'exact'
   capacity_buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
   drop_path_rate: float = 0.0
+  remat: bool = False
   dtype: Any = jnp.float32
 
   def __post_init__(self):
@@ -174,7 +177,8 @@ class LMDViT(nn.Module):
           width, self.depths[i], self.num_heads[i], self.win_size, self.mlp_ratio,
           modulator=self.modulator and i > 4, prune=bool(self.prune_loc[i]),
           keep_threshold=self.keep_threshold, drop_path=dpr[i], capacity=self.capacity,
-          buckets=tuple(self.capacity_buckets), dtype=self.dtype, name=STAGE_NAMES[i])(
+          buckets=tuple(self.capacity_buckets), remat=self.remat, dtype=self.dtype,
+          name=STAGE_NAMES[i])(
               y, train=train)
       scores.extend(s)
       decisions.extend(d)

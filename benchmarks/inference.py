@@ -1,0 +1,132 @@
+"""Pruned inference speed, FLOPs and memory of the released configuration.
+
+    python benchmarks/inference.py                       # 512 and 1024, all modes
+    python benchmarks/inference.py --sizes=2176x1536 --modes=dense,exact
+
+Modes:
+  dense      pruning off (`prune_loc` all 0, every window computed);
+  exact      `capacity='exact'`, predictors calibrated to keep `--exact_keep` of
+             the windows (random weights otherwise keep an arbitrary share);
+  <float>    fixed budget b with predictors that keep every window, so each
+             block runs exactly b of its windows.
+Times are medians over `--repeats` runs after one warm-up; compilation is
+timed apart. FLOPs come from XLA's cost analysis of the compiled program and
+memory from its buffer assignment (arguments + outputs + temporaries).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+
+from absl import app, flags
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs import lmdvit as lmdvit_config
+from lmdvit_jax.models import LMDViT, init_params
+from lmdvit_jax.models import windows as win
+from lmdvit_jax.models.lmdvit import STAGE_NAMES
+
+FLAGS = flags.DEFINE_string('sizes', '512,1024', 'HxW or S (square), comma separated')
+MODES = flags.DEFINE_string('modes', 'dense,exact,1.0,0.5,0.25,0.1', 'comma separated')
+REPEATS = flags.DEFINE_integer('repeats', 3, 'timed runs per mode')
+EXACT_KEEP = flags.DEFINE_float('exact_keep', 0.25, 'kept fraction targeted in exact mode')
+EMBED_DIM = flags.DEFINE_integer('embed_dim', 32, '32 released, 16 small')
+
+
+def predictor_paths(model: LMDViT) -> list[tuple[str, str]]:
+  """(stage, predictor) names in network order."""
+  paths = []
+  for i, stage in enumerate(STAGE_NAMES):
+    if model.prune_loc[i]:
+      paths += [(stage, f'predictor_{j}') for j in range(min(2, model.depths[i]))]
+  return paths
+
+
+def keep_all(model: LMDViT, params):
+  params = jax.tree_util.tree_map(np.array, params)
+  for stage, pred in predictor_paths(model):
+    params[stage][pred]['out_linear3']['kernel'][:] = 0
+    params[stage][pred]['out_linear3']['bias'][:] = [50.0, -50.0]
+  return params
+
+
+def calibrate(model: LMDViT, params, x, fraction: float, rounds: int = 3):
+  """Shifts each predictor's keep bias so that it keeps about `fraction` of windows."""
+  params = jax.tree_util.tree_map(np.array, params)
+  masked = model.clone(capacity='masked')
+  apply = jax.jit(lambda p, x: masked.apply({'params': p}, x))
+  paths = predictor_paths(model)
+  for _ in range(rounds):
+    out = apply(params, x)
+    for k, (stage, pred) in enumerate(paths):
+      shift = model.win_size // 2 if pred.endswith('_1') else 0
+      logits = win.window_mean(win.roll(out.scores[k], -shift), model.win_size)
+      diff = np.asarray(logits[..., 0] - logits[..., 1]).ravel()
+      params[stage][pred]['out_linear3']['bias'][0] -= np.quantile(diff, 1 - fraction)
+  return params
+
+
+def parse_size(s: str) -> tuple[int, int]:
+  h, _, w = s.partition('x')
+  return int(h), int(w or h)
+
+
+def measure(model: LMDViT, params, x, repeats: int) -> dict:
+  t0 = time.perf_counter()
+  compiled = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(params, x).compile()
+  compile_s = time.perf_counter() - t0
+  cost = compiled.cost_analysis()
+  cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+  mem = compiled.memory_analysis()
+  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+          - mem.alias_size_in_bytes) if mem is not None else float('nan')
+  out = compiled(params, x)
+  jax.block_until_ready(out)
+  times = []
+  for _ in range(repeats):
+    t0 = time.perf_counter()
+    jax.block_until_ready(compiled(params, x))
+    times.append(time.perf_counter() - t0)
+  kept = [float(np.mean(d)) for d in out.decisions]
+  weights = [d.size for d in out.decisions]
+  kept_fraction = float(np.average(kept, weights=weights)) if kept else 1.0
+  return dict(compile_s=compile_s, seconds=statistics.median(times), gflops=cost['flops'] / 1e9,
+              peak_mb=peak / 2**20, kept=kept_fraction,
+              dropped=int(sum(int(np.sum(d)) for d in out.dropped)))
+
+
+def main(argv):
+  del argv
+  cfg = dict(lmdvit_config.get_config().model)
+  cfg['embed_dim'] = EMBED_DIM.value
+  rng = np.random.default_rng(0)
+  print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
+        f'{jax.device_count()} device(s), embed_dim {cfg["embed_dim"]}')
+  print('| size | mode | kept | run (s) | compile (s) | GFLOPs | memory (MB) |')
+  print('| --- | --- | --- | --- | --- | --- | --- |')
+  for size in FLAGS.value.split(','):
+    h, w = parse_size(size)
+    x = jnp.asarray(rng.uniform(size=(1, h, w, 3)), jnp.float32)
+    base = None
+    for mode in MODES.value.split(','):
+      if mode == 'dense':
+        model = LMDViT(**dict(cfg, prune_loc=(0,) * 9), capacity=1.0)
+        params = init_params(model, 0)
+      else:
+        capacity = mode if mode == 'exact' else float(mode)
+        model = LMDViT(**cfg, capacity=capacity)
+        if base is None:
+          base = init_params(model, 0)
+        params = (calibrate(model, base, x, EXACT_KEEP.value) if mode == 'exact'
+                  else keep_all(model, base))
+      r = measure(model, params, x, REPEATS.value)
+      kept = r['kept'] if mode in ('dense', 'exact') else min(r['kept'], float(mode))
+      print(f'| {h}x{w} | {mode} | {kept:.3f} | {r["seconds"]:.2f} | {r["compile_s"]:.1f} | '
+            f'{r["gflops"]:.0f} | {r["peak_mb"]:.0f} |', flush=True)
+
+
+if __name__ == '__main__':
+  app.run(main)
