@@ -35,10 +35,10 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmdvit_jax import losses
+from lmdvit_jax.mesh import DATA_AXIS, make_mesh  # pylint: disable=unused-import
 from lmdvit_jax import metrics as metrics_lib
 from lmdvit_jax.models import LMDViT, init_params
 
-DATA_AXIS = 'data'
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {
     'none': None,
@@ -93,19 +93,6 @@ def maybe_initialize_distributed(force: bool | None = None) -> bool:
   if force:
     jax.distributed.initialize()
   return bool(force)
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> jax.sharding.Mesh:
-  """A 1-D mesh with axis `data` over `devices` (default: all devices).
-
-  The axis is of type Auto (shardings given at jit boundaries, propagated by
-  the compiler inside), not Explicit (sharding in the types), so the model
-  code needs no sharding annotations.
-  """
-  auto = (jax.sharding.AxisType.Auto,)
-  if devices is None:
-    return jax.make_mesh((jax.device_count(),), (DATA_AXIS,), axis_types=auto)
-  return jax.make_mesh((len(devices),), (DATA_AXIS,), axis_types=auto, devices=devices)
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:

@@ -25,8 +25,8 @@ import numpy as np
 from lmdvit_jax.data import crops
 from lmdvit_jax.data import readers
 from lmdvit_jax.data.examples import IMAGE_KEYS, Source, to_sample
+from lmdvit_jax.mesh import DATA_AXIS, make_mesh
 
-DATA_AXIS = 'data'
 SYNTHETIC_TRAIN_COUNT = 1_000_000  # Distinct synthetic triples before repeating.
 _ENDLESS = 1 << 48  # Elements in a training stream: never reached.
 
@@ -110,7 +110,7 @@ def data_sharding(mesh: jax.sharding.Mesh | None = None,
                   axis: str = DATA_AXIS) -> jax.sharding.NamedSharding:
   """Batch-axis sharding over `axis`; default mesh: all devices on `data`."""
   if mesh is None:
-    mesh = jax.make_mesh((jax.device_count(),), (axis,))
+    mesh = make_mesh(axis=axis)
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
