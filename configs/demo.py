@@ -28,13 +28,13 @@ def get_config() -> ml_collections.ConfigDict:
       drop_path_rate=0.0,
   )
   config.update(
-      num_train_steps=1500,
+      num_train_steps=500,
       batch_size=8,
       patch_size=64,
       log_every_steps=50,
-      checkpoint_every_steps=250,
+      checkpoint_every_steps=100,
       keep_checkpoints=2,
-      eval_every_steps=500,
+      eval_every_steps=250,
   )
   config.optim.update(lr=1e-3, warmup_steps=50, restart_every=0, end_lr=1e-5, grad_clip=1.0)
   config.data.update(sources=('synthetic',), weights=None, num_threads=2)
