@@ -69,6 +69,7 @@ def get_config() -> ml_collections.ConfigDict:
       eps=1e-8,
       weight_decay=0.02,
       grad_clip=0.0,       # max global gradient norm; 0: off
+      predictor_lr_scale=1.0,  # step size of the confidence predictors / the rest's
   ))
   config.loss = ml_collections.ConfigDict(dict(
       l1=1.0, ssim=1.0, fft=0.1, prune=1.0, fft_mode='modulus', hard_targets=False))

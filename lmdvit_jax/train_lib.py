@@ -189,6 +189,21 @@ def make_optimizer(config) -> optax.GradientTransformation:
       weight_decay=float(o.weight_decay))
 
 
+def scale_predictor_updates(updates: Any, scale: float) -> Any:
+  """Multiplies the updates of confidence-predictor params by `scale`.
+
+  The predictors are deep, narrow MLPs initialised like the rest of the model
+  (truncated normal, std 0.02), so their logits start near 0 and the
+  pruning loss hardly moves for hundreds of steps; a larger step for them only
+  (`config.optim.predictor_lr_scale`) shortens that.
+  """
+  if scale == 1.0:
+    return updates
+  return jax.tree_util.tree_map_with_path(
+      lambda path, u: u * scale if any(
+          str(getattr(k, 'key', '')).startswith('predictor_') for k in path) else u, updates)
+
+
 def init_train_state(model: LMDViT, tx: optax.GradientTransformation, config,
                      mesh: jax.sharding.Mesh, params: Any = None) -> TrainState:
   """A fresh train state, replicated over `mesh`.
@@ -278,6 +293,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
   opt_state = state.opt_state._replace(
       hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr})
   updates, new_opt_state = tx.update(grads, opt_state, state.params)
+  updates = scale_predictor_updates(updates, float(config.optim.get('predictor_lr_scale', 1.0)))
   new_params = optax.apply_updates(state.params, updates)
 
   def select(new, old):

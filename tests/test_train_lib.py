@@ -217,3 +217,14 @@ def test_check_params_match_names_the_difference():
   params['input_proj']['kernel'] = np.zeros((3, 3, 3, 4), np.float32)
   with pytest.raises(ValueError, match='input_proj'):
     train_lib.check_params_match(params, train_lib.abstract_params(model))
+
+
+def test_scale_predictor_updates_touches_predictors_only():
+  updates = {'encoder_0': {'predictor_0': {'in_linear1': {'kernel': jnp.ones((2, 2))}},
+                           'block_0': {'attn': {'kernel': jnp.ones((2, 2))}}},
+             'input_proj': {'kernel': jnp.ones((3,))}}
+  scaled = train_lib.scale_predictor_updates(updates, 10.0)
+  np.testing.assert_array_equal(scaled['encoder_0']['predictor_0']['in_linear1']['kernel'], 10.0)
+  np.testing.assert_array_equal(scaled['encoder_0']['block_0']['attn']['kernel'], 1.0)
+  np.testing.assert_array_equal(scaled['input_proj']['kernel'], 1.0)
+  assert train_lib.scale_predictor_updates(updates, 1.0) is updates

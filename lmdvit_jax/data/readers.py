@@ -18,6 +18,7 @@ Layouts:
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import logging
 import os
@@ -301,7 +302,7 @@ _KINDS = {
     'reloblur': (True, {'split', 'threshold'}),
     'gopro': (True, {'split', 'blur'}),
     'pairs': (True, {'threshold'}),
-    'synthetic': (False, {'split', 'count', 'size', 'seed', 'photos'}),
+    'synthetic': (False, {'split', 'count', 'size', 'seed', 'photos', 'min_blur', 'max_blur'}),
     'tfds': (True, {'split', 'data_dir'}),
 }
 
@@ -310,7 +311,8 @@ SPEC_HELP = """Data specs:
   reloblur:DIR[?split=test]  DIR holds dataset/ and masks/ (LBAG layout)
   gopro:DIR[?split=test&blur=blur_gamma]   GOPRO_Large/ (or train/, test/) inside DIR
   pairs:DIR                  DIR/blur/, DIR/sharp/, optional DIR/mask/
-  synthetic[?count=100&size=256&seed=0&photos=FOLDER]   generated local blur
+  synthetic[?count=100&size=256&seed=0&photos=FOLDER&min_blur=8&max_blur=64]
+                             generated local blur (motion path lengths in pixels)
   tfds:NAME[?split=test&data_dir=DIR]   a built TFDS dataset (reloblur, gopro, ...)
 Options: threshold=0.5 binarises masks (fraction of full scale)."""
 
@@ -388,8 +390,14 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
   if kind == 'tfds':
     return TfdsSource(path, split, options.get('data_dir'))
   from lmdvit_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+  default = synthetic.BlurSettings()
+  blur = (_number(options, 'min_blur', float, default.blur_length[0], spec),
+          _number(options, 'max_blur', float, default.blur_length[1], spec))
+  if not 0 < blur[0] <= blur[1]:
+    raise ValueError(f'Need 0 < min_blur <= max_blur, got {blur[0]} and {blur[1]} in {spec!r}.')
   return synthetic.SyntheticSource(
       count=_number(options, 'count', int, synthetic_count, spec),
       size=_number(options, 'size', int, synthetic_size, spec),
       seed=_number(options, 'seed', int, 0, spec),
-      split=split, photos=options.get('photos'))
+      split=split, photos=options.get('photos'),
+      settings=dataclasses.replace(default, blur_length=blur))

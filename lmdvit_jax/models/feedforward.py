@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from lmdvit_jax.models.attention import dense_init
 
@@ -14,6 +16,25 @@ from lmdvit_jax.models.attention import dense_init
 def gelu(x: jax.Array) -> jax.Array:
   """Exact (erf) GELU, as PyTorch's default; flax's default is the tanh form."""
   return nn.gelu(x, approximate=False)
+
+
+# Windows of at most this many pixels use the matrix form of the convolution.
+MATRIX_FORM_MAX_PIXELS = 16
+
+
+@functools.lru_cache(maxsize=None)
+def _reflect_taps(ws_h: int, ws_w: int) -> np.ndarray:
+  """`[3, 3, P, P]` 0/1 matrices (P = ws_h * ws_w): tap (i, j) of a 3x3 filter at
+  output pixel p reads input pixel q of the reflect-padded window."""
+  def reflect(k, n):
+    return -k if k < 0 else (2 * (n - 1) - k if k > n - 1 else k)
+  taps = np.zeros((3, 3, ws_h * ws_w, ws_h * ws_w), np.float32)
+  for i in range(3):
+    for j in range(3):
+      for y in range(ws_h):
+        for x in range(ws_w):
+          taps[i, j, y * ws_w + x, reflect(y + i - 1, ws_h) * ws_w + reflect(x + j - 1, ws_w)] = 1
+  return taps
 
 
 def depthwise3x3_reflect(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
@@ -27,11 +48,20 @@ def depthwise3x3_reflect(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> ja
   Returns:
     `[n, ws, ws, C]`.
   """
-  # Nine shifted multiply-adds over a materialised padded copy. On CPU this is
-  # about 4x faster than lax.conv with feature_group_count; the barrier stops
-  # XLA from fusing the padding (and the GELU before it) into each of the nine
-  # reads, which recomputed the GELU nine times and tripled the layer's time.
-  ws_h, ws_w = x.shape[1], x.shape[2]
+  n, ws_h, ws_w, c = x.shape
+  if ws_h * ws_w <= MATRIX_FORM_MAX_PIXELS:
+    # Small windows: the padded 3x3 filter of channel c is a [P, P] matrix
+    # acting on the window's P pixels; one batched matmul replaces nine strided
+    # reads (about 1.8x faster forward and backward for 4x4 windows on CPU).
+    taps = jnp.asarray(_reflect_taps(ws_h, ws_w), x.dtype)
+    per_channel = jnp.einsum('ijpq,ijc->cpq', taps, kernel.astype(x.dtype))
+    out = jnp.einsum('cpq,nqc->npc', per_channel, x.reshape(n, ws_h * ws_w, c))
+    return out.reshape(n, ws_h, ws_w, c) + bias.astype(x.dtype)
+  # Larger windows: nine shifted multiply-adds over a materialised padded copy.
+  # On CPU this is about 4x faster than lax.conv with feature_group_count; the
+  # barrier stops XLA from fusing the padding (and the GELU before it) into each
+  # of the nine reads, which recomputed the GELU nine times and tripled the
+  # layer's time.
   xp = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect'))
   out = bias.astype(x.dtype)
   for i in range(3):

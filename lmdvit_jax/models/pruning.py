@@ -28,6 +28,19 @@ LN_EPS = 1e-5
 DEFAULT_BUCKETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
 
 
+class _DenseParams(nn.Module):
+  """The `kernel` [in, out] and `bias` [out] of a linear layer, as `nn.Dense`
+  names and initialises them, for layers applied in pieces."""
+
+  in_features: int
+  features: int
+
+  @nn.compact
+  def __call__(self) -> tuple[jax.Array, jax.Array]:
+    kernel = self.param('kernel', dense_init, (self.in_features, self.features))
+    return kernel, self.param('bias', nn.initializers.zeros, (self.features,))
+
+
 class ConfidencePredictor(nn.Module):
   """Token logits of blurriness from local and image-global features.
 
@@ -35,6 +48,12 @@ class ConfidencePredictor(nn.Module):
   the last C/2 are replaced by their mean over all tokens of the image; then
   Linear(C, C/2), GELU, Linear(C/2, C/4), GELU, Linear(C/4, 2). Logit 0 is
   "keep" (blurry), logit 1 "prune".
+
+  Computed with linearity in mind: the mean of the global half is taken before
+  its part of the second Linear (a mean of a linear map is the map of the
+  mean), and that half's contribution to the third Linear is computed once per
+  image. Per token this costs 1.875 C^2 multiply-adds instead of 2.625 C^2;
+  the result is the same up to float rounding.
   """
 
   dim: int
@@ -43,14 +62,16 @@ class ConfidencePredictor(nn.Module):
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[B, H, W, C]` block input (before LN1) -> `[B, H, W, 2]` logits."""
     b, h, w, c = x.shape
+    half = c // 2
     dense = lambda f, name: nn.Dense(f, kernel_init=dense_init, name=name)
     t = dense(c, 'in_linear1')(x.reshape(b, h * w, c))
     t = nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name='in_norm')(gelu(t))
-    t = dense(c, 'in_linear2')(t)
-    half = c // 2
-    glob = jnp.broadcast_to(t[:, :, half:].mean(axis=1, keepdims=True), t[:, :, half:].shape)
-    t = jnp.concatenate([t[:, :, :half], glob], axis=-1)
-    t = gelu(dense(c // 2, 'out_linear1')(t))
+    k2, b2 = _DenseParams(c, c, name='in_linear2')()
+    local = t @ k2[:, :half].astype(t.dtype) + b2[:half].astype(t.dtype)    # [B, N, C/2]
+    glob = t.mean(axis=1) @ k2[:, half:].astype(t.dtype) + b2[half:].astype(t.dtype)  # [B, C/2]
+    k3, b3 = _DenseParams(c, c // 2, name='out_linear1')()
+    per_image = glob @ k3[half:].astype(t.dtype) + b3.astype(t.dtype)      # [B, C/2]
+    t = gelu(local @ k3[:half].astype(t.dtype) + per_image[:, None, :])
     t = gelu(dense(c // 4, 'out_linear2')(t))
     return dense(2, 'out_linear3')(t).reshape(b, h, w, 2)
 

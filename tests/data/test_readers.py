@@ -166,6 +166,9 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
   syn = readers.open_source('synthetic?count=3&size=48&seed=2')
   assert len(syn) == 3 and syn[2]['blur'].shape == (48, 48, 3) and syn.split == 'test'
   assert readers.open_source('synthetic').size == (256, 256)
+  short = readers.open_source('synthetic?min_blur=2&max_blur=6.5')
+  assert short.settings.blur_length == (2.0, 6.5)
+  assert readers.open_source('synthetic?max_blur=9').settings.blur_length[1] == 9.0
 
 
 @pytest.mark.parametrize('spec, message', [
@@ -174,6 +177,8 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
     ('synthetic:/x', 'takes no path'),
     ('synthetic?cout=3', r"Unknown option\(s\) \['cout'\]"),
     ('synthetic?count=many', 'not a valid int'),
+    ('synthetic?min_blur=9&max_blur=4', 'min_blur <= max_blur'),
+    ('synthetic?max_blur=-1', 'min_blur <= max_blur'),
     ('gopro:/x?split=val', 'split must be train or test'),
     ('pairs:/x?threshold', 'Malformed options'),
 ])
