@@ -1,10 +1,10 @@
 """The CPU demo: a small LMD-ViT learns to remove synthetic local motion blur.
 
-    bash setup.sh && .venv/bin/python demo.py      # about 20 minutes on 2 CPU cores
+    bash setup.sh && .venv/bin/python demo.py      # 14.5 minutes on 2 idle CPU cores
 
-Measured (500 steps, 16 held-out 256x256 images): weighted PSNR 19.91 dB against
-the input's 19.81, PSNR outside the blur 41.0 dB, pruning recall 0.19 and
-precision 0.27: not yet the demo's targets (see README).
+Measured (500 steps, 16 held-out 256x256 images): weighted PSNR 19.89 dB against
+the input's 19.81, PSNR outside the blur 41.5 dB, pruning recall 0.18 and
+precision 0.25: not yet the demo's targets (see README).
 
 Same architecture as the released model, narrower (embed_dim 16), shallower
 (1-2 blocks per stage) and with 4x4 windows (inputs in multiples of 64). It
