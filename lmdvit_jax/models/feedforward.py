@@ -26,14 +26,13 @@ MATRIX_FORM_MAX_PIXELS = 16
 def _reflect_taps(ws_h: int, ws_w: int) -> np.ndarray:
   """`[3, 3, P, P]` 0/1 matrices (P = ws_h * ws_w): tap (i, j) of a 3x3 filter at
   output pixel p reads input pixel q of the reflect-padded window."""
-  def reflect(k, n):
-    return -k if k < 0 else (2 * (n - 1) - k if k > n - 1 else k)
+  # Pixel indices of the window, reflect-padded exactly as the shifted-read form pads.
+  index = np.pad(np.arange(ws_h * ws_w).reshape(ws_h, ws_w), 1, mode='reflect')
   taps = np.zeros((3, 3, ws_h * ws_w, ws_h * ws_w), np.float32)
+  out_pixels = np.arange(ws_h * ws_w)
   for i in range(3):
     for j in range(3):
-      for y in range(ws_h):
-        for x in range(ws_w):
-          taps[i, j, y * ws_w + x, reflect(y + i - 1, ws_h) * ws_w + reflect(x + j - 1, ws_w)] = 1
+      taps[i, j, out_pixels, index[i:i + ws_h, j:j + ws_w].ravel()] = 1
   return taps
 
 
