@@ -36,3 +36,15 @@ def test_demo_runs_end_to_end(tmp_path):
   assert list((workdir / 'demo_eval' / 'panels').glob('*.png'))
   lines = (workdir / 'metrics.jsonl').read_text().splitlines()
   assert json.loads(lines[-1])['step'] == 2
+
+  # The README's pruning analysis runs on the demo's checkpoint: one row per block.
+  proc = subprocess.run(
+      [sys.executable, str(REPO / 'benchmarks' / 'pruning_ranking.py'), f'--checkpoint={workdir}',
+       '--data=synthetic?size=64&count=2'], cwd=tmp_path, env=env, capture_output=True,
+      text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  rows = [l for l in proc.stdout.splitlines() if l.startswith('| encoder') or l.startswith('| decoder')]
+  assert len(rows) == 6, proc.stdout
+  for row in rows:
+    auc = float(row.split('|')[2])
+    assert 0 <= auc <= 1, row

@@ -1,0 +1,62 @@
+"""The analysis helpers of benchmarks/ that README figures rest on."""
+
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage, stats
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
+
+import linear_headroom  # pylint: disable=g-import-not-at-top,wrong-import-position
+import pruning_ranking  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+
+def test_ranking_matches_brute_force():
+  rng = np.random.default_rng(0)
+  blurred = rng.random(4000) < 0.3
+  # Coarse values, so many ties between the classes.
+  probability = np.round(np.clip(0.3 * blurred + 0.7 * rng.random(4000), 0, 1), 2)
+  r = pruning_ranking.ranking(probability, blurred, threshold=0.5, recall=0.9)
+
+  ranks = stats.rankdata(probability)
+  pos, neg = blurred.sum(), (~blurred).sum()
+  np.testing.assert_allclose(r['auc'], (ranks[blurred].sum() - pos * (pos + 1) / 2) / (pos * neg))
+  kept = probability > 0.5
+  np.testing.assert_allclose(r['recall'], (kept & blurred).sum() / pos)
+  np.testing.assert_allclose(r['precision'], (kept & blurred).sum() / kept.sum())
+  best = max((probability >= t)[blurred].sum() / (probability >= t).sum()
+             for t in np.unique(probability) if (probability >= t)[blurred].mean() >= 0.9)
+  np.testing.assert_allclose(r['best_precision'], best)
+  assert 0.5 < r['auc'] < 1 and r['best_precision'] < 1
+
+
+def test_ranking_of_a_perfect_predictor():
+  blurred = np.arange(100) < 20
+  r = pruning_ranking.ranking(blurred.astype(float), blurred, threshold=0.5, recall=0.95)
+  assert r['auc'] == 1.0 and r['recall'] == 1.0 and r['precision'] == 1.0
+  assert r['best_precision'] == 1.0 and r['blurred_share'] == 0.2
+
+
+def test_least_squares_filter_recovers_a_known_filter():
+  rng = np.random.default_rng(1)
+  kernel = rng.normal(size=(5, 5))
+  samples = []
+  for _ in range(2):
+    blur = rng.random((24, 20, 3)).astype(np.float64)
+    sharp = ndimage.correlate(blur, kernel[..., None], mode='reflect')
+    mask = np.zeros((24, 20, 1))
+    mask[:12] = 1  # Only masked pixels are fitted; they include the border.
+    samples.append({'blur': blur, 'sharp': sharp, 'mask': mask})
+  fitted = linear_headroom.fit_filter(samples, 5, budget=10_000, rng=rng)
+  np.testing.assert_allclose(fitted, kernel, atol=1e-8)
+
+
+def test_weighted_psnr_counts_only_the_mask():
+  target = np.zeros((4, 4, 3))
+  pred = target.copy()
+  pred[:2] = 0.1     # error 0.1 in the masked half
+  pred[2:] = 0.5     # larger error outside the mask: ignored
+  mask = np.zeros((4, 4, 1))
+  mask[:2] = 1
+  np.testing.assert_allclose(linear_headroom.weighted_psnr(pred, target, mask), 20.0)
