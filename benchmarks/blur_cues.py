@@ -16,23 +16,16 @@ from __future__ import annotations
 
 from absl import app, flags
 import numpy as np
-from scipy import ndimage, stats
+from scipy import ndimage
 
 from lmdvit_jax.data import readers
+from pruning_ranking import roc_auc  # benchmarks/, on the path when run as a script
 
 SPECS = flags.DEFINE_list(
     'specs', ['synthetic?size=256&count=40', 'synthetic?size=256&count=40&min_blur=4&max_blur=16'],
     'data specs (training split)')
 WINDOW = flags.DEFINE_integer('window', 4, 'window side in pixels')
 CONTEXTS = flags.DEFINE_list('contexts', ['4', '8', '16'], 'neighbourhood sides in pixels')
-
-
-def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
-  """Probability that a random positive scores above a random negative."""
-  ranks = stats.rankdata(scores)
-  pos = int(labels.sum())
-  neg = labels.size - pos
-  return float((ranks[labels].sum() - pos * (pos + 1) / 2) / (pos * neg))
 
 
 def main(argv):

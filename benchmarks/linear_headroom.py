@@ -25,6 +25,7 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
+from lmdvit_jax import metrics
 from lmdvit_jax.data import readers
 
 FLAGS = flags.FLAGS
@@ -40,15 +41,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer('samples', 200_000, 'masked pixels used to fit the filter')
 
 
-def weighted_psnr(pred: np.ndarray, target: np.ndarray, mask: np.ndarray) -> float:
-  """PSNR over mask pixels (all channels) of [H, W, 3] images in [0, 1]."""
-  mse = float(((np.clip(pred, 0, 1) - target) ** 2 * mask).sum() / (3 * mask.sum()))
-  return 10 * np.log10(1 / mse)
-
-
 def mean_wpsnr(samples, restore) -> float:
-  return float(np.mean([weighted_psnr(restore(s['blur']), s['sharp'], s['mask'])
-                        for s in samples]))
+  """Mean over images of the weighted PSNR of `restore(blur)`, clipped to [0, 1]."""
+  return float(np.mean([metrics.weighted_psnr(np.clip(restore(s['blur']), 0, 1), s['sharp'],
+                                              s['mask']) for s in samples]))
 
 
 def patches(image: np.ndarray, taps: int) -> np.ndarray:

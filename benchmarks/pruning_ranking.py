@@ -20,11 +20,11 @@ from absl import app, flags
 import jax
 import jax.numpy as jnp
 import numpy as np
+from scipy import stats
 
 from lmdvit_jax import inference, metrics
 from lmdvit_jax.data.readers import open_source
 from lmdvit_jax.models import pruning
-from lmdvit_jax.models import windows as win
 
 FLAGS = flags.FLAGS
 
@@ -43,9 +43,16 @@ def keep_maps(logits: jax.Array, win_size: int, shifted: bool, height: int,
   """Token logits `[B, h, w, 2]` -> pixel keep probabilities `[B, H, W]`,
   window-averaged as the decision layer does."""
   shift = win_size // 2 if shifted else 0
-  window_logits = win.window_mean(win.roll(logits, -shift), win_size)
-  probability = pruning.keep_probability(window_logits)
+  probability = pruning.keep_probability(pruning.window_logits(logits, win_size, shift))
   return metrics.upsample_decision(probability, height, width, shifted)
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """Probability that a random positive scores above a random negative (ties: 1/2)."""
+  ranks = stats.rankdata(scores)
+  pos = int(labels.sum())
+  neg = labels.size - pos
+  return float((ranks[labels].sum() - pos * (pos + 1) / 2) / max(pos * neg, 1))
 
 
 def ranking(probability: np.ndarray, blurred: np.ndarray, threshold: float,
@@ -57,13 +64,12 @@ def ranking(probability: np.ndarray, blurred: np.ndarray, threshold: float,
   last = np.r_[p[1:] != p[:-1], True]  # Thresholds between distinct values.
   tp, fp = tp[last], fp[last]
   positives, negatives = tp[-1], fp[-1]
-  tpr, fpr = tp / max(positives, 1), fp / max(negatives, 1)
-  auc = float(np.trapezoid(np.r_[0, tpr], np.r_[0, fpr]))
+  tpr = tp / max(positives, 1)
   precision = tp / np.maximum(tp + fp, 1)
   reach = tpr >= recall
   kept = probability > threshold
   return {
-      'auc': auc,
+      'auc': roc_auc(blurred, probability),
       'recall': float((kept & blurred).sum() / max(positives, 1)),
       'precision': float((kept & blurred).sum() / max(kept.sum(), 1)),
       'best_precision': float(precision[reach].max()) if reach.any() else 0.0,

@@ -52,11 +52,12 @@ def test_least_squares_filter_recovers_a_known_filter():
   np.testing.assert_allclose(fitted, kernel, atol=1e-8)
 
 
-def test_weighted_psnr_counts_only_the_mask():
+def test_mean_weighted_psnr_counts_only_the_mask():
   target = np.zeros((4, 4, 3))
   pred = target.copy()
   pred[:2] = 0.1     # error 0.1 in the masked half
   pred[2:] = 0.5     # larger error outside the mask: ignored
   mask = np.zeros((4, 4, 1))
   mask[:2] = 1
-  np.testing.assert_allclose(linear_headroom.weighted_psnr(pred, target, mask), 20.0)
+  sample = {'blur': pred, 'sharp': target, 'mask': mask}
+  np.testing.assert_allclose(linear_headroom.mean_wpsnr([sample], lambda b: b), 20.0, rtol=1e-6)

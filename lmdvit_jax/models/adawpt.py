@@ -128,7 +128,7 @@ class AdaWPTStage(nn.Module):
       shift = 0 if parity == 0 else ws // 2
       if self.prune and i <= 1:
         logits = pruning.ConfidencePredictor(self.dim, name=f'predictor_{i}')(x)
-        window_logits = win.window_mean(win.roll(logits, -shift), ws)
+        window_logits = pruning.window_logits(logits, ws, shift)
         rng = self.make_rng('gumbel') if train else None
         decision = pruning.decide(window_logits, train=train, threshold=self.keep_threshold,
                                   rng=rng)

@@ -19,6 +19,7 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 
+from lmdvit_jax.models import windows as win
 from lmdvit_jax.models.attention import dense_init
 from lmdvit_jax.models.feedforward import gelu
 
@@ -74,6 +75,12 @@ class ConfidencePredictor(nn.Module):
     t = gelu(local @ k3[:half].astype(t.dtype) + per_image[:, None, :])
     t = gelu(dense(c // 4, 'out_linear2')(t))
     return dense(2, 'out_linear3')(t).reshape(b, h, w, 2)
+
+
+def window_logits(token_logits: jax.Array, win_size: int, shift: int) -> jax.Array:
+  """`[B, H, W, 2]` token logits -> `[B, H/ws, W/ws, 2]` logits of the windows a
+  block with this shift cuts (the map rolled by -shift, then averaged)."""
+  return win.window_mean(win.roll(token_logits, -shift), win_size)
 
 
 def keep_probability(window_logits: jax.Array) -> jax.Array:
