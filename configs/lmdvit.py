@@ -57,6 +57,8 @@ def get_config() -> ml_collections.ConfigDict:
   config.compute_dtype = 'float32'  # or 'bfloat16' (params stay float32)
   config.remat = 'none'             # 'none', 'blocks', 'dots', 'dots_no_batch' (train_lib)
   config.init_from = ''             # a checkpoint directory (e.g. converted weights)
+  config.identity_start = False     # zero the output projection: start as the identity
+  config.fan_in_predictors = False  # predictor kernels N(0, 1/fan_in), not the official 0.02
   config.distributed = ''           # '' auto, 'true' or 'false': jax.distributed.initialize()
 
   config.optim = ml_collections.ConfigDict(dict(
@@ -72,7 +74,10 @@ def get_config() -> ml_collections.ConfigDict:
       predictor_lr_scale=1.0,  # step size of the confidence predictors / the rest's
   ))
   config.loss = ml_collections.ConfigDict(dict(
-      l1=1.0, ssim=1.0, fft=0.1, prune=1.0, fft_mode='modulus', hard_targets=False))
+      l1=1.0, ssim=1.0, fft=0.1, prune=1.0, fft_mode='modulus', hard_targets=False,
+      sharp=0.0,             # L1 outside the blur mask (not in the paper)
+      prune_balanced=False,  # class-balanced pruning loss (not in the paper)
+  ))
   config.data = ml_collections.ConfigDict(dict(
       sources=('gopro:data/GoPro', 'reloblur:data/ReLoBlur'),
       weights=(0.5, 0.5),

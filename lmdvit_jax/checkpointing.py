@@ -42,6 +42,36 @@ BEST_DIR = 'best'
 BEST_FILE = 'best.json'
 
 
+class CheckpointError(RuntimeError):
+  """No intact checkpoint could be read from a directory."""
+
+
+def _first_line(error: BaseException) -> str:
+  text = str(error).strip().splitlines()
+  return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
+
+
+def restore_newest_intact(steps, restore, directory: str | Path):
+  """`(step, restore(step))` for the newest step whose restore succeeds.
+
+  A damaged step (truncated or missing data files, unreadable metadata) is
+  skipped with a warning naming it and the reason; only when every step fails
+  does this raise `CheckpointError`, one line naming the directory.
+  """
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  skipped = []
+  for step in sorted(steps, reverse=True):
+    try:
+      return step, restore(step)
+    except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+      skipped.append(f'step {step} ({_first_line(e)})')
+      logging.warning('Skipping damaged checkpoint step %d in %s: %s', step, directory,
+                      _first_line(e))
+  if not skipped:
+    raise CheckpointError(f'no checkpoint steps in {directory}')
+  raise CheckpointError(f'no intact checkpoint in {directory}: ' + '; '.join(skipped))
+
+
 def write_json_atomic(path: str | Path, obj: Any) -> None:
   """Writes JSON to `path` through a temporary file and a rename."""
   path = Path(path)
@@ -133,13 +163,19 @@ def read_model_kwargs(directory: str | Path) -> dict[str, Any]:
     return json.load(f)
 
 
-def latest_step(directory: str | Path) -> int | None:
-  """The newest complete step under `directory/checkpoints`, or None."""
+def all_steps(directory: str | Path) -> list[int]:
+  """The complete steps under `directory/checkpoints` (orbax renames a step
+  folder to its number only once it is fully written)."""
   path = Path(directory) / CHECKPOINTS
   if not path.is_dir():
-    return None
-  steps = [int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit()]
-  return max(steps) if steps else None
+    return []
+  return sorted(int(p.name) for p in path.iterdir() if p.is_dir() and p.name.isdigit())
+
+
+def latest_step(directory: str | Path) -> int | None:
+  """The newest complete step under `directory/checkpoints`, or None."""
+  steps = all_steps(directory)
+  return steps[-1] if steps else None
 
 
 def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str, Any], Any]:
@@ -153,12 +189,14 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
     The `LMDViT` keyword arguments and the params pytree (host arrays).
   """
   kwargs = read_model_kwargs(directory)
-  step = latest_step(directory) if step is None else step
-  if step is None:
+  steps = [step] if step is not None else all_steps(directory)
+  if not steps:
     raise FileNotFoundError(f'no checkpoint steps under {Path(directory) / CHECKPOINTS}')
   with manager(directory) as mngr:
-    restored = mngr.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
-  params = jax.tree_util.tree_map(np.asarray, restored['params'])
+    def restore(s):
+      out = mngr.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+      return jax.tree_util.tree_map(np.asarray, out['params'])
+    _, params = restore_newest_intact(steps, restore, directory)
   return kwargs, params
 
 
@@ -200,16 +238,20 @@ def restore_train_state(mngr: ocp.CheckpointManager, target: Any,
       with shardings) giving the structure, dtypes and shardings to restore.
     step: which step.
   """
-  step = mngr.latest_step() if step is None else step
-  if step is None:
+  steps = [step] if step is not None else list(mngr.all_steps())
+  if not steps:
     raise FileNotFoundError(f'no checkpoint under {mngr.directory}')
   abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
   meta = {'step': abstract.step, 'rng': abstract.rng, 'skipped': abstract.skipped}
-  restored = mngr.restore(step, args=ocp.args.Composite(
-      params=ocp.args.StandardRestore(abstract.params),
-      opt_state=ocp.args.StandardRestore(abstract.opt_state),
-      meta=ocp.args.StandardRestore(meta),
-      data=ocp.args.JsonRestore()))
+
+  def restore(s):
+    return mngr.restore(s, args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(abstract.params),
+        opt_state=ocp.args.StandardRestore(abstract.opt_state),
+        meta=ocp.args.StandardRestore(meta),
+        data=ocp.args.JsonRestore()))
+
+  _, restored = restore_newest_intact(steps, restore, mngr.directory)
   m = restored['meta']
   state = type(target)(step=m['step'], params=restored['params'],
                        opt_state=restored['opt_state'], rng=m['rng'], skipped=m['skipped'])

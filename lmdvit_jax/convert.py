@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import math
 import re
-import sys
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Callable
 
+from absl import app
 import numpy as np
 
 from lmdvit_jax.models.lmdvit import NUM_STAGES, STAGE_NAMES
@@ -203,8 +204,12 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
   if not path.is_file():
     raise FileNotFoundError(f'no such state-dict file: {path}')
   if path.suffix == '.npz':
-    with np.load(path, allow_pickle=False) as z:
-      return {k: z[k] for k in z.files}
+    try:
+      with np.load(path, allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+      raise ConversionError(f'{path} is damaged or not a numpy .npz state dict '
+                            f'({type(e).__name__}: {e})') from None
   if path.suffix in ('.pth', '.pt', '.ckpt'):
     try:
       import torch  # pylint: disable=import-outside-toplevel
@@ -212,20 +217,33 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
       raise ImportError(
           f'reading {path.name} needs PyTorch (pip install torch); alternatively save the '
           'state dict as .npz with numpy and convert that') from e
-    obj = torch.load(path, map_location='cpu', weights_only=True)
+    try:
+      obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pylint: disable=broad-except  # torch raises many kinds
+      raise ConversionError(f'{path} is damaged or not a PyTorch state dict '
+                            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+                            ) from None
+    if not isinstance(obj, Mapping):
+      raise ConversionError(f'{path} holds a {type(obj).__name__}, not a state dict')
     return {k: v.numpy() for k, v in strip_prefix(obj).items() if hasattr(v, 'numpy')}
   raise ValueError(f'unknown state-dict format {path.suffix!r} (expected .pth or .npz)')
 
 
+USAGE = 'python -m lmdvit_jax.convert IN.(pth|npz) OUT_DIR'
+
+
 def main(argv: list[str]) -> int:
+  """Converts IN (argv[1]) into the checkpoint directory OUT_DIR (argv[2])."""
   from lmdvit_jax import checkpointing  # pylint: disable=import-outside-toplevel
 
-  if len(argv) != 3 or argv[1] in ('-h', '--help'):
-    print('usage: python -m lmdvit_jax.convert IN.(pth|npz) OUT_DIR', file=sys.stderr)
-    return 2
+  if len(argv) != 3:
+    raise app.UsageError(f'usage: {USAGE}')
   sd = load_state_dict(argv[1])
-  kwargs = model_kwargs_from_torch(sd)
-  params = params_from_torch(sd)
+  try:
+    kwargs = model_kwargs_from_torch(sd)
+    params = params_from_torch(sd)
+  except ConversionError as e:
+    raise ConversionError(f'{argv[1]}: {e}') from None
   checkpointing.save_model(argv[2], params, kwargs)
   from lmdvit_jax.models import count_params  # pylint: disable=import-outside-toplevel
   print(f'wrote {argv[2]}: {count_params(params):,} params, model {kwargs}')
@@ -233,4 +251,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
-  sys.exit(main(sys.argv))
+  from lmdvit_jax import cli  # pylint: disable=g-import-not-at-top
+  cli.run(main)

@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from lmdvit_jax import panels
+from lmdvit_jax import checkpointing, cli, compilation_cache, panels
 from lmdvit_jax.data import DataError
 from lmdvit_jax.data import image_files
 from lmdvit_jax.inference import Deblurrer, parse_capacity, to_uint8
@@ -84,11 +84,18 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
   """
   sixteen = png_bit_depth(path) == 16
   image = image_files.open_image(path)
+  frames = getattr(image, 'n_frames', 1)
+  if frames > 1:
+    raise DataError(f'{path}: has {frames} frames (an animation or a multi-page file); '
+                    'deblur takes single images: extract the frames first')
   image = ImageOps.exif_transpose(image)
   mode = image.mode
   if mode.startswith('I') or mode == 'F':  # 16-bit (or wider) grey.
     if mode == 'F':
-      grey = np.clip(np.asarray(image, np.float32), 0.0, 1.0)
+      grey = np.asarray(image, np.float32)
+      if not np.isfinite(grey).all():
+        raise DataError(f'{path}: holds NaN or infinite values')
+      grey = np.clip(grey, 0.0, 1.0)
     else:
       grey = _scaled(np.asarray(image).astype(np.int64))
     return LoadedImage(np.repeat(grey[..., None], 3, axis=2), None, True, 16)
@@ -180,6 +187,19 @@ def collect_inputs(inputs: Sequence[str], exclude: Path | None = None
   return jobs, errors
 
 
+def overwrites(jobs: Sequence[tuple[Path, Path]], output: Path, overlays: bool) -> list[str]:
+  """'output <- input' for every planned output that is one of the input files."""
+  inputs = {src.resolve(): src for src, _ in jobs}
+  clash = []
+  for src, rel in jobs:
+    targets = [output / rel] + ([output / rel.with_suffix('.decisions.png')] if overlays else [])
+    for target in targets:
+      if target.resolve() in inputs:
+        clash.append(f'{target} would replace input {inputs[target.resolve()]} '
+                     f'(the result of {src})')
+  return clash
+
+
 def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output: Path,
                  overlays: bool = False, progress: bool = True) -> tuple[list[str], list[float]]:
   """Deblurs each (input, relative output) pair; returns (errors, seconds per image)."""
@@ -193,7 +213,7 @@ def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output
       if overlays:
         panels.save_png(output / rel.with_suffix('.decisions.png'),
                         panels.decision_panel(loaded.rgb, result), compress_level=6)
-    except (DataError, OSError, Image.DecompressionBombError) as e:
+    except (DataError, OSError, ValueError, Image.DecompressionBombError) as e:
       # DataError messages already name the file; OSError ones usually do too.
       msg = str(e) if str(src) in str(e) else f'{src}: {e}'
       errors.append(msg)
@@ -210,7 +230,14 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
   (the others are still written); 2 when the checkpoint cannot be loaded.
   """
   out = Path(output)
+  if out.exists() and not out.is_dir():
+    print(f'error: --output {out} is an existing file; give a folder', file=sys.stderr)
+    return 2
   jobs, errors = collect_inputs(inputs, exclude=out.resolve())
+  if clash := overwrites(jobs, out, overlays):
+    print(f'error: refusing to write over input files: {"; ".join(clash[:5])}'
+          f'{" ..." if len(clash) > 5 else ""} (choose another --output)', file=sys.stderr)
+    return 2
   for e in errors:
     print(f'error: {e}', file=sys.stderr)
   if not jobs:
@@ -224,7 +251,7 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
     # No warm-up: timings here are informative only, and it would double the
     # work of the first image of every size.
     deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=False)
-  except (FileNotFoundError, ValueError) as e:
+  except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     print(f'error: {e}', file=sys.stderr)
     return 2
   failed, seconds = deblur_files(deblurrer, jobs, out, overlays, progress)
@@ -255,6 +282,7 @@ def main(argv: list[str]) -> None:
   fl = flags.FLAGS
   if not fl['verbosity'].present:
     logging.set_verbosity(logging.WARNING)  # Checkpoint loading logs a lot at INFO.
+  compilation_cache.enable()
   try:
     capacity = parse_capacity(fl.capacity)
   except ValueError as e:
@@ -265,4 +293,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

@@ -94,6 +94,11 @@ def to_float(image: np.ndarray) -> np.ndarray:
     return image.astype(np.float32) / 65535.0
   if not np.issubdtype(image.dtype, np.floating):
     raise TypeError(f'expected uint8, uint16 or float images, got {image.dtype}')
+  if not np.isfinite(image).all():
+    # NaN would spread through every window's attention and LayerNorm, and a
+    # pruned-everything decision map would hide where it came from.
+    bad = int(np.size(image) - np.count_nonzero(np.isfinite(image)))
+    raise ValueError(f'image holds {bad} non-finite value(s) (NaN or inf); replace them first')
   return image.astype(np.float32)
 
 

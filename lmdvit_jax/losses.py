@@ -43,11 +43,14 @@ class LossWeights:
 
   ``prune``: the paper's total loss (eq. 7) adds the pruning loss to the
   reconstruction loss; its weight was lost with the formula, 1.0 is used.
+  ``sharp``: not in the paper (0 by default): L1 over the pixels outside the
+  blur mask (`sharp_l1_loss`), which the mask-weighted terms never see.
   """
   l1: float = 1.0
   ssim: float = 1.0
   fft: float = 0.1
   prune: float = 1.0
+  sharp: float = 0.0
 
 
 def _f32(x: Array) -> Array:
@@ -79,6 +82,26 @@ def l1_loss(pred: Array, target: Array, mask: Array | None = None) -> Array:
   """
   err = jnp.abs(_f32(pred) - _f32(target))
   return jnp.mean(_masked_mean_or_mean(err, mask))
+
+
+def sharp_l1_loss(pred: Array, target: Array, mask: Array) -> Array:
+  """Mean absolute error over the pixels outside the blur mask.
+
+  The mask-weighted L1 and SSIM never see sharp regions, so nothing in them
+  stops a network from disturbing pixels that need no restoration; this term
+  does. Images whose mask covers everything contribute 0.
+
+  Args:
+    pred: [B, H, W, C].
+    target: [B, H, W, C].
+    mask: [B, H, W, 1] blur mask (1 = blurred).
+
+  Returns:
+    scalar, the batch mean.
+  """
+  err = jnp.abs(_f32(pred) - _f32(target))
+  mean, total = metrics._weighted_mean(err, 1.0 - _f32(mask))  # pylint: disable=protected-access
+  return jnp.mean(jnp.where(total > 0, mean, 0.0))
 
 
 def ssim_loss(pred: Array, target: Array, mask: Array | None = None) -> Array:
@@ -147,7 +170,7 @@ def downsample_mask(mask: Array, height: int, width: int) -> Array:
 
 
 def pruning_loss(scores: Sequence[Array], mask: Array,
-                 hard_targets: bool = False) -> Array:
+                 hard_targets: bool = False, balanced: bool = False) -> Array:
   """Cross-entropy between each predictor's keep probability and the blur mask.
 
   For a predictor with token logits ``s`` [B, h, w, 2] (channel 0 = keep /
@@ -165,11 +188,18 @@ def pruning_loss(scores: Sequence[Array], mask: Array,
   is minimised exactly at ``p = t``. ``hard_targets=True`` thresholds the
   pooled mask at 0.5 instead.
 
+  Class balance (``balanced=True``, not in the paper): where blur covers a few
+  percent of the image, pruning everything is a cheap optimum of the plain
+  cross-entropy. Balanced, the blurred and the sharp side each weigh half,
+  whatever their share of the batch's tokens: the two sums are divided by
+  twice their total target mass (``sum t`` and ``sum (1 - t)``).
+
   Args:
     scores: tuple of [B, h_k, w_k, 2] token logits in the unrolled grid, one per
       confidence predictor (may be empty: the loss is then 0).
     mask: [B, H, W, 1] blur mask, H and W multiples of every h_k, w_k.
     hard_targets: threshold the pooled mask at 0.5.
+    balanced: weigh the blurred and the sharp side equally (see above).
 
   Returns:
     scalar.
@@ -182,13 +212,20 @@ def pruning_loss(scores: Sequence[Array], mask: Array,
     if hard_targets:
       t = (t >= 0.5).astype(jnp.float32)
     logp = jax.nn.log_softmax(_f32(s), axis=-1)
-    losses.append(-jnp.mean(t * logp[..., 0] + (1.0 - t) * logp[..., 1]))
+    keep, prune = t * logp[..., 0], (1.0 - t) * logp[..., 1]
+    if balanced:
+      pos, neg = jnp.sum(t), jnp.sum(1.0 - t)
+      losses.append(-(jnp.sum(keep) / (2 * jnp.maximum(pos, 1e-6))
+                      + jnp.sum(prune) / (2 * jnp.maximum(neg, 1e-6))))
+    else:
+      losses.append(-jnp.mean(keep + prune))
   return jnp.mean(jnp.stack(losses))
 
 
 def total_loss(outputs: Any, batch: Mapping[str, Array],
                weights: Any = LossWeights(), fft_mode: str = 'modulus',
-               hard_targets: bool = False) -> tuple[Array, dict[str, Array]]:
+               hard_targets: bool = False,
+               balanced: bool = False) -> tuple[Array, dict[str, Array]]:
   """Weighted sum of the reconstruction and pruning terms.
 
   Args:
@@ -196,20 +233,22 @@ def total_loss(outputs: Any, batch: Mapping[str, Array],
       of [B, h, w, 2] token logits).
     batch: dict with ``sharp`` [B, H, W, 3] and ``mask`` [B, H, W, 1].
     weights: anything with float attributes ``l1``, ``ssim``, ``fft``,
-      ``prune`` (a `LossWeights` or an ml_collections ConfigDict).
+      ``prune`` and optionally ``sharp`` (0 if absent): a `LossWeights` or an
+      ml_collections ConfigDict.
     fft_mode: see `fft_loss`.
-    hard_targets: see `pruning_loss`.
+    hard_targets, balanced: see `pruning_loss`.
 
   Returns:
     (loss, terms): the scalar loss and a dict of the unweighted scalar terms
-    'l1', 'ssim', 'fft', 'prune'.
+    'l1', 'ssim', 'fft', 'prune', 'sharp'.
   """
   pred, target, mask = outputs.restored, batch['sharp'], batch['mask']
   terms = {
       'l1': l1_loss(pred, target, mask),
       'ssim': ssim_loss(pred, target, mask),
       'fft': fft_loss(pred, target, mode=fft_mode),
-      'prune': pruning_loss(tuple(outputs.scores), mask, hard_targets),
+      'prune': pruning_loss(tuple(outputs.scores), mask, hard_targets, balanced),
+      'sharp': sharp_l1_loss(pred, target, mask),
   }
-  loss = sum(getattr(weights, k) * v for k, v in terms.items())
+  loss = sum(getattr(weights, k, 0.0) * v for k, v in terms.items())
   return loss, terms

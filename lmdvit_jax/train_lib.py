@@ -36,8 +36,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmdvit_jax import losses
 from lmdvit_jax.mesh import DATA_AXIS, make_mesh  # pylint: disable=unused-import
-from lmdvit_jax import metrics as metrics_lib
-from lmdvit_jax.models import LMDViT, init_params
+from lmdvit_jax.models import LMDViT, fan_in_predictors, identity_output, init_params
 
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {
@@ -151,6 +150,33 @@ def build_model(config, **overrides) -> LMDViT:
   return model
 
 
+def check_run_config(config) -> LMDViT:
+  """Validates a training config before any work is done; returns its model.
+
+  Raises:
+    ValueError: naming the field (model attributes, compute dtype, remat,
+      patch size, batch size, step counts, data specs).
+  """
+  # Imported here: the data readers pull in image and TFDS helpers.
+  from lmdvit_jax.data import readers  # pylint: disable=g-import-not-at-top
+  model = build_model(config)
+  if config.patch_size % model.multiple:
+    raise ValueError(f'patch_size={config.patch_size} is not a multiple of 16 * win_size = '
+                     f'{model.multiple}: set --config.patch_size to e.g. '
+                     f'{max(1, round(config.patch_size / model.multiple)) * model.multiple}')
+  for name in ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps'):
+    if int(config[name]) < 1:
+      raise ValueError(f'{name} must be at least 1, got {config[name]}')
+  if config.batch_size % jax.device_count():
+    raise ValueError(f'batch_size={config.batch_size} is not divisible by the '
+                     f'{jax.device_count()} devices')
+  for spec in config.data.sources:
+    readers.parse_spec(spec)
+  if config.eval_every_steps > 0 and config.eval.source:
+    readers.parse_spec(config.eval.source)
+  return model
+
+
 def make_schedule(config) -> Callable[[jax.Array], jax.Array]:
   """Learning rate as a function of the step: linear warmup, then cosine.
 
@@ -214,6 +240,10 @@ def init_train_state(model: LMDViT, tx: optax.GradientTransformation, config,
   seed = int(config.get('seed', 0))
   if params is None:
     params = init_params(model, seed)
+    if config.get('identity_start', False):
+      params = identity_output(params)
+    if config.get('fan_in_predictors', False):
+      params = fan_in_predictors(params, seed)
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   opt_state = jax.tree.map(np.asarray, tx.init(params))
   state = TrainState(step=np.zeros((), np.int32), params=params, opt_state=opt_state,
@@ -250,8 +280,8 @@ def check_params_match(params: Any, reference: Any) -> None:
 def _loss_settings(config):
   lc = config.loss
   weights = losses.LossWeights(l1=float(lc.l1), ssim=float(lc.ssim), fft=float(lc.fft),
-                               prune=float(lc.prune))
-  return weights, str(lc.fft_mode), bool(lc.hard_targets)
+                               prune=float(lc.prune), sharp=float(lc.get('sharp', 0.0)))
+  return weights, str(lc.fft_mode), bool(lc.hard_targets), bool(lc.get('prune_balanced', False))
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDViT,
@@ -263,7 +293,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
   (1.0 if applied), 'skipped' (running count), and 'kept_fraction' [n_blocks]
   (share of windows each pruning block kept, Gumbel decisions, batch mean).
   """
-  weights, fft_mode, hard_targets = _loss_settings(config)
+  weights, fft_mode, hard_targets, balanced = _loss_settings(config)
   schedule = make_schedule(config)
   clip = float(config.optim.grad_clip)
   policy = REMAT_POLICIES[config.get('remat', 'none')]
@@ -273,7 +303,7 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
     out = model.apply({'params': params}, batch['blur'], train=True,
                       rngs={'gumbel': k_gumbel, 'dropout': k_dropout})
     loss, terms = losses.total_loss(out, batch, weights, fft_mode=fft_mode,
-                                    hard_targets=hard_targets)
+                                    hard_targets=hard_targets, balanced=balanced)
     kept = jnp.stack([jnp.mean(d.astype(jnp.float32)) for d in out.decisions]
                      ) if out.decisions else jnp.zeros((0,), jnp.float32)
     return loss, (terms, kept)
@@ -318,77 +348,6 @@ def make_train_step(model: LMDViT, tx: optax.GradientTransformation, config,
   rep = replicated(mesh)
   return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
                  donate_argnums=0)
-
-
-# ---------------------------------------------------------------------------
-# Held-out evaluation on full images.
-
-
-def pad_to_multiple(image: np.ndarray, multiple: int) -> tuple[np.ndarray, tuple[slice, slice]]:
-  """Zero-pads [H, W, C] centred to multiples of `multiple`; returns the crop back."""
-  h, w = image.shape[:2]
-  ph, pw = (-h) % multiple, (-w) % multiple
-  top, left = ph // 2, pw // 2
-  padded = np.pad(image, ((top, ph - top), (left, pw - left), (0, 0)))
-  return padded, (slice(top, top + h), slice(left, left + w))
-
-
-def make_eval_fn(model: LMDViT, mesh: jax.sharding.Mesh):
-  """Jitted `(params, blur [1, H, W, 3]) -> (restored, decisions)` for evaluation.
-
-  The restored image is clamped and quantised to 8 bits, as `evaluate.py`
-  scores it. One compilation per input shape.
-  """
-
-  def eval_step(params, blur):
-    out = model.apply({'params': params}, blur, train=False)
-    restored = jnp.round(jnp.clip(out.restored, 0.0, 1.0) * 255.0) / 255.0
-    return restored, out.decisions
-
-  rep = replicated(mesh)
-  return jax.jit(eval_step, in_shardings=rep, out_shardings=rep)
-
-
-def evaluate(eval_fn, params: Any, samples: Sequence[Mapping[str, np.ndarray]],
-             multiple: int) -> dict[str, float]:
-  """Mean metrics of the model on full-size samples ({'blur','sharp','mask'}).
-
-  Returns 'psnr', 'ssim', 'wpsnr', 'wssim', 'sharp_psnr' (nan-means: weighted
-  metrics are NaN for images without blur), 'input_psnr', 'input_wpsnr',
-  'kept_fraction', 'prune_precision', 'prune_recall'.
-  """
-  rows = []
-  for sample in samples:
-    blur, crop = pad_to_multiple(np.asarray(sample['blur'], np.float32), multiple)
-    valid, _ = pad_to_multiple(np.ones_like(np.asarray(sample['mask'], np.float32)), multiple)
-    mask_p, _ = pad_to_multiple(np.asarray(sample['mask'], np.float32), multiple)
-    restored, decisions = eval_fn(params, blur[None])
-    restored = np.asarray(restored)[0][crop]
-    sharp = np.asarray(sample['sharp'], np.float32)
-    mask = np.asarray(sample['mask'], np.float32)
-    inp = np.asarray(sample['blur'], np.float32)
-    prune = metrics_lib.pruning_metrics([np.asarray(d) for d in decisions], mask_p[None],
-                                        valid=valid[None])
-    rows.append({
-        'psnr': metrics_lib.psnr(restored, sharp),
-        'ssim': metrics_lib.ssim(restored, sharp),
-        'wpsnr': metrics_lib.weighted_psnr(restored, sharp, mask),
-        'wssim': metrics_lib.weighted_ssim(restored, sharp, mask),
-        'sharp_psnr': metrics_lib.sharp_psnr(restored, sharp, mask),
-        'input_psnr': metrics_lib.psnr(inp, sharp),
-        'input_wpsnr': metrics_lib.weighted_psnr(inp, sharp, mask),
-        'kept_fraction': jnp.mean(prune['kept_fraction']),
-        'prune_precision': jnp.mean(prune['precision']),
-        'prune_recall': jnp.mean(prune['recall']),
-    })
-  if not rows:
-    return {}
-  out = {}
-  for k in rows[0]:
-    values = np.asarray([float(r[k]) for r in rows], np.float64)
-    values = values[~np.isnan(values)]
-    out[k] = float(values.mean()) if values.size else float('nan')
-  return out
 
 
 # ---------------------------------------------------------------------------

@@ -28,3 +28,7 @@ def fixture_names() -> list[str]:
 @pytest.fixture(scope='session')
 def reference() -> Path:
   return reference_dir()
+
+
+# Tests stay hermetic: no persistent compilation cache unless a test sets one.
+os.environ.setdefault('LMDVIT_COMPILATION_CACHE', 'off')

@@ -108,3 +108,35 @@ def test_check_model_kwargs_refuses_another_model(tmp_path):
   checkpointing.check_model_kwargs(tmp_path, {'embed_dim': 8, 'depths': (1, 2)})
   with pytest.raises(ValueError, match='embed_dim: 8 there, 16 now'):
     checkpointing.check_model_kwargs(tmp_path, {'embed_dim': 16, 'depths': (1, 2)})
+
+
+def _damage(step_dir, how):
+  """Truncates (or deletes) every data file of a step's params item."""
+  files = [p for p in (step_dir / 'params').rglob('*') if p.is_file() and p.stat().st_size > 0
+           and p.name not in ('_METADATA', '_CHECKPOINT_METADATA')]
+  assert files
+  for f in files:
+    if how == 'delete':
+      f.unlink()
+    else:
+      f.write_bytes(f.read_bytes()[:max(1, f.stat().st_size // 3)])
+
+
+@pytest.mark.parametrize('how', ['truncate', 'delete'])
+def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, how, caplog):
+  checkpointing.write_model_json(tmp_path, {'embed_dim': 8})
+  with checkpointing.train_manager(tmp_path, max_to_keep=3, async_save=False) as mngr:
+    for seed in (1, 2):
+      checkpointing.save_train_state(mngr, _state(seed), {'i': seed})
+  _damage(tmp_path / 'checkpoints' / '9', how)
+  with checkpointing.train_manager(tmp_path) as mngr:
+    restored, data_state = checkpointing.restore_train_state(mngr, _state(0))
+  assert int(restored.step) == 8 and data_state == {'i': 1}
+  _assert_trees_equal(restored.params, _state(1).params)
+  assert 'Skipping damaged checkpoint step 9' in caplog.text
+  _, params = checkpointing.load_model(tmp_path)  # evaluation and deblur fall back too
+  _assert_trees_equal(params, _state(1).params)
+
+  _damage(tmp_path / 'checkpoints' / '8', how)
+  with pytest.raises(checkpointing.CheckpointError, match='no intact checkpoint in .*step 9.*step 8'):
+    checkpointing.load_model(tmp_path)

@@ -178,3 +178,55 @@ def test_cli_exit_status(checkpoint, tmp_path):
   assert run.returncode == 1
   assert 'bad.png' in run.stderr and 'missing.png' in run.stderr
   assert not (tmp_path / 'out' / 'bad.png').exists()
+
+
+# ---------------------------------------------------------------------------
+# Nothing lost: inputs never overwritten, bad images named and skipped.
+
+
+def test_refuses_to_write_over_its_inputs_before_any_work(checkpoint, tmp_path, capsys):
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  original = np.random.default_rng(0).integers(0, 256, (64, 80, 3), np.uint8)
+  Image.fromarray(original).save(photos / 'one.png')
+  status = deblur.run(str(tmp_path / 'no_checkpoint_needed'), [str(photos / 'one.png')],
+                      str(photos), progress=False)
+  assert status == 2
+  assert 'refusing to write over input files' in capsys.readouterr().err
+  with Image.open(photos / 'one.png') as im:
+    np.testing.assert_array_equal(np.asarray(im), original)
+  # The overlay of another input would land on an input too.
+  Image.fromarray(original).save(photos / 'two.decisions.png')
+  Image.fromarray(original).save(photos / 'two.jpg')
+  clash = deblur.overwrites([(photos / 'two.jpg', Path('two.png')),
+                             (photos / 'two.decisions.png', Path('two.decisions.png'))],
+                            photos, overlays=True)
+  assert any('two.decisions.png' in c for c in clash)
+  # An existing file as --output: one line, nothing run.
+  status = deblur.run(str(checkpoint), [str(photos / 'one.png')], str(photos / 'one.png'),
+                      progress=False)
+  assert status == 2 and 'is an existing file' in capsys.readouterr().err
+
+
+def test_non_finite_and_multi_frame_images_are_named_and_skipped(checkpoint, tmp_path, capsys):
+  inputs = tmp_path / 'in'
+  inputs.mkdir()
+  field = np.random.default_rng(0).uniform(size=(64, 64)).astype(np.float32)
+  field[10, 20] = np.nan
+  Image.fromarray(field, mode='F').save(inputs / 'nan.tiff')
+  frames = [Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (0, 128, 255)]
+  frames[0].save(inputs / 'anim.gif', save_all=True, append_images=frames[1:])
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(inputs / 'good.png')
+  out = tmp_path / 'out'
+  status = deblur.run(str(checkpoint), [str(inputs)], str(out), capacity='masked',
+                      progress=False)
+  err = capsys.readouterr().err
+  assert status == 1
+  assert 'nan.tiff' in err and 'NaN' in err and 'anim.gif' in err and '3 frames' in err
+  assert sorted(p.name for p in out.iterdir()) == ['good.png']
+  # Through the Python API: a ValueError, not a wrecked output.
+  deblurrer = deblur.Deblurrer(LMDViT(**TINY), init_params(LMDViT(**TINY), 0))
+  bad = np.zeros((64, 64, 3), np.float32)
+  bad[0, 0, 0] = np.inf
+  with pytest.raises(ValueError, match='non-finite'):
+    deblurrer(bad)

@@ -12,7 +12,7 @@ import pytest
 
 import evaluate
 from configs import tiny
-from lmdvit_jax import checkpointing
+from lmdvit_jax import checkpointing, evaluation
 from lmdvit_jax.inference import DecisionBlock, DeblurResult, PadGeometry
 from lmdvit_jax.models import LMDViT, init_params
 from tests.conftest import REPO
@@ -131,7 +131,7 @@ def test_pruning_scores_ignore_padding():
   result = DeblurResult(np.zeros((4, 8, 3)), (keep_all,), (0,),
                         (DecisionBlock('encoder_0', 0, False),), g, 0.0, 0.0)
   mask = np.ones((4, 8, 1), np.float32)
-  scores = evaluate.pruning_scores(result, mask)
+  scores = evaluation.pruning_scores(result, mask)
   # Counting the padding as sharp pixels would give precision 0.5.
   assert scores['precision'][0] == pytest.approx(1.0)
   assert scores['recall'][0] == pytest.approx(1.0)
@@ -139,9 +139,9 @@ def test_pruning_scores_ignore_padding():
 
 
 def test_nan_handling_helpers():
-  assert evaluate.nanmean([1.0, float('nan'), 3.0]) == 2.0
-  assert np.isnan(evaluate.nanmean([float('nan')]))
-  assert evaluate._jsonable({'a': [np.float32(np.nan), np.inf, np.int64(3)]}) == {
+  assert evaluation.nanmean([1.0, float('nan'), 3.0]) == 2.0
+  assert np.isnan(evaluation.nanmean([float('nan')]))
+  assert evaluation.jsonable({'a': [np.float32(np.nan), np.inf, np.int64(3)]}) == {
       'a': [None, None, 3]}
 
 
@@ -159,3 +159,49 @@ def test_cli_errors(checkpoint, tmp_path):
   assert no_ckpt.returncode != 0
   assert 'checkpoint directory not found' in no_ckpt.stderr
   assert not (tmp_path / 'out' / 'metrics.json').exists()
+
+
+def test_training_and_evaluate_py_score_alike(checkpoint, evaluated):
+  """The in-training evaluation (`evaluation.run` on a Deblurrer) and evaluate.py agree,
+  shifted blocks included: one evaluator."""
+  from lmdvit_jax.data import open_source
+  from lmdvit_jax.inference import Deblurrer
+  data, out = evaluated
+  kwargs, params = checkpointing.load_model(checkpoint)
+  scored = evaluation.run(Deblurrer(LMDViT(**kwargs), params, warmup=False),
+                          open_source(f'npy:{data}'))
+  written = json.loads((out / 'metrics.json').read_text())
+  assert any(b['shifted'] for b in written['blocks'])
+  for key in ('psnr', 'wpsnr', 'prune_precision', 'prune_recall', 'kept_fraction'):
+    assert scored['mean'][key] == pytest.approx(written['mean'][key], rel=1e-6), key
+  for mine, theirs in zip(scored['blocks'], written['blocks']):
+    assert mine['recall'] == pytest.approx(theirs['recall'], rel=1e-6, nan_ok=True)
+
+
+def test_bad_files_are_found_before_any_forward_pass(checkpoint, tmp_path, monkeypatch):
+  data = _npy_folder(tmp_path / 'npy')
+  item = np.load(data / 'img_1.npy', allow_pickle=True).item()
+  del item['blur_mask']
+  np.save(data / 'img_1.npy', item, allow_pickle=True)
+  (data / 'img_2.npy').write_bytes(b'not numpy')
+  calls = []
+  monkeypatch.setattr(evaluation.Deblurrer, '__call__', lambda self, x: calls.append(x))
+  with pytest.raises(evaluation.DataError, match=r'2 bad file\(s\).*img_1.*img_2'):
+    evaluation.evaluate(str(checkpoint), f'npy:{data}', str(tmp_path / 'out'),
+                        capacity='masked', progress=False)
+  assert not calls and not (tmp_path / 'out' / 'metrics.json').exists()
+  monkeypatch.undo()
+  summary = evaluation.evaluate(str(checkpoint), f'npy:{data}', str(tmp_path / 'out'),
+                                capacity='masked', num_panels=0, skip_bad=True, progress=False)
+  written = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  assert summary['count'] == written['count'] == 1
+  assert len(written['skipped']) == 2 and 'img_1' in written['skipped'][0]
+
+
+def test_output_that_is_a_file_fails_before_work(checkpoint, tmp_path):
+  (tmp_path / 'taken').write_text('')
+  run = _run_cli(f'--checkpoint={checkpoint}', '--data=synthetic?count=1&size=64',
+                 f'--output={tmp_path / "taken"}')
+  assert run.returncode == 2
+  assert run.stderr.strip().splitlines()[-1].startswith('evaluate.py: error:')
+  assert 'existing file' in run.stderr and 'Traceback' not in run.stderr

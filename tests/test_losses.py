@@ -172,7 +172,7 @@ def test_total_loss_combines_terms():
   out, batch = _outputs_and_batch()
   w = losses.LossWeights(l1=1.0, ssim=0.5, fft=0.1, prune=2.0)
   loss, terms = losses.total_loss(out, batch, w)
-  assert set(terms) == {'l1', 'ssim', 'fft', 'prune'}
+  assert set(terms) == {'l1', 'ssim', 'fft', 'prune', 'sharp'}
   want = (terms['l1'] + 0.5 * terms['ssim'] + 0.1 * terms['fft']
           + 2.0 * terms['prune'])
   chex.assert_trees_all_close(loss, want, rtol=1e-6)
@@ -216,3 +216,43 @@ def test_everything_jits():
                               losses.pruning_loss(out.scores, m), rtol=1e-5)
   jitted = jax.jit(losses.total_loss)(out, batch)
   chex.assert_trees_all_close(jitted, losses.total_loss(out, batch), rtol=1e-5)
+
+
+def test_sharp_l1_only_sees_pixels_outside_the_mask():
+  p, t = _images()
+  m = _mask()
+  # Changing pixels inside the mask does not move it; outside it does.
+  inside = jnp.where(m > 0, 1.0 - p, p)
+  np.testing.assert_allclose(losses.sharp_l1_loss(inside, t, m), losses.sharp_l1_loss(p, t, m),
+                             rtol=1e-6)
+  err = np.abs(np.asarray(p) - np.asarray(t))
+  outside = np.broadcast_to(np.asarray(m) == 0, err.shape)
+  want = np.mean([err[i][outside[i]].mean() for i in range(2)])
+  np.testing.assert_allclose(losses.sharp_l1_loss(p, t, m), want, rtol=1e-5)
+  # An image blurred everywhere contributes 0.
+  np.testing.assert_allclose(losses.sharp_l1_loss(p, t, jnp.ones_like(m)), 0.0)
+  w = losses.LossWeights(sharp=2.0)
+  loss, terms = losses.total_loss(_Outputs(p, ()), {'sharp': t, 'mask': m}, w)
+  want = (terms['l1'] + terms['ssim'] + 0.1 * terms['fft'] + terms['prune'] + 2 * terms['sharp'])
+  np.testing.assert_allclose(loss, want, rtol=1e-6)
+
+
+def test_balanced_pruning_loss_weighs_both_sides_equally():
+  m = np.zeros((1, 16, 16, 1), np.float32)
+  m[:, :2, :2] = 1  # 4 of 256 tokens are blurred
+  m = jnp.asarray(m)
+  t = np.asarray(losses.downsample_mask(m, 16, 16))
+  prune_all = (_logits(np.zeros_like(t)),)   # p(keep) ~ 0 everywhere
+  keep_all = (_logits(np.ones_like(t)),)     # p(keep) ~ 1 everywhere
+  # Plain cross-entropy: pruning everything is nearly free (4 tokens wrong);
+  # balanced, it costs as much as keeping everything (each side weighs half).
+  plain_prune = losses.pruning_loss(prune_all, m)
+  plain_keep = losses.pruning_loss(keep_all, m)
+  assert plain_prune < 0.1 * plain_keep
+  bal_prune = losses.pruning_loss(prune_all, m, balanced=True)
+  bal_keep = losses.pruning_loss(keep_all, m, balanced=True)
+  np.testing.assert_allclose(bal_prune, bal_keep, rtol=1e-2)
+  # Uniform logits: ln 2 either way; a perfect predictor: ~0.
+  uniform = (jnp.zeros((1, 16, 16, 2)),)
+  np.testing.assert_allclose(losses.pruning_loss(uniform, m, balanced=True), np.log(2), rtol=1e-6)
+  np.testing.assert_allclose(losses.pruning_loss((_logits(t),), m, balanced=True), 0, atol=1e-4)

@@ -127,10 +127,22 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, config_file, uninte
     np.testing.assert_allclose(resumed[k], reference[k], rtol=0, atol=1e-6, err_msg=k)
   loss = lambda w: {r['step']: r['loss'] for r in _read_jsonl(w / 'metrics.jsonl')}
   assert loss(tmp_path)[NUM_STEPS] == pytest.approx(loss(uninterrupted)[NUM_STEPS], abs=1e-6)
+  # One row per logged step: rows written after the last checkpoint are not repeated.
+  assert [r['step'] for r in _read_jsonl(tmp_path / 'metrics.jsonl')] == [2, 4, 6]
 
 
-def test_config_typos_fail_clearly(tmp_path, config_file):
-  code, output = _train(tmp_path, config_file, '--config.optim.lrr=1e-3')
-  assert code != 0
-  assert 'lrr' in output
-  assert not (tmp_path / 'checkpoints').exists()
+@pytest.mark.parametrize('override, message', [
+    ('--config.optim.lrr=1e-3', 'Did you mean "lr"'),
+    ('--config.patch_size=100', 'patch_size=100 is not a multiple of 16 * win_size = 64'),
+    ('--config.data.sources=("synthetc",)', "Unknown data kind 'synthetc'"),
+    ('--config.compute_dtype=float16', 'compute_dtype must be one of'),
+])
+def test_config_mistakes_fail_in_one_line_before_any_work(tmp_path, config_file, override,
+                                                          message):
+  workdir = tmp_path / 'run'
+  code, output = _train(workdir, config_file, override)
+  assert code == 2, output[-3000:]
+  errors = [l for l in output.splitlines() if 'error:' in l]
+  assert len(errors) == 1 and errors[0].startswith('train.py: error:') and message in errors[0], output
+  assert 'Traceback' not in output
+  assert not workdir.exists()

@@ -201,14 +201,6 @@ def test_summarize_averages_and_splits_blocks():
                              [0.25, 1.0, 0.625])
 
 
-def test_pad_to_multiple_centres_and_crops_back():
-  image = np.arange(70 * 130 * 1, dtype=np.float32).reshape(70, 130, 1)
-  padded, crop = train_lib.pad_to_multiple(image, 64)
-  assert padded.shape == (128, 192, 1)
-  np.testing.assert_array_equal(padded[crop], image)
-  assert crop[0].start == 29 and crop[1].start == 31
-
-
 def test_check_params_match_names_the_difference():
   config = small_config()
   model = train_lib.build_model(config)

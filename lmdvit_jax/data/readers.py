@@ -302,7 +302,8 @@ _KINDS = {
     'reloblur': (True, {'split', 'threshold'}),
     'gopro': (True, {'split', 'blur'}),
     'pairs': (True, {'threshold'}),
-    'synthetic': (False, {'split', 'count', 'size', 'seed', 'photos', 'min_blur', 'max_blur'}),
+    'synthetic': (False, {'split', 'count', 'size', 'seed', 'photos', 'min_blur', 'max_blur',
+                          'preset'}),
     'tfds': (True, {'split', 'data_dir'}),
 }
 
@@ -311,8 +312,9 @@ SPEC_HELP = """Data specs:
   reloblur:DIR[?split=test]  DIR holds dataset/ and masks/ (LBAG layout)
   gopro:DIR[?split=test&blur=blur_gamma]   GOPRO_Large/ (or train/, test/) inside DIR
   pairs:DIR                  DIR/blur/, DIR/sharp/, optional DIR/mask/
-  synthetic[?count=100&size=256&seed=0&photos=FOLDER&min_blur=8&max_blur=64]
-                             generated local blur (motion path lengths in pixels)
+  synthetic[?count=100&size=256&seed=0&photos=FOLDER&min_blur=2&max_blur=12&preset=realistic]
+                             generated local blur (motion path lengths in pixels;
+                             size=S or WxH, e.g. 384x256; preset=extreme: 8-64 px)
   tfds:NAME[?split=test&data_dir=DIR]   a built TFDS dataset (reloblur, gopro, ...)
 Options: threshold=0.5 binarises masks (fraction of full scale)."""
 
@@ -349,6 +351,21 @@ def _number(options, key, cast, default, spec):
   except ValueError:
     raise ValueError(f'Option {key}={options[key]!r} in {spec!r} is not a valid '
                      f'{cast.__name__}.') from None
+
+
+def _size(options, default: int, spec: str) -> int | tuple[int, int]:
+  """`size=S` (square) or `size=WxH` -> S or (H, W)."""
+  if 'size' not in options:
+    return default
+  text = options['size'].lower()
+  try:
+    if 'x' in text:
+      w, h = (int(v) for v in text.split('x'))
+      return (h, w)
+    return int(text)
+  except ValueError:
+    raise ValueError(f'Option size={options["size"]!r} in {spec!r} is not S or WxH '
+                     '(e.g. 256 or 384x256).') from None
 
 
 def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
@@ -390,14 +407,18 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
   if kind == 'tfds':
     return TfdsSource(path, split, options.get('data_dir'))
   from lmdvit_jax.data import synthetic  # pylint: disable=g-import-not-at-top
-  default = synthetic.BlurSettings()
+  preset = options.get('preset', 'realistic')
+  if preset not in synthetic.PRESETS:
+    raise ValueError(f'Unknown preset {preset!r} in {spec!r}; accepted: '
+                     f'{sorted(synthetic.PRESETS)}.')
+  default = synthetic.PRESETS[preset]
   blur = (_number(options, 'min_blur', float, default.blur_length[0], spec),
           _number(options, 'max_blur', float, default.blur_length[1], spec))
   if not 0 < blur[0] <= blur[1]:
     raise ValueError(f'Need 0 < min_blur <= max_blur, got {blur[0]} and {blur[1]} in {spec!r}.')
   return synthetic.SyntheticSource(
       count=_number(options, 'count', int, synthetic_count, spec),
-      size=_number(options, 'size', int, synthetic_size, spec),
+      size=_size(options, synthetic_size, spec),
       seed=_number(options, 'seed', int, 0, spec),
       split=split, photos=options.get('photos'),
       settings=dataclasses.replace(default, blur_length=blur))

@@ -267,6 +267,40 @@ def init_params(model: LMDViT, rng: int | jax.Array = 0) -> dict[str, Any]:
   return jax.tree_util.tree_map_with_path(leaf, abstract)
 
 
+def identity_output(params: dict[str, Any]) -> dict[str, Any]:
+  """`params` with the output projection zeroed: the network starts as the identity.
+
+  `restored = x + residual * gate` with a zero residual everywhere, so training
+  from scratch starts from the blurred input instead of a random perturbation
+  of it, and sharp regions start (and can stay) untouched. Gradients still
+  reach every layer: the output projection's own gradient is its input
+  features times the gate, which are not zero.
+  """
+  out = dict(params)
+  out['output_proj'] = jax.tree.map(jnp.zeros_like, params['output_proj'])
+  return out
+
+
+def fan_in_predictors(params: dict[str, Any], rng: int = 0) -> dict[str, Any]:
+  """`params` with every confidence-predictor kernel redrawn from N(0, 1/fan_in).
+
+  The official initialisation (truncated normal, std 0.02) makes each of the
+  predictor's four linear layers shrink its input about 50-fold, so its logits
+  and their gradients start around 1e-8: below Adam's epsilon, where updates
+  vanish and the pruning loss stays at ln 2 for hundreds of steps. Fan-in
+  scaling starts the logits at order one. For training from scratch only.
+  """
+  gen = np.random.default_rng([rng, 0x9E37])
+
+  def leaf(path, x):
+    names = [str(getattr(k, 'key', k)) for k in path]
+    if names[-1] == 'kernel' and any(n.startswith('predictor_') for n in names) and x.ndim == 2:
+      return jnp.asarray(gen.standard_normal(x.shape) / np.sqrt(x.shape[0]), jnp.float32)
+    return x
+
+  return jax.tree_util.tree_map_with_path(leaf, params)
+
+
 def count_params(params: Any) -> int:
   """Number of scalars in a params pytree."""
   return int(sum(np.prod(p.shape) for p in jax.tree_util.tree_leaves(params)))

@@ -169,6 +169,12 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
   short = readers.open_source('synthetic?min_blur=2&max_blur=6.5')
   assert short.settings.blur_length == (2.0, 6.5)
   assert readers.open_source('synthetic?max_blur=9').settings.blur_length[1] == 9.0
+  # Realistic blur by default; the earlier extreme setting is a preset.
+  assert readers.open_source('synthetic').settings.blur_length == (2.0, 12.0)
+  extreme = readers.open_source('synthetic?preset=extreme&max_blur=40')
+  assert extreme.settings.blur_length == (8.0, 40.0) and extreme.settings.texture_tries == 1
+  wide = readers.open_source('synthetic?size=96x64&count=1')
+  assert wide.size == (64, 96) and wide[0]['blur'].shape == (64, 96, 3)
 
 
 @pytest.mark.parametrize('spec, message', [
@@ -181,6 +187,8 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
     ('synthetic?max_blur=-1', 'min_blur <= max_blur'),
     ('gopro:/x?split=val', 'split must be train or test'),
     ('pairs:/x?threshold', 'Malformed options'),
+    ('synthetic?preset=wild', "Unknown preset 'wild'"),
+    ('synthetic?size=3x4x5', 'not S or WxH'),
 ])
 def test_open_source_rejects_typos(spec, message):
   with pytest.raises(ValueError, match=message):

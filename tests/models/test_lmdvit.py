@@ -10,7 +10,8 @@ import pytest
 from configs import lmdvit as lmdvit_config
 from configs import lmdvit_small, tiny
 from lmdvit_jax import convert
-from lmdvit_jax.models import LMDViT, count_params, init_params
+from lmdvit_jax.models import (LMDViT, count_params, fan_in_predictors, identity_output,
+                               init_params)
 from tests.conftest import fixture_names
 
 
@@ -195,3 +196,25 @@ def test_init_params_matches_flax_init_structure():
              zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(q)))
   kernel = np.asarray(init_params(LMDViT(), 0)['decoder_0']['block_0']['mlp']['linear1']['kernel'])
   assert abs(kernel.std() - 0.02) < 0.001 and np.abs(kernel).max() <= 0.04 / 0.8796 + 1e-6
+
+
+def test_identity_start_and_fan_in_predictors(tiny_model_and_params):
+  """Training-from-scratch inits: the identity start returns the input exactly;
+  fan-in predictors change only predictor kernels and give order-one logits
+  (the official 0.02 init gives logits near 1e-6)."""
+  model, params = tiny_model_and_params
+  model = model.clone(capacity='masked')  # one cheap compile
+  x = jnp.asarray(np.random.default_rng(2).uniform(size=(1, 128, 128, 3)), jnp.float32)
+  apply = jax.jit(lambda p: model.apply({'params': p}, x))
+  ident = identity_output(params)
+  np.testing.assert_array_equal(apply(ident).restored, x)
+  assert np.abs(np.asarray(params['output_proj']['kernel'])).max() > 0  # input untouched
+
+  scaled = fan_in_predictors(params, 0)
+  paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)]
+  changed = [p for p, a, b in zip(paths, jax.tree_util.tree_leaves(params),
+                                  jax.tree_util.tree_leaves(scaled)) if not np.array_equal(a, b)]
+  assert changed and all('predictor_' in c and 'kernel' in c for c in changed)
+  official = np.abs(np.asarray(apply(params).scores[0])).mean()
+  fan_in = np.abs(np.asarray(apply(scaled).scores[0])).mean()
+  assert official < 1e-3 < 0.05 < fan_in

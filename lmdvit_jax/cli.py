@@ -1,0 +1,85 @@
+"""How every command of the project takes flags and reports errors.
+
+Every script ends with `cli.run(main)`: absl flags (and ml_collections config
+flags) are parsed, and a mistake of the user's, in a flag, a config override or
+the data and checkpoints it points at, becomes one line on stderr, never a
+traceback:
+
+    PROG: error: MESSAGE
+
+Exit codes: 0 success; 1 some inputs failed (named on stderr, the rest done);
+2 nothing done: a bad flag, config, data spec, file or checkpoint.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import NoReturn
+
+from absl import app, flags
+
+EXIT_PARTIAL = 1
+EXIT_USAGE = 2
+_HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+  """Prints `PROG: error: message` (one line) to stderr and exits with `code`."""
+  prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else 'lmdvit_jax'
+  text = ' '.join(str(message).split())
+  print(f'{prog}: error: {text}', file=sys.stderr)
+  sys.exit(code)
+
+
+def _message(error: BaseException) -> str:
+  """A one-line message, unwrapping the quoting of KeyError / AttributeError."""
+  text = str(error.args[0]) if len(error.args) == 1 else str(error)
+  if isinstance(error, (KeyError, AttributeError)):
+    text = text.strip('\'"').replace("\\'", "'")
+    text = text.replace("'\n", "' ").replace('\n', ' ')
+    if not text.startswith('Unknown'):
+      text = f'unknown config key {text}'
+  return text
+
+
+def parse_flags(argv: Sequence[str]) -> list[str]:
+  """absl's flag parsing, with bad flags and config overrides reported in one line."""
+  try:
+    return flags.FLAGS(list(argv))
+  except SystemExit:
+    # absl prints the help and exits 1; asking for help is not an error.
+    if any(a.split('=')[0] in _HELP for a in argv[1:]):
+      sys.exit(0)
+    raise
+  except flags.Error as e:
+    fail(str(e))
+  except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.x=... overrides
+    fail(_message(e))
+
+
+def user_errors() -> tuple[type[BaseException], ...]:
+  """Exceptions that mean a bad input, not a bug: reported in one line, exit 2."""
+  # Imported here: the data and checkpoint modules are heavy, flags are not.
+  from lmdvit_jax.checkpointing import CheckpointError  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.data import DataError  # pylint: disable=g-import-not-at-top
+  return (ValueError, TypeError, ImportError, FileNotFoundError, NotADirectoryError,
+          FileExistsError, DataError, CheckpointError)
+
+
+def run(main: Callable[[list[str]], int | None]) -> None:
+  """`absl.app.run(main)` with one-line errors (see the module docstring)."""
+
+  def guarded(argv: list[str]) -> int | None:
+    try:
+      return main(argv)
+    except app.UsageError:
+      raise
+    except Exception as e:  # pylint: disable=broad-except
+      if isinstance(e, user_errors()) and flags.FLAGS['verbosity'].value < 1:
+        fail(_message(e) + '  (--verbosity=1 shows the traceback)'
+             if not isinstance(e, (FileNotFoundError,)) else _message(e))
+      raise
+
+  app.run(guarded, flags_parser=parse_flags)

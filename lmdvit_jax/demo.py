@@ -1,0 +1,243 @@
+"""The demo: a small LMD-ViT on synthetic local motion blur, scored on held-out photos.
+
+`run(config, workdir)` puts a model in `workdir` and scores it on the held-out
+set of `config.demo.data`:
+
+* by default it installs the shipped demo weights (`WEIGHTS_DIR`, trained by
+  `python demo.py --train` with `configs/demo.py`; the command, the seed and the
+  training log lie beside them) as a checkpoint directory, in seconds;
+* with `train=True` it trains from scratch with `training.train_and_evaluate`
+  (resuming if the workdir already holds checkpoints).
+
+Then it evaluates with `evaluation.evaluate` (capacity `'exact'`), prints a
+per-image table and the demo's targets, and writes WORKDIR/demo_eval/
+(metrics.json, table.md, panels/, summary.json, overview.png).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+import numpy as np
+
+from lmdvit_jax import checkpointing, evaluation, panels
+from lmdvit_jax.data import open_source
+
+WEIGHTS_DIR = Path(__file__).resolve().parent / 'demo_weights'
+PARAMS_FILE = 'params.npz'
+
+# (metric key, label, requirement, threshold): what the demo must show on its
+# held-out set. Gains are over the blurred input scored the same way.
+TARGETS = (
+    ('wpsnr_gain', 'weighted PSNR gain inside the blur mask (dB)', '>= 1.0', 1.0),
+    ('psnr_gain', 'whole-image PSNR gain (dB)', '>= 0.3', 0.3),
+    ('sharp_psnr', 'PSNR outside the blur mask (dB)', '>= 45', 45.0),
+    ('prune_recall', 'pruning recall of blurred pixels', '>= 0.9', 0.9),
+    ('prune_precision', 'pruning precision', '>= 0.6', 0.6),
+)
+
+
+def targets(mean: dict[str, float]) -> list[dict[str, Any]]:
+  """Each target with its measured value and whether it is met."""
+  values = dict(mean, wpsnr_gain=mean['wpsnr'] - mean['input_wpsnr'],
+                psnr_gain=mean['psnr'] - mean['input_psnr'])
+  rows = []
+  for key, name, requirement, threshold in TARGETS:
+    value = float(values[key])
+    rows.append(dict(name=name, value=value, requirement=requirement,
+                     met=bool(np.isfinite(value) and value >= threshold)))
+  return rows
+
+
+# ---------------------------------------------------------------------------
+# Shipped weights.
+
+
+def export_weights(checkpoint: str | Path, out_dir: str | Path = WEIGHTS_DIR) -> Path:
+  """Writes a checkpoint's params as `out_dir/params.npz` beside its model.json.
+
+  Used once to ship the demo weights: `install_weights` reads them back.
+  """
+  kwargs, params = checkpointing.load_model(checkpoint)
+  flat = {'/'.join(str(k.key) for k in path): np.asarray(v, np.float32)
+          for path, v in _flatten(params)}
+  out_dir = Path(out_dir)
+  out_dir.mkdir(parents=True, exist_ok=True)
+  np.savez(out_dir / PARAMS_FILE, **flat)
+  checkpointing.write_json_atomic(out_dir / checkpointing.MODEL_FILE, kwargs)
+  return out_dir
+
+
+def _flatten(params):
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_flatten_with_path(params)[0]
+
+
+def load_weights(weights_dir: str | Path = WEIGHTS_DIR) -> tuple[dict[str, Any], Any]:
+  """`(model_kwargs, params)` of shipped weights (model.json + params.npz)."""
+  weights_dir = Path(weights_dir)
+  kwargs = checkpointing.read_model_kwargs(weights_dir)
+  path = weights_dir / PARAMS_FILE
+  if not path.is_file():
+    raise FileNotFoundError(f'{path} not found: the demo weights are missing; '
+                            'retrain them with `python demo.py --train`')
+  params: dict[str, Any] = {}
+  with np.load(path) as data:
+    for name in data.files:
+      node = params
+      *parents, leaf = name.split('/')
+      for p in parents:
+        node = node.setdefault(p, {})
+      node[leaf] = np.asarray(data[name], np.float32)
+  return kwargs, params
+
+
+def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
+  """Makes `workdir` a checkpoint directory holding the shipped weights."""
+  kwargs, params = load_weights(weights_dir)
+  checkpointing.save_model(workdir, params, kwargs)
+  for name in ('README.md', 'metrics.jsonl', 'eval.jsonl', 'config.json'):
+    if (Path(weights_dir) / name).is_file():
+      shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'demo_weights_{name}')
+  return Path(workdir)
+
+
+# ---------------------------------------------------------------------------
+# The picture.
+
+
+def _zoom_box(mask: np.ndarray, pad: int = 12) -> tuple[slice, slice]:
+  """The blurred region's bounding box, padded (the whole image if no blur)."""
+  m = np.asarray(mask).reshape(mask.shape[:2]) > 0
+  if not m.any():
+    return slice(None), slice(None)
+  ys, xs = np.nonzero(m)
+  h, w = m.shape
+  return (slice(max(0, ys.min() - pad), min(h, ys.max() + pad + 1)),
+          slice(max(0, xs.min() - pad), min(w, xs.max() + pad + 1)))
+
+
+def overview(samples: list[dict[str, np.ndarray]], restored: list[np.ndarray],
+             kept: list[np.ndarray], records: list[dict[str, Any]],
+             tile_height: int = 160):
+  """One row per image: input, output and ground truth zoomed on the blurred
+  region (labelled with weighted PSNR), then the windows the last pruning block
+  kept over the whole image."""
+  tiles = []
+  for s, pred, k, r in zip(samples, restored, kept, records):
+    box = _zoom_box(s['mask'])
+    tiles += [
+        (f'input {r["input_wpsnr"]:.2f} dB', s['blur'][box]),
+        (f'output {r["wpsnr"]:.2f} dB', pred[box]),
+        ('ground truth', s['sharp'][box]),
+        (f'kept {100 * r["kept_fraction"]:.0f}% (mask {100 * r["mask_fraction"]:.0f}%)',
+         panels.mask_overlay(s['blur'], s['mask']) * 0.4 + 0.6 * panels.kept_overlay(s['blur'], k)),
+    ]
+  return panels.grid(tiles, tile_height, columns=4)
+
+
+# ---------------------------------------------------------------------------
+# The run.
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool = False,
+        weights_dir: str | Path = WEIGHTS_DIR, progress: bool = True) -> dict[str, Any]:
+  """Trains (or installs the shipped weights), evaluates and reports.
+
+  Returns:
+    The summary written to WORKDIR/demo_eval/summary.json.
+  """
+  workdir = Path(workdir)
+  start = time.perf_counter()
+  if train:
+    from lmdvit_jax import training  # pylint: disable=g-import-not-at-top
+    training.train_and_evaluate(config, workdir)
+    origin = f'trained here with {config.num_train_steps} steps'
+  elif checkpointing.latest_step(workdir) is None:
+    install_weights(workdir, weights_dir)
+    origin = f'shipped weights ({Path(weights_dir).name}/)'
+  else:
+    origin = f'the checkpoint already in {workdir}'
+  seconds_model = time.perf_counter() - start
+
+  out = workdir / 'demo_eval'
+  n_panels = int(config.demo.num_panels)
+  result = evaluation.evaluate(str(workdir), config.demo.data, str(out), split='test',
+                               capacity='exact', num_panels=n_panels, progress=progress)
+  mean, records = result['mean'], result['images']
+  rows = targets(mean)
+
+  # The overview picture: the first few images, restored again for their maps.
+  from lmdvit_jax.inference import Deblurrer, quantize  # pylint: disable=g-import-not-at-top
+  deblurrer = Deblurrer.from_checkpoint(workdir, overrides={'capacity': 'exact'}, warmup=False)
+  source = open_source(config.demo.data, split='test')
+  shown = list(range(min(n_panels, len(source))))
+  samples = [source[i] for i in shown]
+  results = [deblurrer(s['blur']) for s in samples]
+  if shown:
+    picture = overview(samples, [quantize(r.restored) for r in results],
+                       [r.kept_maps()[-1] for r in results], [records[i] for i in shown])
+    panels.save_png(out / 'overview.png', picture, compress_level=6)
+
+  summary = {
+      'data': config.demo.data, 'count': result['count'], 'model': origin,
+      'seconds_to_model': seconds_model, 'seconds_total': time.perf_counter() - start,
+      'targets': rows, 'mean': mean,
+      'kept_fraction_per_block': [b['kept_fraction'] for b in result['blocks']],
+      'images': [{k: r[k] for k in ('name', 'input_psnr', 'psnr', 'input_wpsnr', 'wpsnr',
+                                    'sharp_psnr', 'kept_fraction', 'prune_recall',
+                                    'prune_precision', 'seconds')} for r in records],
+  }
+  checkpointing.write_json_atomic(out / 'summary.json', evaluation.jsonable(summary))
+  print(report(summary, out))
+  return summary
+
+
+def _f(value: float, digits: int = 2) -> str:
+  return '-' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
+
+
+def report(summary: dict[str, Any], out: Path) -> str:
+  """The text a person reads at the end of the demo."""
+  lines = [f'\nHeld-out set: {summary["count"]} images of {summary["data"]} '
+           f'(photos never seen in training); model: {summary["model"]}.', '',
+           '| image | PSNR in -> out | weighted PSNR in -> out | PSNR outside mask | kept | s |',
+           '| --- | --- | --- | --- | --- | --- |']
+  for r in summary['images']:
+    lines.append(f'| {r["name"]} | {_f(r["input_psnr"])} -> {_f(r["psnr"])} | '
+                 f'{_f(r["input_wpsnr"])} -> {_f(r["wpsnr"])} | {_f(r["sharp_psnr"])} | '
+                 f'{100 * r["kept_fraction"]:.0f}% | {_f(r["seconds"], 3)} |')
+  m = summary['mean']
+  lines.append(f'| **mean** | {_f(m["input_psnr"])} -> {_f(m["psnr"])} | '
+               f'{_f(m["input_wpsnr"])} -> {_f(m["wpsnr"])} | {_f(m["sharp_psnr"])} | '
+               f'{100 * m["kept_fraction"]:.0f}% | {_f(m["seconds_per_image"], 3)} |')
+  lines += ['', '| target | measured | required | met |', '| --- | --- | --- | --- |']
+  for t in summary['targets']:
+    lines.append(f'| {t["name"]} | {_f(t["value"], 3)} | {t["requirement"]} | '
+                 f'{"PASS" if t["met"] else "FAIL"} |')
+  met = sum(t['met'] for t in summary['targets'])
+  lines += ['', f'{met} of {len(summary["targets"])} targets met. '
+            f'Total time {summary["seconds_total"]:.0f} s.',
+            f'Picture (input | output | ground truth, zoomed on the blur; kept windows): '
+            f'{out / "overview.png"}',
+            f'Per-image panels and metrics: {out}']
+  return '\n'.join(lines)
+
+
+def write_training_record(workdir: str | Path, out_dir: str | Path, command: str) -> None:
+  """Copies a training run's log and config beside exported weights, with the command."""
+  workdir, out_dir = Path(workdir), Path(out_dir)
+  for name in ('metrics.jsonl', 'eval.jsonl', 'config.json'):
+    if (workdir / name).is_file():
+      shutil.copyfile(workdir / name, out_dir / name)
+  config = json.loads((workdir / 'config.json').read_text())
+  (out_dir / 'README.md').write_text(
+      'Demo weights of lmdvit-jax (configs/demo.py), trained with\n\n'
+      f'    {command}\n\n'
+      f'seed {config.get("seed")}, {config.get("num_train_steps")} steps. `metrics.jsonl` and '
+      '`eval.jsonl` are that run\'s training log, `config.json` its full config.\n')

@@ -1,0 +1,167 @@
+"""The training run: `train_and_evaluate(config, workdir)`.
+
+It reads top to bottom as the story of a run: devices and mesh, data, model
+and optimizer, state (restored or initialised, replicated), the jitted step,
+the loop with logging, checkpoints and held-out evaluation. The pieces live
+in `train_lib` (state, optimizer, step, sharding), `checkpointing`,
+`data.pipeline` and `evaluation`.
+
+The workdir is also a checkpoint directory for `evaluate.py --checkpoint` and
+`lmdvit_jax.deblur`:
+
+  WORKDIR/model.json                  LMDViT keyword arguments
+  WORKDIR/config.json                 the full training config
+  WORKDIR/checkpoints/<step>/         params, opt_state, meta, data (latest N)
+  WORKDIR/best/                       params with the best held-out weighted PSNR
+  WORKDIR/metrics.jsonl               one JSON object per logged step
+  WORKDIR/eval.jsonl                  one JSON object per evaluation
+  WORKDIR/tensorboard/                TensorBoard event files
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from absl import logging
+import jax
+import ml_collections
+import tqdm
+from tensorboardX import SummaryWriter
+
+from lmdvit_jax import checkpointing, evaluation, panels, train_lib
+from lmdvit_jax.data import open_source, pipeline
+from lmdvit_jax.inference import Deblurrer
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+  """Trains `config` in `workdir` (resuming from its newest checkpoint).
+
+  Returns:
+    The last logged training metrics.
+  """
+  # 1. Devices: join the other hosts, one mesh axis `data` over all devices.
+  choices = {'': None, 'true': True, 'false': False}
+  if str(config.distributed).lower() not in choices:
+    raise ValueError(f"distributed must be '', 'true' or 'false', got {config.distributed!r}")
+  train_lib.maybe_initialize_distributed(choices[str(config.distributed).lower()])
+  # Every config mistake is reported here, before the workdir is touched.
+  train_lib.check_run_config(config)
+  mesh = train_lib.make_mesh()
+  lead = jax.process_index() == 0
+  workdir = Path(workdir)
+  logging.info('%d devices (%d processes), mesh %s', jax.device_count(),
+               jax.process_count(), dict(mesh.shape))
+
+  # 2. Data: global batches sharded over `data`, with a checkpointable position.
+  train_iter = pipeline.make_train_iterator_from_config(config, mesh)
+  eval_samples = []
+  if config.eval_every_steps > 0 and config.eval.source:
+    source = open_source(config.eval.source, split='test')
+    eval_samples = [source[i] for i in range(min(len(source), int(config.eval.max_images)))]
+
+  # 3. Model and optimizer.
+  model = train_lib.build_model(config)
+  model_kwargs = train_lib.model_kwargs(config)
+  tx = train_lib.make_optimizer(config)
+  checkpointing.check_model_kwargs(workdir, model_kwargs)  # Resuming another model fails here.
+  if lead:
+    checkpointing.write_model_json(workdir, model_kwargs)
+    checkpointing.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
+
+  # 4. State: restore the newest checkpoint of this workdir, else initialise
+  #    (from `init_from` weights if given) and replicate over the mesh.
+  mngr = checkpointing.train_manager(workdir, max_to_keep=int(config.keep_checkpoints))
+  init_params = None
+  if mngr.latest_step() is None and config.init_from:
+    _, init_params = checkpointing.load_model(config.init_from)
+    train_lib.check_params_match(init_params, train_lib.abstract_params(model))
+  state = train_lib.init_train_state(model, tx, config, mesh, params=init_params)
+  if init_params is not None:
+    logging.info('Initialised params from %s', config.init_from)
+  if mngr.latest_step() is not None:
+    state, data_state = checkpointing.restore_train_state(mngr, state)
+    train_iter.set_state(data_state)
+    logging.info('Resumed from step %d', int(state.step))
+    if lead:  # Rows logged after that checkpoint are about to be logged again.
+      for name in ('metrics.jsonl', 'eval.jsonl'):
+        drop_rows_after(workdir / name, int(jax.device_get(state.step)))
+
+  # 5. Compiled functions: the train step; evaluation compiles per image size.
+  train_step = train_lib.make_train_step(model, tx, config, mesh)
+  eval_model = train_lib.build_model(config, capacity=config.eval.capacity)
+
+  def evaluate(params):
+    deblurrer = Deblurrer(eval_model, jax.device_get(params), warmup=False)
+    return evaluation.run(deblurrer, eval_samples)['mean']
+
+  # 6. The loop.
+  writer = SummaryWriter(str(workdir / 'tensorboard')) if lead else None
+
+  def log(filename, step, values):
+    if not lead:
+      return
+    for k, v in values.items():
+      writer.add_scalar(k, v, step)
+    writer.flush()
+    with open(workdir / filename, 'a') as f:
+      f.write(json.dumps({'step': step, **values}) + '\n')
+
+  try:
+    start, num_steps = int(jax.device_get(state.step)), int(config.num_train_steps)
+    pending, last = [], {}
+    t_window, steps_in_window = time.perf_counter(), 0
+    with tqdm.tqdm(total=num_steps, initial=start, disable=not lead, unit='step') as bar:
+      for step in range(start + 1, num_steps + 1):
+        state, step_metrics = train_step(state, next(train_iter))
+        pending.append(step_metrics)
+        bar.update(1)
+        if step == start + 1:  # Keep the compilation out of steps/s.
+          jax.block_until_ready(state.step)
+          logging.info('First step (compilation included): %.1f s', time.perf_counter() - t_window)
+          t_window = time.perf_counter()
+        else:
+          steps_in_window += 1
+
+        if step % config.log_every_steps == 0 or step == num_steps:
+          last = train_lib.summarize(pending)
+          if steps_in_window:
+            last['steps_per_sec'] = steps_in_window / (time.perf_counter() - t_window)
+            last['images_per_sec'] = last['steps_per_sec'] * config.batch_size
+          log('metrics.jsonl', step, last)
+          bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
+          pending, t_window, steps_in_window = [], time.perf_counter(), 0
+
+        if step % config.checkpoint_every_steps == 0 or step == num_steps:
+          checkpointing.save_train_state(mngr, state, train_iter.get_state())
+
+        if eval_samples and (step % config.eval_every_steps == 0 or step == num_steps):
+          t0 = time.perf_counter()
+          results = evaluate(state.params)
+          results['seconds'] = time.perf_counter() - t0
+          log('eval.jsonl', step, {f'eval/{k}': v for k, v in results.items()})
+          if checkpointing.save_best(workdir, state.params, model_kwargs, step, results):
+            logging.info('Step %d: new best weighted PSNR %.3f', step, results['wpsnr'])
+          t_window = time.perf_counter()  # Keep evaluation out of steps/s.
+
+    skipped = int(jax.device_get(state.skipped))
+    if skipped:
+      logging.warning('%d of %d steps were skipped (non-finite loss or gradient)', skipped,
+                      num_steps)
+  finally:
+    mngr.wait_until_finished()
+    mngr.close()
+    if writer is not None:
+      writer.close()
+  return last
+
+
+def drop_rows_after(path: Path, step: int) -> None:
+  """Rewrites a JSON-lines log without its rows past `step` (atomically)."""
+  if not path.is_file():
+    return
+  lines = path.read_text().splitlines()
+  kept = [l for l in lines if l.strip() and json.loads(l).get('step', 0) <= step]
+  if len(kept) != len(lines):
+    panels.write_bytes_atomic(path, ''.join(l + '\n' for l in kept).encode())
