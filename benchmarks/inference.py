@@ -27,7 +27,7 @@ import numpy as np
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax.models import LMDViT, init_params
 from lmdvit_jax.models import windows as win
-from lmdvit_jax.models.lmdvit import STAGE_NAMES
+from lmdvit_jax import inference
 
 FLAGS = flags.DEFINE_string('sizes', '512,1024', 'HxW or S (square), comma separated')
 MODES = flags.DEFINE_string('modes', 'dense,exact,1.0,0.5,0.25,0.1', 'comma separated')
@@ -38,11 +38,7 @@ EMBED_DIM = flags.DEFINE_integer('embed_dim', 32, '32 released, 16 small')
 
 def predictor_paths(model: LMDViT) -> list[tuple[str, str]]:
   """(stage, predictor) names in network order."""
-  paths = []
-  for i, stage in enumerate(STAGE_NAMES):
-    if model.prune_loc[i]:
-      paths += [(stage, f'predictor_{j}') for j in range(min(2, model.depths[i]))]
-  return paths
+  return [(b.stage, f'predictor_{b.block}') for b in inference.decision_blocks(model)]
 
 
 def keep_all(model: LMDViT, params):

@@ -29,7 +29,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmdvit_jax.models import LMDViT
+from lmdvit_jax import metrics
+from lmdvit_jax.models import LMDViT, pruning
+from lmdvit_jax.models.pruning import DecisionBlock
 from lmdvit_jax.models.lmdvit import STAGE_NAMES
 
 # ----------------------------------------------------------------------------
@@ -116,30 +118,9 @@ def quantize(image: np.ndarray) -> np.ndarray:
 # Which block each decision map comes from.
 
 
-@dataclasses.dataclass(frozen=True)
-class DecisionBlock:
-  """A block that predicts a keep map: its stage, index in the stage, shift."""
-
-  stage: str
-  block: int
-  shifted: bool
-
-  @property
-  def label(self) -> str:
-    return f'{self.stage}.{self.block}'
-
-
 def decision_blocks(model: LMDViT) -> tuple[DecisionBlock, ...]:
-  """The predicting blocks in the order of `LMDViTOutput.decisions`.
-
-  In a pruning stage block 0 predicts for the unshifted windows and, when the
-  stage has two or more blocks, block 1 for the shifted ones; the rest reuse.
-  """
-  out = []
-  for name, depth, prune in zip(STAGE_NAMES, model.depths, model.prune_loc):
-    if prune:
-      out.extend(DecisionBlock(name, b, bool(b % 2)) for b in range(min(depth, 2)))
-  return tuple(out)
+  """The predicting blocks of `model` in the order of `LMDViTOutput.decisions`."""
+  return pruning.decision_blocks(STAGE_NAMES, model.depths, model.prune_loc)
 
 
 def parse_capacity(value: str | float) -> str | float:
@@ -263,14 +244,9 @@ class DeblurResult:
     content) and cropped to the image.
     """
     g = self.geometry
-    out = []
-    for d, b in zip(self.decisions, self.blocks):
-      fh, fw = g.padded_height // d.shape[0], g.padded_width // d.shape[1]
-      up = np.repeat(np.repeat(d > 0, fh, axis=0), fw, axis=1)
-      if b.shifted:
-        up = np.roll(up, (fh // 2, fw // 2), axis=(0, 1))
-      out.append(g.crop(up[:, :, None])[:, :, 0])
-    return out
+    return [g.crop(np.asarray(metrics.upsample_decision(
+        d > 0, g.padded_height, g.padded_width, b.shifted))[:, :, None])[:, :, 0]
+            for d, b in zip(self.decisions, self.blocks)]
 
 
 class Deblurrer:

@@ -96,6 +96,7 @@ class AdaWPTStage(nn.Module):
   modulator: bool = False
   prune: bool = True
   keep_threshold: float = 0.5
+  decision_rule: str = 'threshold'
   drop_path: Sequence[float] = ()
   capacity: str | float = 'exact'
   buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
@@ -125,13 +126,13 @@ class AdaWPTStage(nn.Module):
 
     for i in range(self.depth):
       parity = i % 2
-      shift = 0 if parity == 0 else ws // 2
-      if self.prune and i <= 1:
+      shift = pruning.block_shift(i, ws)
+      if self.prune and pruning.predicts(i):
         logits = pruning.ConfidencePredictor(self.dim, name=f'predictor_{i}')(x)
         window_logits = pruning.window_logits(logits, ws, shift)
         rng = self.make_rng('gumbel') if train else None
         decision = pruning.decide(window_logits, train=train, threshold=self.keep_threshold,
-                                  rng=rng)
+                                  rng=rng, rule=self.decision_rule)
         policies[parity] = decision.reshape(b, nh * nw) * policies[parity]
         scores.append(logits)
         decisions.append(policies[parity].reshape(b, nh, nw))

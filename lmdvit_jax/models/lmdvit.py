@@ -87,6 +87,7 @@ class LMDViT(nn.Module):
     modulator: learned window modulator in the decoder stages.
     prune_loc: 1 where a stage prunes windows (9 entries).
     keep_threshold: inference keeps a window where softmax keep prob > this.
+    decision_rule: the inference rule of `pruning.DECISION_RULES` ('threshold').
     capacity: `'exact'` (gather every kept window; the buffer size is chosen at
       run time among static `capacity_buckets`), a float in (0, 1] (fixed
       budget: lowest-confidence overflow is dropped and counted), or
@@ -106,6 +107,7 @@ class LMDViT(nn.Module):
   modulator: bool = True
   prune_loc: Sequence[int] = (1, 1, 1, 1, 1, 1, 1, 1, 1)
   keep_threshold: float = 0.5
+  decision_rule: str = 'threshold'
   capacity: str | float = 'exact'
   capacity_buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
   drop_path_rate: float = 0.0
@@ -151,6 +153,9 @@ class LMDViT(nn.Module):
       raise ValueError(f'a fixed capacity must be in (0, 1], got {self.capacity}')
     if not 0 <= self.keep_threshold < 1:
       raise ValueError(f'keep_threshold must be in [0, 1), got {self.keep_threshold}')
+    if self.decision_rule not in pruning.DECISION_RULES:
+      raise ValueError(f'decision_rule must be one of {sorted(pruning.DECISION_RULES)}, '
+                       f'got {self.decision_rule!r}')
 
   def check_input(self, x: jax.Array) -> None:
     if x.ndim != 4 or x.shape[-1] != 3:
@@ -176,7 +181,8 @@ class LMDViT(nn.Module):
       out, s, d, dr = AdaWPTStage(
           width, self.depths[i], self.num_heads[i], self.win_size, self.mlp_ratio,
           modulator=self.modulator and i > 4, prune=bool(self.prune_loc[i]),
-          keep_threshold=self.keep_threshold, drop_path=dpr[i], capacity=self.capacity,
+          keep_threshold=self.keep_threshold, decision_rule=self.decision_rule,
+          drop_path=dpr[i], capacity=self.capacity,
           buckets=tuple(self.capacity_buckets), remat=self.remat, dtype=self.dtype,
           name=STAGE_NAMES[i])(
               y, train=train)

@@ -1,4 +1,11 @@
-"""Adaptive window pruning: confidence predictor, decision layer, window gathering.
+"""Adaptive window pruning: which blocks predict, the confidence predictor, the
+decision rule, the capacity policy and window gathering.
+
+Everything pruning decides lives here; `adawpt.AdaWPTStage` asks this module
+which of its blocks predict (`predicts`), how they shift (`block_shift`) and
+what to keep (`decide`, with a rule from `DECISION_RULES`), and
+`decision_blocks` lists the predicting blocks of a network in the order of
+`LMDViTOutput.decisions` for evaluation and pictures.
 
 The official model selects kept windows with boolean indexing, a data-dependent
 shape. Here the kept windows of each image are gathered into a buffer of static
@@ -11,8 +18,9 @@ such windows come back bit-identical, exactly like windows that were never run.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Sequence
+from typing import Callable, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -27,6 +35,54 @@ from lmdvit_jax.models.feedforward import gelu
 LN_EPS = 1e-5
 
 DEFAULT_BUCKETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+
+# In a pruning stage, block 0 predicts for the unshifted windows and block 1 for
+# the shifted ones (AdaWPT-F); later blocks reuse their parity's decision (AdaWPT-P).
+PREDICTING_BLOCKS = 2
+
+
+def predicts(block: int) -> bool:
+  """Whether block `block` of a pruning stage predicts its own decision."""
+  return block < PREDICTING_BLOCKS
+
+
+def block_shift(block: int, win_size: int) -> int:
+  """Cyclic shift of block `block`'s windows: 0, ws/2, 0, ws/2, ..."""
+  return 0 if block % 2 == 0 else win_size // 2
+
+
+@dataclasses.dataclass(frozen=True)
+class DecisionBlock:
+  """A block that predicts a keep map: its stage, index in the stage, shift."""
+
+  stage: str
+  block: int
+  shifted: bool
+
+  @property
+  def label(self) -> str:
+    return f'{self.stage}.{self.block}'
+
+
+def decision_blocks(stage_names: Sequence[str], depths: Sequence[int],
+                    prune_loc: Sequence[int]) -> tuple[DecisionBlock, ...]:
+  """The predicting blocks of a network, in the order of its `decisions`."""
+  out = []
+  for name, depth, prune in zip(stage_names, depths, prune_loc):
+    if prune:
+      out.extend(DecisionBlock(name, b, block_shift(b, 2) > 0)
+                 for b in range(depth) if predicts(b))
+  return tuple(out)
+
+
+# Inference decision rules: (window keep probabilities [B, h, w], threshold) ->
+# keep map in {0, 1}. A new rule is one entry here and the model's
+# `decision_rule` naming it; training always samples Gumbel decisions.
+DecisionRule = Callable[[jax.Array, float], jax.Array]
+DECISION_RULES: dict[str, DecisionRule] = {
+    # The paper's: keep a window whose keep probability exceeds the threshold.
+    'threshold': lambda p, threshold: (p > threshold).astype(p.dtype),
+}
 
 
 class _DenseParams(nn.Module):
@@ -89,14 +145,15 @@ def keep_probability(window_logits: jax.Array) -> jax.Array:
 
 
 def decide(window_logits: jax.Array, *, train: bool, threshold: float,
-           rng: jax.Array | None = None) -> jax.Array:
+           rng: jax.Array | None = None, rule: str = 'threshold') -> jax.Array:
   """Decision layer: `[B, h, w, 2]` window logits -> `[B, h, w]` keep map in {0, 1}.
 
   Training draws a hard Gumbel-softmax sample (tau 1) whose gradient is that of
-  the soft sample (straight-through); inference thresholds the keep probability.
+  the soft sample (straight-through); inference applies `DECISION_RULES[rule]`
+  to the keep probability.
   """
   if not train:
-    return (keep_probability(window_logits) > threshold).astype(window_logits.dtype)
+    return DECISION_RULES[rule](keep_probability(window_logits), threshold)
   gumbels = jax.random.gumbel(rng, window_logits.shape, window_logits.dtype)
   soft = jax.nn.softmax(window_logits + gumbels, axis=-1)
   hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), 2, dtype=soft.dtype)

@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmdvit_jax.models import pruning
+from configs import tiny
+from lmdvit_jax.models import LMDViT, fan_in_predictors, init_params, pruning
 from lmdvit_jax.models import windows as win
 from lmdvit_jax.models.adawpt import AdaWPTStage
 
@@ -140,3 +141,32 @@ def test_compiled_program_has_static_shapes_and_no_host_calls(setup):
         params, x).compile()
     flops[budget] = compiled.cost_analysis()['flops']
   assert flops[0.25] < 0.5 * flops[1.0]
+
+
+def test_a_new_decision_rule_is_one_registry_entry_and_a_config_value(monkeypatch):
+  """Plugging in a second inference rule: register it, name it in the model."""
+  # Keep the most confident half of each image's windows, whatever the threshold.
+  def top_half(p, threshold):
+    del threshold
+    flat = p.reshape(p.shape[0], -1)
+    cut = jnp.sort(flat, axis=-1)[:, flat.shape[1] // 2][:, None]
+    return (flat >= cut).reshape(p.shape).astype(p.dtype)
+
+  monkeypatch.setitem(pruning.DECISION_RULES, 'top_half', top_half)
+  kwargs = dict(tiny.get_config().model, capacity='masked', prune_loc=(1,) + (0,) * 8)
+  # Fan-in predictors: varied keep probabilities (the 0.02 init gives ties at 0.5).
+  params = fan_in_predictors(init_params(LMDViT(**kwargs), 0))
+  x = jnp.asarray(np.random.default_rng(0).uniform(size=(2, 128, 128, 3)), jnp.float32)
+  out = LMDViT(**kwargs, decision_rule='top_half').apply({'params': params}, x)
+  kept = np.asarray(out.decisions[0]).reshape(2, -1).mean(axis=1)
+  np.testing.assert_allclose(kept, 0.5, atol=0.02)
+  with pytest.raises(ValueError, match="decision_rule must be one of"):
+    LMDViT(**kwargs, decision_rule='nonesuch').apply({'params': params}, x)
+
+
+def test_pruning_owns_which_blocks_predict_and_their_shifts():
+  assert [pruning.predicts(b) for b in range(4)] == [True, True, False, False]
+  assert [pruning.block_shift(b, 8) for b in range(4)] == [0, 4, 0, 4]
+  blocks = pruning.decision_blocks(('a', 'b', 'c'), (3, 1, 2), (1, 0, 1))
+  assert [(b.label, b.shifted) for b in blocks] == [('a.0', False), ('a.1', True),
+                                                    ('c.0', False), ('c.1', True)]
