@@ -3,6 +3,7 @@ r"""The demo: a small LMD-ViT removes synthetic local motion blur from held-out 
     python demo.py                          # shipped demo weights: evaluate, report, picture
     python demo.py --train                  # retrain them from scratch first (configs/demo.py)
     python demo.py --workdir=/tmp/d --train --config.num_train_steps=100
+    python demo.py --workdir=W --train --export_weights   # how the shipped weights were made
 
 Leaves in WORKDIR (default workdirs/demo) a checkpoint directory that
 `evaluate.py --checkpoint WORKDIR` and `python -m lmdvit_jax.deblur --checkpoint
@@ -27,6 +28,8 @@ _CONFIG = config_flags.DEFINE_config_file(
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo', 'Directory for the model and results.')
 _TRAIN = flags.DEFINE_bool('train', False, 'Train the model from scratch instead of installing '
                            'the shipped demo weights.')
+_EXPORT = flags.DEFINE_bool('export_weights', False, "Write the workdir's model over the shipped "
+                            'demo weights (lmdvit_jax/demo_weights/), with its training log.')
 
 
 def main(argv):
@@ -36,7 +39,7 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Quiet: results, not library chatter.
   from lmdvit_jax import compilation_cache, demo  # pylint: disable=g-import-not-at-top
   compilation_cache.enable()
-  demo.run(_CONFIG.value, Path(_WORKDIR.value), train=_TRAIN.value)
+  demo.run(_CONFIG.value, Path(_WORKDIR.value), train=_TRAIN.value, export=_EXPORT.value)
 
 
 if __name__ == '__main__':

@@ -14,27 +14,33 @@ e.g. in the first encoder stage.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 from scipy import ndimage
 
-from lmdvit_jax.data import readers
+from lmdvit_jax import cli
+from lmdvit_jax.data import specs
 from pruning_ranking import roc_auc  # benchmarks/, on the path when run as a script
 
-SPECS = flags.DEFINE_list(
-    'specs', ['synthetic?size=256&count=40', 'synthetic?size=256&count=40&min_blur=4&max_blur=16'],
-    'data specs (training split)')
-WINDOW = flags.DEFINE_integer('window', 4, 'window side in pixels')
-CONTEXTS = flags.DEFINE_list('contexts', ['4', '8', '16'], 'neighbourhood sides in pixels')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Only when run as a program, so that importing the module claims no flag names.
+  flags.DEFINE_list('specs', ['synthetic?size=256&count=40',
+                              'synthetic?size=256&count=40&min_blur=4&max_blur=16'],
+                    'data specs (training split)')
+  flags.DEFINE_integer('window', 4, 'window side in pixels')
+  flags.DEFINE_list('contexts', ['4', '8', '16'], 'neighbourhood sides in pixels')
 
 
 def main(argv):
   del argv
-  ws, contexts = WINDOW.value, [int(c) for c in CONTEXTS.value]
+  ws, contexts = FLAGS.window, [int(c) for c in FLAGS.contexts]
   print('| data | blurred windows | ' + ' | '.join(f'AUC, {c} px' for c in contexts) + ' |')
   print('| --- | --- |' + ' --- |' * len(contexts))
-  for spec in SPECS.value:
-    source = readers.open_source(spec, split='train')
+  for spec in FLAGS.specs:
+    source = specs.open_source(spec, split='train')
     cues, labels = [[] for _ in contexts], []
     for i in range(len(source)):
       sample = source[i]
@@ -52,4 +58,5 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _define_flags()
+  cli.run(main)

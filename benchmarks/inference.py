@@ -19,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -27,13 +27,18 @@ import numpy as np
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax.models import LMDViT, init_params
 from lmdvit_jax.models import windows as win
-from lmdvit_jax import inference
+from lmdvit_jax import cli, inference
 
-FLAGS = flags.DEFINE_string('sizes', '512,1024', 'HxW or S (square), comma separated')
-MODES = flags.DEFINE_string('modes', 'dense,exact,1.0,0.5,0.25,0.1', 'comma separated')
-REPEATS = flags.DEFINE_integer('repeats', 3, 'timed runs per mode')
-EXACT_KEEP = flags.DEFINE_float('exact_keep', 0.25, 'kept fraction targeted in exact mode')
-EMBED_DIM = flags.DEFINE_integer('embed_dim', 32, '32 released, 16 small')
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  # Only when run as a program, so that importing the module claims no flag names.
+  flags.DEFINE_string('sizes', '512,1024', 'HxW or S (square), comma separated')
+  flags.DEFINE_string('modes', 'dense,exact,1.0,0.5,0.25,0.1', 'comma separated')
+  flags.DEFINE_integer('repeats', 3, 'timed runs per mode')
+  flags.DEFINE_float('exact_keep', 0.25, 'kept fraction targeted in exact mode')
+  flags.DEFINE_integer('embed_dim', 32, '32 released, 16 small')
 
 
 def predictor_paths(model: LMDViT) -> list[tuple[str, str]]:
@@ -97,17 +102,17 @@ def measure(model: LMDViT, params, x, repeats: int) -> dict:
 def main(argv):
   del argv
   cfg = dict(lmdvit_config.get_config().model)
-  cfg['embed_dim'] = EMBED_DIM.value
+  cfg['embed_dim'] = FLAGS.embed_dim
   rng = np.random.default_rng(0)
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
         f'{jax.device_count()} device(s), embed_dim {cfg["embed_dim"]}')
   print('| size | mode | kept | run (s) | compile (s) | GFLOPs | memory (MB) |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
-  for size in FLAGS.value.split(','):
+  for size in FLAGS.sizes.split(','):
     h, w = parse_size(size)
     x = jnp.asarray(rng.uniform(size=(1, h, w, 3)), jnp.float32)
     base = None
-    for mode in MODES.value.split(','):
+    for mode in FLAGS.modes.split(','):
       if mode == 'dense':
         model = LMDViT(**dict(cfg, prune_loc=(0,) * 9), capacity=1.0)
         params = init_params(model, 0)
@@ -116,13 +121,14 @@ def main(argv):
         model = LMDViT(**cfg, capacity=capacity)
         if base is None:
           base = init_params(model, 0)
-        params = (calibrate(model, base, x, EXACT_KEEP.value) if mode == 'exact'
+        params = (calibrate(model, base, x, FLAGS.exact_keep) if mode == 'exact'
                   else keep_all(model, base))
-      r = measure(model, params, x, REPEATS.value)
+      r = measure(model, params, x, FLAGS.repeats)
       kept = r['kept'] if mode in ('dense', 'exact') else min(r['kept'], float(mode))
       print(f'| {h}x{w} | {mode} | {kept:.3f} | {r["seconds"]:.2f} | {r["compile_s"]:.1f} | '
             f'{r["gflops"]:.0f} | {r["peak_mb"]:.0f} |', flush=True)
 
 
 if __name__ == '__main__':
-  app.run(main)
+  _define_flags()
+  cli.run(main)

@@ -20,13 +20,14 @@ the background, which only content- and kernel-aware restoration undoes.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 from scipy import ndimage
 
+from lmdvit_jax import cli
 from lmdvit_jax import metrics
-from lmdvit_jax.data import readers
+from lmdvit_jax.data import specs
 
 FLAGS = flags.FLAGS
 
@@ -78,7 +79,7 @@ def main(argv):
         f'{taps}x{taps} least-squares filter gain (dB) |')
   print('| --- | --- | --- | --- |')
   for spec in FLAGS.specs:
-    source = readers.open_source(spec, split='test')
+    source = specs.open_source(spec, split='test')
     samples = [source[i] for i in range(len(source))]
     samples = [s for s in samples if s['mask'].sum() > 0]
     base = mean_wpsnr(samples, lambda b: b)
@@ -92,4 +93,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

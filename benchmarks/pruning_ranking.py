@@ -16,14 +16,15 @@ limit, not the threshold.
 
 from __future__ import annotations
 
-from absl import app, flags
+from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats
 
+from lmdvit_jax import cli
 from lmdvit_jax import inference, metrics
-from lmdvit_jax.data.readers import open_source
+from lmdvit_jax.data.specs import open_source
 from lmdvit_jax.models import pruning
 
 FLAGS = flags.FLAGS
@@ -110,4 +111,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  app.run(main)
+  cli.run(main)

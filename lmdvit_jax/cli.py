@@ -33,15 +33,21 @@ def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
   sys.exit(code)
 
 
-def _message(error: BaseException) -> str:
-  """A one-line message, unwrapping the quoting of KeyError / AttributeError."""
+def _message(error: BaseException, argv: Sequence[str] = ()) -> str:
+  """A one-line message; a config KeyError / AttributeError names the whole key
+  as the command line spelled it (`--config.optim.lrr` -> 'optim.lrr')."""
   text = str(error.args[0]) if len(error.args) == 1 else str(error)
-  if isinstance(error, (KeyError, AttributeError)):
-    text = text.strip('\'"').replace("\\'", "'")
-    text = text.replace("'\n", "' ").replace('\n', ' ')
-    if not text.startswith('Unknown'):
-      text = f'unknown config key {text}'
-  return text
+  if not isinstance(error, (KeyError, AttributeError)):
+    return text
+  text = text.replace('\\n', '\n').replace("\\'", "'").strip('\'"')
+  key, _, hint = text.partition('\n')
+  key = key.strip('\'" ')
+  for arg in argv:
+    name = arg.split('=')[0]
+    if name.startswith('--') and '.' in name and name.split('.')[-1] == key:
+      key = name[2:].split('.', 1)[1]
+      break
+  return f"unknown config key '{key}'" + (f' ({hint.strip()})' if hint.strip() else '')
 
 
 def parse_flags(argv: Sequence[str]) -> list[str]:
@@ -56,7 +62,7 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
   except flags.Error as e:
     fail(str(e))
   except (AttributeError, KeyError, TypeError, ValueError) as e:  # --config.x=... overrides
-    fail(_message(e))
+    fail(_message(e, argv))
 
 
 def user_errors() -> tuple[type[BaseException], ...]:
@@ -78,8 +84,7 @@ def run(main: Callable[[list[str]], int | None]) -> None:
       raise
     except Exception as e:  # pylint: disable=broad-except
       if isinstance(e, user_errors()) and flags.FLAGS['verbosity'].value < 1:
-        fail(_message(e) + '  (--verbosity=1 shows the traceback)'
-             if not isinstance(e, (FileNotFoundError,)) else _message(e))
+        fail(_message(e))
       raise
 
   app.run(guarded, flags_parser=parse_flags)

@@ -223,7 +223,7 @@ def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output
 
 def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None = None,
         capacity: str | float = 'exact', keep_threshold: float | None = None,
-        overlays: bool = False, progress: bool = True) -> int:
+        overlays: bool = False, dtype: str | None = None, progress: bool = True) -> int:
   """Deblurs `inputs` (files or folders) into `output`; returns the exit status.
 
   0 when every file was deblurred; 1 when some input was missing or unreadable
@@ -245,6 +245,8 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
   overrides: dict[str, object] = {'capacity': parse_capacity(capacity)}
   if keep_threshold is not None:
     overrides['keep_threshold'] = float(keep_threshold)
+  if dtype is not None:
+    overrides['dtype'] = dtype
   try:
     if not Path(checkpoint).is_dir():
       raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
@@ -272,6 +274,8 @@ def _define_flags() -> None:
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
   flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window fraction in (0, 1].")
   flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.')
+  flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: the '
+                    "checkpoint's model.json, else float32); params stay float32.")
   flags.DEFINE_bool('overlays', False, 'Also write NAME.decisions.png with the windows '
                     'kept by each pruning stage.')
 
@@ -288,7 +292,7 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   sys.exit(run(fl.checkpoint, argv[1:], fl.output, step=fl.step, capacity=capacity,
-               keep_threshold=fl.keep_threshold, overlays=fl.overlays))
+               keep_threshold=fl.keep_threshold, overlays=fl.overlays, dtype=fl.dtype))
 
 
 if __name__ == '__main__':

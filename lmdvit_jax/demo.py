@@ -27,6 +27,7 @@ import numpy as np
 
 from lmdvit_jax import checkpointing, evaluation, panels
 from lmdvit_jax.data import open_source
+from lmdvit_jax.models import LMDViT
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'demo_weights'
 PARAMS_FILE = 'params.npz'
@@ -58,12 +59,15 @@ def targets(mean: dict[str, float]) -> list[dict[str, Any]]:
 # Shipped weights.
 
 
-def export_weights(checkpoint: str | Path, out_dir: str | Path = WEIGHTS_DIR) -> Path:
-  """Writes a checkpoint's params as `out_dir/params.npz` beside its model.json.
+def export_weights(checkpoint: str | Path, out_dir: str | Path = WEIGHTS_DIR,
+                   **overrides: Any) -> Path:
+  """Writes a checkpoint's params as `out_dir/params.npz` beside its model.json
+  (with `overrides` of the model's keyword arguments, e.g. keep_threshold).
 
   Used once to ship the demo weights: `install_weights` reads them back.
   """
   kwargs, params = checkpointing.load_model(checkpoint)
+  kwargs = {**kwargs, **overrides}
   flat = {'/'.join(str(k.key) for k in path): np.asarray(v, np.float32)
           for path, v in _flatten(params)}
   out_dir = Path(out_dir)
@@ -107,6 +111,37 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
   return Path(workdir)
 
 
+def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
+                             candidates=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+                             ) -> tuple[float, list[dict[str, float]]]:
+  """Chooses the inference keep threshold on validation data from training photos.
+
+  Trained with the class-balanced pruning loss, the predictors over-rate the
+  rare blurred class, so the threshold of 0.5 keeps far more sharp windows than
+  needed. This picks the highest candidate whose pruning recall on `data`
+  (split 'train': training photos, never the held-out ones) is at least
+  `recall`: the highest precision that keeps the blurred windows.
+
+  Returns:
+    The threshold and one row per candidate (recall, precision, kept fraction,
+    weighted PSNR gain, PSNR outside the mask).
+  """
+  from lmdvit_jax.inference import Deblurrer  # pylint: disable=g-import-not-at-top
+  source = open_source(data, split='train')
+  kwargs, params = checkpointing.load_model(checkpoint)
+  rows = []
+  for t in candidates:
+    model_kwargs = {**kwargs, 'keep_threshold': float(t), 'capacity': 'masked'}
+    deblurrer = Deblurrer(LMDViT(**model_kwargs), params, warmup=False)
+    m = evaluation.run(deblurrer, source)['mean']
+    rows.append(dict(keep_threshold=float(t), recall=m['prune_recall'],
+                     precision=m['prune_precision'], kept_fraction=m['kept_fraction'],
+                     wpsnr_gain=m['wpsnr'] - m['input_wpsnr'], sharp_psnr=m['sharp_psnr']))
+  good = [r for r in rows if r['recall'] >= recall]
+  best = max(good, key=lambda r: r['keep_threshold']) if good else max(rows, key=lambda r: r['recall'])
+  return best['keep_threshold'], rows
+
+
 # ---------------------------------------------------------------------------
 # The picture.
 
@@ -146,8 +181,12 @@ def overview(samples: list[dict[str, np.ndarray]], restored: list[np.ndarray],
 
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool = False,
-        weights_dir: str | Path = WEIGHTS_DIR, progress: bool = True) -> dict[str, Any]:
+        export: bool = False, weights_dir: str | Path = WEIGHTS_DIR,
+        progress: bool = True) -> dict[str, Any]:
   """Trains (or installs the shipped weights), evaluates and reports.
+
+  With `export`, the workdir's model (trained here or already there) then
+  replaces the shipped weights in `weights_dir`, with its training log.
 
   Returns:
     The summary written to WORKDIR/demo_eval/summary.json.
@@ -165,16 +204,29 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
     origin = f'the checkpoint already in {workdir}'
   seconds_model = time.perf_counter() - start
 
+  keep_threshold, calibration = None, None
+  if export:
+    keep_threshold, calibration = calibrate_keep_threshold(
+        workdir, config.demo.calibration_data, float(config.demo.calibration_recall))
+    print(f'Keep threshold {keep_threshold} chosen on {config.demo.calibration_data} '
+          '(training photos): ' + '; '.join(
+              f'{r["keep_threshold"]}: recall {r["recall"]:.3f} precision {r["precision"]:.3f}'
+              for r in calibration))
+
   out = workdir / 'demo_eval'
   n_panels = int(config.demo.num_panels)
   result = evaluation.evaluate(str(workdir), config.demo.data, str(out), split='test',
-                               capacity='exact', num_panels=n_panels, progress=progress)
+                               capacity='exact', keep_threshold=keep_threshold,
+                               num_panels=n_panels, progress=progress)
   mean, records = result['mean'], result['images']
   rows = targets(mean)
 
   # The overview picture: the first few images, restored again for their maps.
   from lmdvit_jax.inference import Deblurrer, quantize  # pylint: disable=g-import-not-at-top
-  deblurrer = Deblurrer.from_checkpoint(workdir, overrides={'capacity': 'exact'}, warmup=False)
+  overrides = {'capacity': 'exact'}
+  if keep_threshold is not None:
+    overrides['keep_threshold'] = keep_threshold
+  deblurrer = Deblurrer.from_checkpoint(workdir, overrides=overrides, warmup=False)
   source = open_source(config.demo.data, split='test')
   shown = list(range(min(n_panels, len(source))))
   samples = [source[i] for i in shown]
@@ -187,7 +239,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   summary = {
       'data': config.demo.data, 'count': result['count'], 'model': origin,
       'seconds_to_model': seconds_model, 'seconds_total': time.perf_counter() - start,
-      'targets': rows, 'mean': mean,
+      'targets': rows, 'mean': mean, 'keep_threshold': deblurrer.model.keep_threshold,
+      'calibration': calibration,
       'kept_fraction_per_block': [b['kept_fraction'] for b in result['blocks']],
       'images': [{k: r[k] for k in ('name', 'input_psnr', 'psnr', 'input_wpsnr', 'wpsnr',
                                     'sharp_psnr', 'kept_fraction', 'prune_recall',
@@ -195,6 +248,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   }
   checkpointing.write_json_atomic(out / 'summary.json', evaluation.jsonable(summary))
   print(report(summary, out))
+  if export:
+    if not (workdir / 'metrics.jsonl').is_file():
+      raise FileNotFoundError(f'{workdir} has no training log (metrics.jsonl): export the '
+                              'workdir of a `python demo.py --train` run')
+    export_weights(workdir, weights_dir, keep_threshold=keep_threshold)
+    write_training_record(workdir, weights_dir, summary)
+    print(f'Exported the model of {workdir} to {weights_dir}')
   return summary
 
 
@@ -229,15 +289,38 @@ def report(summary: dict[str, Any], out: Path) -> str:
   return '\n'.join(lines)
 
 
-def write_training_record(workdir: str | Path, out_dir: str | Path, command: str) -> None:
-  """Copies a training run's log and config beside exported weights, with the command."""
+def write_training_record(workdir: str | Path, out_dir: str | Path,
+                          summary: dict[str, Any]) -> None:
+  """Copies a training run's log and config beside exported weights, with the
+  command that made them and their held-out result."""
   workdir, out_dir = Path(workdir), Path(out_dir)
   for name in ('metrics.jsonl', 'eval.jsonl', 'config.json'):
     if (workdir / name).is_file():
       shutil.copyfile(workdir / name, out_dir / name)
   config = json.loads((workdir / 'config.json').read_text())
+  m = summary['mean']
   (out_dir / 'README.md').write_text(
-      'Demo weights of lmdvit-jax (configs/demo.py), trained with\n\n'
-      f'    {command}\n\n'
-      f'seed {config.get("seed")}, {config.get("num_train_steps")} steps. `metrics.jsonl` and '
-      '`eval.jsonl` are that run\'s training log, `config.json` its full config.\n')
+      '# Demo weights\n\n'
+      'The small LMD-ViT of `configs/demo.py`, trained from scratch on synthetic local blur '
+      '(scikit-image photos) by the project\'s own command, on a 2-core CPU:\n\n'
+      '    python demo.py --train --workdir=WORKDIR                # trains (resumable)\n'
+      '    python demo.py --workdir=WORKDIR --export_weights       # calibrates, scores, exports\n\n'
+      '(`--train --export_weights` does both in one run). '
+      f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
+      f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
+      'crops. `metrics.jsonl` and `eval.jsonl` are that run\'s training log, `config.json` '
+      'its full config, `model.json` the model\'s keyword arguments, `params.npz` the '
+      'params (float32).\n\n'
+      f'Held-out result at export ({summary["count"]} images of `{summary["data"]}`): '
+      f'PSNR {m["input_psnr"]:.2f} -> {m["psnr"]:.2f} dB, weighted PSNR '
+      f'{m["input_wpsnr"]:.2f} -> {m["wpsnr"]:.2f} dB, PSNR outside the mask '
+      f'{m["sharp_psnr"]:.2f} dB, pruning recall {m["prune_recall"]:.3f}, precision '
+      f'{m["prune_precision"]:.3f}.\n\n'
+      f'`keep_threshold` {summary["keep_threshold"]} in `model.json` was chosen at export on '
+      'validation images from training photos (`calibrate_keep_threshold` in '
+      '`lmdvit_jax/demo.py`):\n\n'
+      '| keep threshold | recall | precision | kept | weighted PSNR gain (dB) | PSNR outside (dB) |\n'
+      '| --- | --- | --- | --- | --- | --- |\n' + ''.join(
+          f'| {r["keep_threshold"]} | {r["recall"]:.3f} | {r["precision"]:.3f} | '
+          f'{r["kept_fraction"]:.3f} | {r["wpsnr_gain"]:+.2f} | {r["sharp_psnr"]:.2f} |\n'
+          for r in summary['calibration'] or []))

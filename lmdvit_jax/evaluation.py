@@ -31,7 +31,10 @@ from lmdvit_jax.inference import Deblurrer, DeblurResult, parse_capacity, quanti
 from lmdvit_jax.models import count_params
 
 # The released model in the paper's Table 1 (ReLoBlur test set, full resolution).
-PAPER_ROW = ('LMD-ViT (paper, Table 1)', 35.43, 0.9288, 30.29, 0.8934, 0.56, 54.50e6, 1.485e12)
+# Its complexity column (1.485 T) counts multiply-adds (MACs), the usual convention
+# of the tools such papers use; XLA's cost analysis counts 2 FLOPs per multiply-add.
+PAPER_ROW = ('LMD-ViT (paper, Table 1)', 35.43, 0.9288, 30.29, 0.8934, 0.56, 54.50e6, 1.485e12,
+             None)
 
 IMAGE_METRICS = ('psnr', 'ssim', 'wpsnr', 'wssim', 'sharp_psnr')
 
@@ -100,26 +103,30 @@ def _fmt(value: float, digits: int) -> str:
 
 
 def table_markdown(summary: Mapping[str, Any]) -> str:
-  """Table 1 layout: Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | FLOPs."""
+  """Table 1 layout: Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs."""
   m = summary['mean']
-  head = ('| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | FLOPs |\n'
-          '| --- | --- | --- | --- | --- | --- | --- | --- |\n')
+  head = ('| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs |\n'
+          '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n')
 
-  def row(name, psnr, ssim, wpsnr, wssim, seconds, params, flops):
+  def count(value):
+    if value is None or not math.isfinite(value):
+      return '-'
+    return f'{value / 1e12:.3f}T' if value >= 1e11 else f'{value / 1e9:.2f}G'
+
+  def row(name, psnr, ssim, wpsnr, wssim, seconds, params, macs, flops):
     time_s = '-' if seconds is None else f'{seconds:.2f}s'
     params_s = '-' if params is None else f'{params / 1e6:.2f}M'
-    flops_s = '-' if flops is None or not math.isfinite(flops) else (
-        f'{flops / 1e12:.3f}T' if flops >= 1e11 else f'{flops / 1e9:.2f}G')
     return (f'| {name} | {_fmt(psnr, 2)} | {_fmt(ssim, 4)} | {_fmt(wpsnr, 2)} | '
-            f'{_fmt(wssim, 4)} | {time_s} | {params_s} | {flops_s} |\n')
+            f'{_fmt(wssim, 4)} | {time_s} | {params_s} | {count(macs)} | {count(flops)} |\n')
 
   name = f'LMD-ViT (lmdvit-jax, {Path(summary["checkpoint"]).name})'
   flops = m.get('flops')
+  flops = float('nan') if flops is None else flops
   lines = [head, row(*PAPER_ROW),
            row(name, m['psnr'], m['ssim'], m['wpsnr'], m['wssim'], m['seconds_per_image'],
-               summary['params'], flops if flops is not None else float('nan')),
+               summary['params'], flops / 2, flops),
            row('Blurred input', m['input_psnr'], m['input_ssim'], m['input_wpsnr'],
-               m['input_wssim'], None, None, None)]
+               m['input_wssim'], None, None, None, None)]
   sizes = ', '.join(f'{k} ({v["count"]} images, padded {v["padded"]})'
                     for k, v in summary['sizes'].items())
   notes = [
@@ -130,10 +137,11 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
       f'{summary["model"]["keep_threshold"]}; windows kept: '
       f'{_fmt(100 * m["kept_fraction"], 1)}%, pruning precision '
       f'{_fmt(100 * m["prune_precision"], 1)}%, recall {_fmt(100 * m["prune_recall"], 1)}%.',
-      'FLOPs: XLA cost analysis of the compiled model at the evaluated (padded) size, '
-      'per image. With capacity `exact` each block counts its largest window bucket, '
-      'so the figure is the dense upper bound; pass a fixed `--capacity` fraction to '
-      'count that budget.',
+      'XLA FLOPs: XLA cost analysis of the compiled model at the evaluated (padded) size, '
+      'per image; MACs: half of it, the multiply-adds the paper counts (XLA counts each '
+      'multiply-add as 2 FLOPs; its few element-wise FLOPs make this a slight over-count). '
+      'With capacity `exact` each block counts its largest window bucket, so the figures '
+      'are the dense upper bound; pass a fixed `--capacity` fraction to count that budget.',
       'PSNR_w / SSIM_w: weighted by the blur mask. Paper row: the released model on a '
       'GPU, quoted from the paper.',
   ]
@@ -244,7 +252,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
              keep_threshold: float | None = None, num_panels: int = 4,
              panel_height: int = 192, max_images: int = 0, save_images: bool = False,
              warmup: bool = True, quantize_output: bool = True, skip_bad: bool = False,
-             progress: bool = True) -> dict[str, Any]:
+             dtype: str | None = None, progress: bool = True) -> dict[str, Any]:
   """Evaluates a checkpoint directory on a data spec; writes metrics.json,
   table.md and panels under `output`.
 
@@ -275,6 +283,8 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
   overrides: dict[str, Any] = {'capacity': parse_capacity(capacity)}
   if keep_threshold is not None:
     overrides['keep_threshold'] = float(keep_threshold)
+  if dtype is not None:
+    overrides['dtype'] = dtype
   deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=warmup)
   out_dir.mkdir(parents=True, exist_ok=True)
   scored = run(deblurrer, source, indices=good, quantize_output=quantize_output,
@@ -288,6 +298,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
       'model': {k: getattr(model, k) for k in (
           'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator',
           'prune_loc', 'keep_threshold', 'capacity', 'capacity_buckets')},
+      'dtype': np.dtype(model.dtype).name,
       'params': count_params(deblurrer.params),
       'device': f'{device.platform} ({device.device_kind}) x{jax.device_count()}',
       'sizes': scored['sizes'], 'mean': scored['mean'], 'blocks': scored['blocks'],

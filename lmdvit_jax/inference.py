@@ -32,7 +32,7 @@ import numpy as np
 from lmdvit_jax import metrics
 from lmdvit_jax.models import LMDViT, pruning
 from lmdvit_jax.models.pruning import DecisionBlock
-from lmdvit_jax.models.lmdvit import STAGE_NAMES
+from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES, STAGE_NAMES
 
 # ----------------------------------------------------------------------------
 # Padding geometry (pure numpy, no model needed).
@@ -271,11 +271,17 @@ class Deblurrer:
                       overrides: Mapping[str, Any] | None = None,
                       warmup: bool = True) -> 'Deblurrer':
     """Loads a checkpoint directory; `overrides` replace model attributes
-    (e.g. {'capacity': 'masked', 'keep_threshold': 0.6})."""
+    (e.g. {'capacity': 'masked', 'keep_threshold': 0.6, 'dtype': 'bfloat16'}).
+    A `dtype` recorded in model.json is the compute dtype by name."""
     # Imported here: orbax is only needed to read checkpoints.
     from lmdvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
     kwargs, params = checkpointing.load_model(directory, step)
     kwargs = {**kwargs, **(overrides or {})}
+    dtype = kwargs.get('dtype', 'float32')
+    if isinstance(dtype, str):  # model.json and flags name it
+      if dtype not in COMPUTE_DTYPES:
+        raise ValueError(f'dtype must be one of {sorted(COMPUTE_DTYPES)}, got {dtype!r}')
+      kwargs['dtype'] = COMPUTE_DTYPES[dtype]
     return cls(LMDViT(**kwargs), params, warmup)
 
   @property

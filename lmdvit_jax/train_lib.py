@@ -37,8 +37,8 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lmdvit_jax import losses
 from lmdvit_jax.mesh import DATA_AXIS, make_mesh  # pylint: disable=unused-import
 from lmdvit_jax.models import LMDViT, fan_in_predictors, identity_output, init_params
+from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES
 
-COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 REMAT_POLICIES = {
     'none': None,
     # Recompute each Transformer block in the backward pass (the model's
@@ -158,7 +158,7 @@ def check_run_config(config) -> LMDViT:
       patch size, batch size, step counts, data specs).
   """
   # Imported here: the data readers pull in image and TFDS helpers.
-  from lmdvit_jax.data import readers  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.data import specs  # pylint: disable=g-import-not-at-top
   model = build_model(config)
   if config.patch_size % model.multiple:
     raise ValueError(f'patch_size={config.patch_size} is not a multiple of 16 * win_size = '
@@ -171,9 +171,9 @@ def check_run_config(config) -> LMDViT:
     raise ValueError(f'batch_size={config.batch_size} is not divisible by the '
                      f'{jax.device_count()} devices')
   for spec in config.data.sources:
-    readers.parse_spec(spec)
+    specs.parse_spec(spec)
   if config.eval_every_steps > 0 and config.eval.source:
-    readers.parse_spec(config.eval.source)
+    specs.parse_spec(config.eval.source)
   return model
 
 

@@ -215,11 +215,11 @@ def test_non_finite_and_multi_frame_images_are_named_and_skipped(checkpoint, tmp
   field[10, 20] = np.nan
   Image.fromarray(field, mode='F').save(inputs / 'nan.tiff')
   frames = [Image.fromarray(np.full((32, 32, 3), v, np.uint8)) for v in (0, 128, 255)]
-  frames[0].save(inputs / 'anim.gif', save_all=True, append_images=frames[1:])
+  frames[0].save(tmp_path / 'anim.gif', save_all=True, append_images=frames[1:])
   Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(inputs / 'good.png')
   out = tmp_path / 'out'
-  status = deblur.run(str(checkpoint), [str(inputs)], str(out), capacity='masked',
-                      progress=False)
+  status = deblur.run(str(checkpoint), [str(inputs), str(tmp_path / 'anim.gif')], str(out),
+                      capacity='masked', progress=False)
   err = capsys.readouterr().err
   assert status == 1
   assert 'nan.tiff' in err and 'NaN' in err and 'anim.gif' in err and '3 frames' in err

@@ -48,7 +48,7 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
 def test_shipped_weights_record_how_they_were_trained():
   record = demo.WEIGHTS_DIR
   readme = (record / 'README.md').read_text()
-  assert 'python demo.py --train' in readme and 'seed' in readme
+  assert 'python demo.py --train' in readme and '--export_weights' in readme and 'seed' in readme
   rows = [json.loads(l) for l in (record / 'metrics.jsonl').read_text().splitlines()]
   config = json.loads((record / 'config.json').read_text())
   assert rows[-1]['step'] == config['num_train_steps']

@@ -112,11 +112,17 @@ def test_scores_match_an_independent_computation(evaluated):
 def test_table_and_panels(evaluated):
   _, out = evaluated
   table = (out / 'table.md').read_text()
-  assert table.startswith('| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | FLOPs |')
+  assert table.startswith(
+      '| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs |')
   row = [line for line in table.splitlines() if 'lmdvit-jax' in line]
-  assert len(row) == 1 and len(row[0].split('|')) == 10
+  assert len(row) == 1 and len(row[0].split('|')) == 11
   summary = json.loads((out / 'metrics.json').read_text())
   assert f'{summary["mean"]["psnr"]:.2f}' in row[0]
+  # MACs are half the XLA FLOPs (2 FLOPs per multiply-add); the paper's column is MACs.
+  macs, flops = (float(c.strip()[:-1]) for c in row[0].split('|')[8:10])
+  assert macs == pytest.approx(flops / 2, rel=0.01)
+  paper = [line for line in table.splitlines() if 'paper' in line][0]
+  assert '1.485T | - |' in paper
   panels = sorted((out / 'panels').iterdir())
   assert [p.name for p in panels] == ['000_img_0.png']  # --num_panels=1
   with Image.open(panels[0]) as im:

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from lmdvit_jax import checkpointing
-from test_train_lib import REPO, subprocess_env
+from tests.helpers import REPO, subprocess_env
 
 NUM_STEPS = 6  # small_config: checkpoints every 2 steps (keeps 2), logs every 2, evals every 3.
 
 CONFIG_FILE = '''
-from test_train_lib import small_config
+from tests.helpers import small_config
 
 
 def get_config():

@@ -7,58 +7,26 @@ four-device step compiles in a subprocess started first, in parallel with the
 single-device work.
 """
 
-import os
 import subprocess
 import sys
-import tempfile
 import types
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 
-from configs import tiny
 from lmdvit_jax import train_lib
 from lmdvit_jax.data import pipeline
 
-REPO = Path(__file__).resolve().parents[1]
-CACHE_DIR = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
-    tempfile.gettempdir(), 'lmdvit_jax_test_compilation_cache')
-if not jax.config.jax_compilation_cache_dir:
-  jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
-
-
-def small_config() -> ml_collections.ConfigDict:
-  """configs/tiny.py shrunk for tests: 9 blocks of window 4, 64x64 patches, batch 4.
-
-  The schedule restarts every 1000 steps so it does not depend on
-  `num_train_steps`: runs of any length share one compiled step.
-  """
-  config = tiny.get_config()
-  config.model.update(win_size=4, depths=(1,) * 9)
-  config.update(batch_size=4, patch_size=64, num_train_steps=6, log_every_steps=2,
-                checkpoint_every_steps=2, keep_checkpoints=2, eval_every_steps=3)
-  config.optim.update(lr=1e-3, warmup_steps=2, restart_every=1000, end_lr=1e-5, grad_clip=1.0)
-  config.data.update(sources=('synthetic',), num_threads=1)
-  config.eval.update(source='synthetic?size=64&count=1', max_images=1)
-  return config
-
-
-def subprocess_env(**extra) -> dict[str, str]:
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, **extra)
-  env['PYTHONPATH'] = os.pathsep.join([str(REPO), str(REPO / 'tests'),
-                                       env.get('PYTHONPATH', '')])
-  return env
+from tests.helpers import REPO, small_config, subprocess_env
 
 
 _FOUR_DEVICES = r'''
 import sys
 import jax
 import numpy as np
-from test_train_lib import small_config
+from tests.helpers import small_config
 from lmdvit_jax import train_lib
 
 assert jax.device_count() == 4, jax.devices()

@@ -9,35 +9,36 @@ Datasets go to --data_dir (default: $TFDS_DATA_DIR or ~/tensorflow_datasets).
 
 from __future__ import annotations
 
-import argparse
 import logging
-import sys
+
+from absl import app, flags
+
+from lmdvit_jax import cli
 
 BUILDER_NAMES = ('reloblur', 'gopro', 'synthetic_local_blur')
 
 
-def main(argv: list[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(
-      prog='python -m lmdvit_jax.data.build',
-      description='Build a dataset as array_record files (no TensorFlow needed).')
-  parser.add_argument('name', help='reloblur, gopro[/blur_gamma] or '
-                      'synthetic_local_blur[/256|/128|/tiny]')
-  parser.add_argument('--manual_dir', help='folder with the downloaded files (reloblur, gopro)')
-  parser.add_argument('--data_dir', help='where TFDS datasets live (default $TFDS_DATA_DIR '
-                      'or ~/tensorflow_datasets)')
-  parser.add_argument('--overwrite', action='store_true', help='rebuild an existing dataset')
-  args = parser.parse_args(argv)
-  if args.name.split('/')[0] not in BUILDER_NAMES:
-    parser.error(f'unknown dataset {args.name!r}; choose from {", ".join(BUILDER_NAMES)}')
+def _define_flags() -> None:
+  flags.DEFINE_string('manual_dir', None, 'Folder with the downloaded files (reloblur, gopro).')
+  flags.DEFINE_string('data_dir', None, 'Where TFDS datasets live (default $TFDS_DATA_DIR or '
+                      '~/tensorflow_datasets).')
+  flags.DEFINE_bool('overwrite', False, 'Rebuild an existing dataset.')
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) != 2:
+    raise app.UsageError('usage: python -m lmdvit_jax.data.build NAME [--manual_dir=DIR] '
+                         f'[--data_dir=DIR]; NAME: {", ".join(BUILDER_NAMES)} (with /CONFIG)')
+  name, fl = argv[1], flags.FLAGS
+  if name.split('/')[0] not in BUILDER_NAMES:
+    raise ValueError(f'unknown dataset {name!r}; choose from {", ".join(BUILDER_NAMES)}')
   logging.basicConfig(level=logging.INFO, format='%(levelname)s %(name)s: %(message)s')
   from lmdvit_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
-  try:
-    builder = tfds_builders.build(args.name, args.data_dir, args.manual_dir, args.overwrite)
-  except (FileNotFoundError, ValueError) as e:
-    sys.exit(f'error: {e}')
+  builder = tfds_builders.build(name, fl.data_dir, fl.manual_dir, fl.overwrite)
   for split, info in builder.info.splits.items():
-    print(f'{args.name} {split}: {info.num_examples} examples in {builder.data_dir}')
+    print(f'{name} {split}: {info.num_examples} examples in {builder.data_dir}')
 
 
 if __name__ == '__main__':
-  main(sys.argv[1:])
+  _define_flags()
+  cli.run(main)

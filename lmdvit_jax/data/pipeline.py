@@ -23,7 +23,7 @@ import jax
 import numpy as np
 
 from lmdvit_jax.data import crops
-from lmdvit_jax.data import readers
+from lmdvit_jax.data.specs import open_source
 from lmdvit_jax.data.examples import IMAGE_KEYS, Source, to_sample
 from lmdvit_jax.mesh import DATA_AXIS, make_mesh
 
@@ -76,7 +76,7 @@ def _stack(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]
 
 def open_train_sources(specs: Sequence[str | Source], patch_size: int) -> list[Source]:
   """Opens training specs (split 'train'; synthetic images of side `patch_size`)."""
-  return [s if isinstance(s, Source) else readers.open_source(
+  return [s if isinstance(s, Source) else open_source(
       s, split='train', synthetic_size=patch_size, synthetic_count=SYNTHETIC_TRAIN_COUNT)
           for s in specs]
 
@@ -184,7 +184,7 @@ def make_train_iterator(sources: Sequence[str | Source], weights: Sequence[float
   """Global training batches from a weighted mixture of data specs.
 
   Args:
-    sources: data specs as for `readers.open_source` (opened with split
+    sources: data specs as for `specs.open_source` (opened with split
       'train'; `synthetic` makes patch-sized images) or opened `Source`s.
     weights: mixture weights (default uniform), one per source.
     patch_size: side P of the square training crops.

@@ -29,7 +29,7 @@ from PIL import Image
 
 from lmdvit_jax.data import image_files
 from lmdvit_jax.data import readers
-from lmdvit_jax.data.examples import Example, Source
+from lmdvit_jax.data.examples import DataError, Example, Source
 
 log = logging.getLogger(__name__)
 
@@ -200,3 +200,35 @@ def build(name: str, data_dir: str | None = None, manual_dir: str | None = None,
   builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
       manual_dir=manual_dir, try_download_gcs=False, download_mode=mode))
   return builder
+
+
+# ---------------------------------------------------------------------------
+# Reading built datasets.
+
+
+class TfdsSource(Source):
+  """A split of a TFDS dataset built by this package (read with `as_data_source`)."""
+
+  def __init__(self, name: str, split: str = 'train', data_dir: str | None = None):
+    try:
+      builder = tfds.builder(name, data_dir=data_dir)
+    except Exception as e:
+      raise DataError(f'Unknown TFDS dataset {name!r}: {e}') from e
+    if not builder.is_prepared():
+      raise DataError(f'TFDS dataset {name!r} is not built in {builder.data_dir}. Build it with: '
+                      f'python -m lmdvit_jax.data.build {name.split("/")[0]} '
+                      f'--data_dir=... (see README).')
+    self.name, self.split = name, split
+    self._source = builder.as_data_source(split=split)
+
+  def __len__(self) -> int:
+    return len(self._source)
+
+  def _example(self, index: int) -> Example:
+    ex = dict(self._source[index])
+    name = ex.get('name', f'{self.name}_{self.split}_{index:06d}')
+    ex['name'] = name.decode() if isinstance(name, bytes) else str(name)
+    return ex
+
+  def __repr__(self) -> str:
+    return f'TfdsSource({self.name}, {self.split}: {len(self)} examples)'

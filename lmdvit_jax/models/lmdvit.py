@@ -14,6 +14,8 @@ from lmdvit_jax.models import pruning
 from lmdvit_jax.models.adawpt import AdaWPTStage
 
 NUM_STAGES = 9  # 4 encoder stages, bottleneck, 4 decoder stages.
+# Compute dtypes by name (params stay float32), as configs and model.json spell them.
+COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 STAGE_NAMES = tuple([f'encoder_{i}' for i in range(4)] + ['bottleneck'] +
                     [f'decoder_{i}' for i in range(4)])
 

@@ -5,7 +5,7 @@ import logging
 import numpy as np
 import pytest
 
-from lmdvit_jax.data import readers
+from lmdvit_jax.data import readers, specs
 from lmdvit_jax.data.examples import DataError
 from .conftest import build_gopro, build_npy, build_reloblur, save
 
@@ -157,23 +157,23 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
   root, truth = reloblur_tree
   build_npy(tmp_path / 'npy', n=2)
   build_gopro(tmp_path / 'gopro')
-  assert len(readers.open_source(f'npy:{tmp_path}/npy')) == 2
-  assert len(readers.open_source(f'reloblur:{root}')) == len(truth['test'])
-  assert len(readers.open_source(f'reloblur:{root}?split=train')) == len(truth['train'])
-  assert len(readers.open_source(f'reloblur:{root}', split='train')) == len(truth['train'])
-  gamma = readers.open_source(f'gopro:{tmp_path}/gopro?blur=blur_gamma')
+  assert len(specs.open_source(f'npy:{tmp_path}/npy')) == 2
+  assert len(specs.open_source(f'reloblur:{root}')) == len(truth['test'])
+  assert len(specs.open_source(f'reloblur:{root}?split=train')) == len(truth['train'])
+  assert len(specs.open_source(f'reloblur:{root}', split='train')) == len(truth['train'])
+  gamma = specs.open_source(f'gopro:{tmp_path}/gopro?blur=blur_gamma')
   assert isinstance(gamma, readers.GoProSource) and 'blur_gamma' in gamma.description
-  syn = readers.open_source('synthetic?count=3&size=48&seed=2')
+  syn = specs.open_source('synthetic?count=3&size=48&seed=2')
   assert len(syn) == 3 and syn[2]['blur'].shape == (48, 48, 3) and syn.split == 'test'
-  assert readers.open_source('synthetic').size == (256, 256)
-  short = readers.open_source('synthetic?min_blur=2&max_blur=6.5')
+  assert specs.open_source('synthetic').size == (256, 256)
+  short = specs.open_source('synthetic?min_blur=2&max_blur=6.5')
   assert short.settings.blur_length == (2.0, 6.5)
-  assert readers.open_source('synthetic?max_blur=9').settings.blur_length[1] == 9.0
+  assert specs.open_source('synthetic?max_blur=9').settings.blur_length[1] == 9.0
   # Realistic blur by default; the earlier extreme setting is a preset.
-  assert readers.open_source('synthetic').settings.blur_length == (2.0, 12.0)
-  extreme = readers.open_source('synthetic?preset=extreme&max_blur=40')
+  assert specs.open_source('synthetic').settings.blur_length == (2.0, 12.0)
+  extreme = specs.open_source('synthetic?preset=extreme&max_blur=40')
   assert extreme.settings.blur_length == (8.0, 40.0) and extreme.settings.texture_tries == 1
-  wide = readers.open_source('synthetic?size=96x64&count=1')
+  wide = specs.open_source('synthetic?size=96x64&count=1')
   assert wide.size == (64, 96) and wide[0]['blur'].shape == (64, 96, 3)
 
 
@@ -192,9 +192,9 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
 ])
 def test_open_source_rejects_typos(spec, message):
   with pytest.raises(ValueError, match=message):
-    readers.open_source(spec)
+    specs.open_source(spec)
 
 
 def test_open_source_missing_folder(tmp_path):
   with pytest.raises(FileNotFoundError, match='pairs folder'):
-    readers.open_source(f'pairs:{tmp_path}/nothing')
+    specs.open_source(f'pairs:{tmp_path}/nothing')

@@ -1,0 +1,39 @@
+"""Helpers shared by the tests (not a test module): the small training config,
+the environment of test subprocesses and the shared compilation cache."""
+
+import os
+import tempfile
+from pathlib import Path
+
+import jax
+import ml_collections
+
+from configs import tiny
+
+REPO = Path(__file__).resolve().parents[1]
+CACHE_DIR = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
+    tempfile.gettempdir(), 'lmdvit_jax_test_compilation_cache')
+if not jax.config.jax_compilation_cache_dir:
+  jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
+
+
+def small_config() -> ml_collections.ConfigDict:
+  """configs/tiny.py shrunk for tests: 9 blocks of window 4, 64x64 patches, batch 4.
+
+  The schedule restarts every 1000 steps so it does not depend on
+  `num_train_steps`: runs of any length share one compiled step.
+  """
+  config = tiny.get_config()
+  config.model.update(win_size=4, depths=(1,) * 9)
+  config.update(batch_size=4, patch_size=64, num_train_steps=6, log_every_steps=2,
+                checkpoint_every_steps=2, keep_checkpoints=2, eval_every_steps=3)
+  config.optim.update(lr=1e-3, warmup_steps=2, restart_every=1000, end_lr=1e-5, grad_clip=1.0)
+  config.data.update(sources=('synthetic',), num_threads=1)
+  config.eval.update(source='synthetic?size=64&count=1', max_images=1)
+  return config
+
+
+def subprocess_env(**extra) -> dict[str, str]:
+  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, **extra)
+  env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
+  return env
