@@ -16,7 +16,6 @@ ground truth / 255.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 from absl import app, flags, logging

@@ -1,7 +1,7 @@
 """Training speed: compile time, steps/s and images/s of the jitted train step.
 
   python benchmarks/train_step.py                      # released and small, 256x256, batch 2
-  python benchmarks/train_step.py --configs tiny --patch 128 --steps 10
+  python benchmarks/train_step.py --configs=tiny --patch=128 --steps=10
 
 Each configuration's step (forward, backward, AdamW update, non-finite guard)
 is compiled ahead of time, so the compile time is reported apart; then one
@@ -11,19 +11,26 @@ a random half-blurred mask; params come from `init_params`.
 
 from __future__ import annotations
 
-import argparse
 import importlib
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from absl import flags
+import jax
+import numpy as np
 
-import jax  # pylint: disable=g-import-not-at-top,wrong-import-position
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+from lmdvit_jax import cli, train_lib
+from lmdvit_jax.models import count_params
 
-from lmdvit_jax import train_lib  # pylint: disable=g-import-not-at-top,wrong-import-position
-from lmdvit_jax.models import count_params  # pylint: disable=g-import-not-at-top,wrong-import-position
+FLAGS = flags.FLAGS
+
+
+def _define_flags() -> None:
+  flags.DEFINE_list('configs', ['lmdvit', 'lmdvit_small'], 'configs.NAME of each row')
+  flags.DEFINE_integer('patch', 256, 'square patch side')
+  flags.DEFINE_integer('batch', 2, 'batch size')
+  flags.DEFINE_integer('steps', 3, 'timed steps')
+  flags.DEFINE_enum('dtype', 'float32', sorted(train_lib.COMPUTE_DTYPES), 'compute dtype')
+  flags.DEFINE_enum('remat', 'none', sorted(train_lib.REMAT_POLICIES), 'rematerialisation')
 
 
 def bench(name: str, patch: int, batch: int, steps: int, dtype: str, remat: str) -> dict:
@@ -62,15 +69,9 @@ def bench(name: str, patch: int, batch: int, steps: int, dtype: str, remat: str)
               loss=float(m['loss']))
 
 
-def main():
-  parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-  parser.add_argument('--configs', nargs='+', default=['lmdvit', 'lmdvit_small'])
-  parser.add_argument('--patch', type=int, default=256)
-  parser.add_argument('--batch', type=int, default=2)
-  parser.add_argument('--steps', type=int, default=3)
-  parser.add_argument('--dtype', default='float32', choices=sorted(train_lib.COMPUTE_DTYPES))
-  parser.add_argument('--remat', default='none', choices=sorted(train_lib.REMAT_POLICIES))
-  args = parser.parse_args()
+def main(argv):
+  del argv
+  args = FLAGS
   print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}')
   header = ('| config | params | patch | batch | dtype | remat | memory GiB | compile s '
             '| s/step | steps/s | images/s |')
@@ -86,4 +87,5 @@ def main():
 
 
 if __name__ == '__main__':
-  main()
+  _define_flags()
+  cli.run(main)

@@ -26,14 +26,14 @@ step and metrics.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from lmdvit_jax.files import write_json_atomic
 
 MODEL_FILE = 'model.json'
 CHECKPOINTS = 'checkpoints'
@@ -70,25 +70,6 @@ def restore_newest_intact(steps, restore, directory: str | Path):
   if not skipped:
     raise CheckpointError(f'no checkpoint steps in {directory}')
   raise CheckpointError(f'no intact checkpoint in {directory}: ' + '; '.join(skipped))
-
-
-def write_json_atomic(path: str | Path, obj: Any) -> None:
-  """Writes JSON to `path` through a temporary file and a rename."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  umask = os.umask(0)
-  os.umask(umask)
-  os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
-  try:
-    with os.fdopen(fd, 'w') as f:
-      json.dump(obj, f, indent=1, sort_keys=True)
-      f.flush()
-      os.fsync(f.fileno())
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def _jsonable(kwargs: Mapping[str, Any]) -> dict[str, Any]:

@@ -33,11 +33,13 @@ def cache_dir() -> Path | None:
   return Path(value).expanduser()
 
 
-def enable(directory: str | os.PathLike | None = None) -> Path | None:
+def enable(directory: str | os.PathLike | None = None,
+           min_compile_seconds: float = 1.0) -> Path | None:
   """Turns the persistent cache on (unless the environment turns it off).
 
   Args:
     directory: overrides the directory of `cache_dir()`.
+    min_compile_seconds: programs that compile faster than this are not cached.
 
   Returns:
     The directory in use, or None if the cache stays off.
@@ -53,6 +55,6 @@ def enable(directory: str | os.PathLike | None = None) -> Path | None:
     return None  # A read-only home: run without the cache rather than fail.
   jax.config.update('jax_compilation_cache_dir', str(path))
   # Cache every program that took a noticeable time to compile, whatever its size.
-  jax.config.update('jax_persistent_cache_min_compile_time_secs', 1.0)
+  jax.config.update('jax_persistent_cache_min_compile_time_secs', float(min_compile_seconds))
   jax.config.update('jax_persistent_cache_min_entry_size_bytes', 0)
   return path

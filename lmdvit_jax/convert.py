@@ -19,7 +19,7 @@ from typing import Any, Callable
 from absl import app
 import numpy as np
 
-from lmdvit_jax.models.lmdvit import NUM_STAGES, STAGE_NAMES
+from lmdvit_jax.models.lmdvit import STAGE_NAMES
 from lmdvit_jax.models.windows import relative_position_index
 
 # Official stage prefixes in network order.

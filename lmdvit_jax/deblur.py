@@ -31,7 +31,7 @@ import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
 
-from lmdvit_jax import checkpointing, cli, compilation_cache, panels
+from lmdvit_jax import checkpointing, cli, compilation_cache, files, panels
 from lmdvit_jax.data import DataError
 from lmdvit_jax.data import image_files
 from lmdvit_jax.inference import Deblurrer, parse_capacity, to_uint8
@@ -209,7 +209,7 @@ def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output
       loaded = read_image(src)
       result = deblurrer(loaded.rgb)
       seconds.append(result.seconds)
-      panels.write_bytes_atomic(output / rel, encode_result(result.restored, loaded))
+      files.write_bytes_atomic(output / rel, encode_result(result.restored, loaded))
       if overlays:
         panels.save_png(output / rel.with_suffix('.decisions.png'),
                         panels.decision_panel(loaded.rgb, result), compress_level=6)

@@ -25,7 +25,7 @@ from typing import Any
 import ml_collections
 import numpy as np
 
-from lmdvit_jax import checkpointing, evaluation, panels
+from lmdvit_jax import checkpointing, evaluation, files, panels
 from lmdvit_jax.data import open_source
 from lmdvit_jax.models import LMDViT
 
@@ -73,7 +73,7 @@ def export_weights(checkpoint: str | Path, out_dir: str | Path = WEIGHTS_DIR,
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
   np.savez(out_dir / PARAMS_FILE, **flat)
-  checkpointing.write_json_atomic(out_dir / checkpointing.MODEL_FILE, kwargs)
+  files.write_json_atomic(out_dir / checkpointing.MODEL_FILE, kwargs)
   return out_dir
 
 
@@ -246,7 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
                                     'sharp_psnr', 'kept_fraction', 'prune_recall',
                                     'prune_precision', 'seconds')} for r in records],
   }
-  checkpointing.write_json_atomic(out / 'summary.json', evaluation.jsonable(summary))
+  files.write_json_atomic(out / 'summary.json', evaluation.jsonable(summary))
   print(report(summary, out))
   if export:
     if not (workdir / 'metrics.jsonl').is_file():

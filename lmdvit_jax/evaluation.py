@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lmdvit_jax import checkpointing, metrics, panels
+from lmdvit_jax import files, metrics, panels
 from lmdvit_jax.data import DataError, open_source
 from lmdvit_jax.inference import Deblurrer, DeblurResult, parse_capacity, quantize, to_uint8
 from lmdvit_jax.models import count_params
@@ -304,6 +304,6 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
       'sizes': scored['sizes'], 'mean': scored['mean'], 'blocks': scored['blocks'],
       'images': scored['images'], 'skipped': bad,
   }
-  checkpointing.write_json_atomic(out_dir / 'metrics.json', jsonable(summary))
-  panels.write_bytes_atomic(out_dir / 'table.md', table_markdown(summary).encode())
+  files.write_json_atomic(out_dir / 'metrics.json', jsonable(summary))
+  files.write_bytes_atomic(out_dir / 'table.md', table_markdown(summary).encode())
   return summary

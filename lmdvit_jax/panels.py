@@ -8,45 +8,17 @@ from __future__ import annotations
 
 import io
 import os
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from lmdvit_jax.files import write_bytes_atomic
 from lmdvit_jax.inference import DeblurResult, to_uint8
 
 KEPT_TINT = np.array([1.0, 0.85, 0.2], np.float32)  # Amber outline colour.
 MASK_TINT = np.array([1.0, 0.15, 0.1], np.float32)
 PRUNED_DIM = 0.25  # Brightness left to pruned windows.
-
-
-def _current_umask() -> int:
-  mask = os.umask(0)
-  os.umask(mask)
-  return mask
-
-
-_UMASK = _current_umask()
-
-
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder and a rename,
-  so readers never see a half-written file."""
-  path = Path(path)
-  path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
-  try:
-    with os.fdopen(fd, 'wb') as f:
-      f.write(data)
-      f.flush()
-      os.fsync(f.fileno())
-    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode.
-    os.replace(tmp, path)
-  except BaseException:
-    Path(tmp).unlink(missing_ok=True)
-    raise
 
 
 def save_png(path: str | os.PathLike, image: Image.Image, **options) -> None:

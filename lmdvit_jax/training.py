@@ -30,7 +30,7 @@ import ml_collections
 import tqdm
 from tensorboardX import SummaryWriter
 
-from lmdvit_jax import checkpointing, evaluation, panels, train_lib
+from lmdvit_jax import checkpointing, evaluation, files, train_lib
 from lmdvit_jax.data import open_source, pipeline
 from lmdvit_jax.inference import Deblurrer
 
@@ -68,7 +68,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   checkpointing.check_model_kwargs(workdir, model_kwargs)  # Resuming another model fails here.
   if lead:
     checkpointing.write_model_json(workdir, model_kwargs)
-    checkpointing.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
+    files.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
 
   # 4. State: restore the newest checkpoint of this workdir, else initialise
   #    (from `init_from` weights if given) and replicate over the mesh.
@@ -164,4 +164,4 @@ def drop_rows_after(path: Path, step: int) -> None:
   lines = path.read_text().splitlines()
   kept = [l for l in lines if l.strip() and json.loads(l).get('step', 0) <= step]
   if len(kept) != len(lines):
-    panels.write_bytes_atomic(path, ''.join(l + '\n' for l in kept).encode())
+    files.write_bytes_atomic(path, ''.join(l + '\n' for l in kept).encode())

@@ -30,5 +30,16 @@ def reference() -> Path:
   return reference_dir()
 
 
+@pytest.fixture(scope='session')
+def checkpoint(tmp_path_factory) -> Path:
+  """A checkpoint directory of the tiny model (masked mode), random params."""
+  from lmdvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.models import LMDViT, init_params  # pylint: disable=g-import-not-at-top
+  from tests.helpers import TINY  # pylint: disable=g-import-not-at-top
+  path = tmp_path_factory.mktemp('ckpt')
+  checkpointing.save_model(path, init_params(LMDViT(**TINY), 0), TINY)
+  return path
+
+
 # Tests stay hermetic: no persistent compilation cache unless a test sets one.
 os.environ.setdefault('LMDVIT_COMPILATION_CACHE', 'off')

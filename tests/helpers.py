@@ -10,6 +10,9 @@ import ml_collections
 
 from configs import tiny
 
+# The tiny model in masked mode: tests that share it share its compiled programs.
+TINY = dict(tiny.get_config().model, capacity='masked')
+
 REPO = Path(__file__).resolve().parents[1]
 CACHE_DIR = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
     tempfile.gettempdir(), 'lmdvit_jax_test_compilation_cache')

@@ -14,7 +14,8 @@ ENTRY_POINTS = [
     ['-m', 'lmdvit_jax.deblur'], ['-m', 'lmdvit_jax.convert'], ['-m', 'lmdvit_jax.data.build'],
     ['benchmarks/inference.py'], ['benchmarks/train_step.py'],
     ['benchmarks/linear_headroom.py'], ['benchmarks/pruning_ranking.py'],
-    ['benchmarks/blur_cues.py'],
+    ['benchmarks/blur_cues.py'], ['benchmarks/synthetic_stats.py'],
+    ['benchmarks/train_step_parts.py'],
 ]
 
 

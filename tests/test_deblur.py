@@ -1,6 +1,5 @@
 """The deblurring command: real photographs, image formats, broken files, atomic writes."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,21 +8,12 @@ import numpy as np
 from PIL import Image
 import pytest
 
-from configs import tiny
-from lmdvit_jax import checkpointing, deblur, panels
+from lmdvit_jax import deblur
 from lmdvit_jax.data import DataError
 from lmdvit_jax.models import LMDViT, init_params
-from tests.conftest import REPO
+from tests.helpers import REPO, TINY
 
-TINY = dict(tiny.get_config().model, capacity='masked')  # as in test_inference: shared compiles
 REAL = Path(__file__).resolve().parents[1].parent / 'shared' / 'data' / 'real'
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  path = tmp_path_factory.mktemp('ckpt')
-  checkpointing.save_model(path, init_params(LMDViT(**TINY), 0), TINY)
-  return path
 
 
 def _png_header(path):
@@ -81,19 +71,6 @@ def test_collect_inputs_mirrors_paths_and_flags_clashes(tmp_path):
   assert len(errors) == 2  # a.png vs a.jpg clash, missing input
   assert any('a.png' in e and 'already' in e for e in errors)
   assert any('nope' in e for e in errors)
-
-
-def test_atomic_write_leaves_no_partial_file(tmp_path, monkeypatch):
-  target = tmp_path / 'x.png'
-  target.write_bytes(b'old')
-
-  def fail(*args):
-    raise OSError('disk full')
-
-  monkeypatch.setattr(os, 'replace', fail)
-  with pytest.raises(OSError):
-    panels.write_bytes_atomic(target, b'new contents')
-  assert target.read_bytes() == b'old' and sorted(os.listdir(tmp_path)) == ['x.png']
 
 
 # ---------------------------------------------------------------------------

@@ -6,7 +6,6 @@ import subprocess
 import sys
 
 import numpy as np
-import pytest
 
 from lmdvit_jax import checkpointing, demo
 from tests.conftest import REPO

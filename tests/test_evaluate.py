@@ -11,21 +11,12 @@ from PIL import Image
 import pytest
 
 import evaluate
-from configs import tiny
 from lmdvit_jax import checkpointing, evaluation
 from lmdvit_jax.inference import DecisionBlock, DeblurResult, PadGeometry
-from lmdvit_jax.models import LMDViT, init_params
-from tests.conftest import REPO
+from lmdvit_jax.models import LMDViT
+from tests.helpers import REPO
 
-TINY = dict(tiny.get_config().model, capacity='masked')  # as in test_inference: shared compiles
 H, W = 100, 120  # pads to 128 x 128
-
-
-@pytest.fixture(scope='module')
-def checkpoint(tmp_path_factory):
-  path = tmp_path_factory.mktemp('ckpt')
-  checkpointing.save_model(path, init_params(LMDViT(**TINY), 0), TINY)
-  return path
 
 
 def _npy_folder(root):

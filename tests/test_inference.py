@@ -3,13 +3,10 @@
 import numpy as np
 import pytest
 
-from configs import tiny
 from lmdvit_jax import inference
 from lmdvit_jax.inference import DecisionBlock, DeblurResult, Deblurrer, PadGeometry
 from lmdvit_jax.models import LMDViT, init_params
-
-# Every test module uses this model, so the process compiles each input shape once.
-TINY = dict(tiny.get_config().model, capacity='masked')
+from tests.helpers import TINY  # every test module uses it: shapes compile once a process
 
 
 @pytest.fixture(scope='module')

@@ -18,7 +18,6 @@ Layouts:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import os
 from collections.abc import Mapping

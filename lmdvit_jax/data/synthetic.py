@@ -25,7 +25,6 @@ import importlib.resources
 import os
 import zlib
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 from PIL import Image

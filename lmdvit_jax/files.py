@@ -1,0 +1,45 @@
+"""Atomic file writes: readers never see a half-written file.
+
+Every file the project writes beside checkpoints (JSON records, logs rewritten
+on resume, PNG results and panels, tables) goes through a temporary file in
+the same folder, `fsync`, and a rename.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+
+def _current_umask() -> int:
+  mask = os.umask(0)
+  os.umask(mask)
+  return mask
+
+
+_UMASK = _current_umask()
+
+
+def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
+  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+  path = Path(path)
+  path.parent.mkdir(parents=True, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  try:
+    with os.fdopen(fd, 'wb') as f:
+      f.write(data)
+      f.flush()
+      os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode.
+    os.replace(tmp, path)
+  except BaseException:
+    Path(tmp).unlink(missing_ok=True)
+    raise
+
+
+def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
+  """Writes `obj` as indented JSON (sorted keys), atomically."""
+  write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
