@@ -31,7 +31,7 @@ import numpy as np
 
 from lmdvit_jax import metrics
 from lmdvit_jax.models import LMDViT, pruning
-from lmdvit_jax.models.pruning import DecisionBlock
+from lmdvit_jax.models.pruning import DecisionBlock, parse_capacity  # pylint: disable=unused-import
 from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES, STAGE_NAMES
 
 # ----------------------------------------------------------------------------
@@ -121,23 +121,6 @@ def quantize(image: np.ndarray) -> np.ndarray:
 def decision_blocks(model: LMDViT) -> tuple[DecisionBlock, ...]:
   """The predicting blocks of `model` in the order of `LMDViTOutput.decisions`."""
   return pruning.decision_blocks(STAGE_NAMES, model.depths, model.prune_loc)
-
-
-def parse_capacity(value: str | float) -> str | float:
-  """'exact' | 'masked' | a number in (0, 1] (as text or float) -> model `capacity`."""
-  if isinstance(value, str):
-    text = value.strip().lower()
-    if text in ('exact', 'masked'):
-      return text
-    try:
-      value = float(text)
-    except ValueError:
-      raise ValueError(f"capacity must be 'exact', 'masked' or a number in (0, 1], "
-                       f'got {value!r}') from None
-  value = float(value)
-  if not 0 < value <= 1:
-    raise ValueError(f'a fixed capacity must be in (0, 1], got {value}')
-  return value
 
 
 # ----------------------------------------------------------------------------

@@ -147,12 +147,9 @@ class LMDViT(nn.Module):
                        f'uses C/4 channels), got {self.embed_dim}')
     if self.win_size < 2 or self.win_size % 2:
       raise ValueError(f'win_size must be an even number >= 2, got {self.win_size}')
-    if isinstance(self.capacity, str):
-      if self.capacity not in ('exact', 'masked'):
-        raise ValueError(f"capacity must be 'exact', 'masked' or a float in (0, 1], "
-                         f'got {self.capacity!r}')
-    elif not 0 < float(self.capacity) <= 1:
-      raise ValueError(f'a fixed capacity must be in (0, 1], got {self.capacity}')
+    if self.capacity != pruning.parse_capacity(self.capacity):
+      raise ValueError(f"capacity must be 'exact', 'masked' or a float in (0, 1], "
+                       f'got {self.capacity!r}')
     if not 0 <= self.keep_threshold < 1:
       raise ValueError(f'keep_threshold must be in [0, 1), got {self.keep_threshold}')
     if self.decision_rule not in pruning.DECISION_RULES:

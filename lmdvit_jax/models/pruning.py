@@ -192,6 +192,23 @@ def bucket_sizes(num_windows: int, fractions: Sequence[float]) -> tuple[int, ...
   return tuple(sorted(sizes))
 
 
+def parse_capacity(value: str | float) -> str | float:
+  """'exact' | 'masked' | a number in (0, 1] (as text or float) -> model `capacity`."""
+  if isinstance(value, str):
+    text = value.strip().lower()
+    if text in ('exact', 'masked'):
+      return text
+    try:
+      value = float(text)
+    except ValueError:
+      raise ValueError(f"capacity must be 'exact', 'masked' or a number in (0, 1], "
+                       f'got {value!r}') from None
+  value = float(value)
+  if not 0 < value <= 1:
+    raise ValueError(f'a fixed capacity must be in (0, 1], got {value}')
+  return value
+
+
 def fixed_capacity(num_windows: int, fraction: float) -> int:
   """Windows per image for a fixed budget `fraction` in (0, 1]."""
   return min(num_windows, max(1, math.ceil(fraction * num_windows)))

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lmdvit_jax.data import pipeline
-from .conftest import save
+from .builders import save
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -7,7 +7,7 @@ import pytest
 
 from lmdvit_jax.data import readers, specs
 from lmdvit_jax.data.examples import DataError
-from .conftest import build_gopro, build_npy, build_reloblur, save
+from .builders import build_gopro, build_npy, build_reloblur, save
 
 
 def assert_sample(sample, blur, sharp, mask):

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from lmdvit_jax.data import synthetic
-from .conftest import save
+from .builders import save
 
 
 def test_bundled_photos_load_from_the_installed_package():

@@ -11,7 +11,7 @@ import pytest
 
 import lmdvit_jax.data  # noqa: F401  (registers the builders)
 from lmdvit_jax.data import readers, specs, synthetic
-from .conftest import build_gopro, build_reloblur
+from .builders import build_gopro, build_reloblur
 
 REPO = Path(__file__).resolve().parents[2]
 
