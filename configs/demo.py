@@ -33,7 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
       drop_path_rate=0.0,
   )
   config.update(
-      num_train_steps=4000,
+      num_train_steps=3500,
       batch_size=8,
       patch_size=64,
       log_every_steps=50,
@@ -45,7 +45,7 @@ def get_config() -> ml_collections.ConfigDict:
   )
   config.optim.update(lr=1e-3, warmup_steps=100, restart_every=0, end_lr=1e-5, grad_clip=1.0,
                       predictor_lr_scale=3.0)
-  config.loss.update(prune=1.0, prune_balanced=True, sharp=10.0)
+  config.loss.update(prune=1.0, prune_balanced=True, sharp=10.0, sharp_margin=0.5 / 255)
   config.data.update(sources=('synthetic?size=128',), weights=None, num_threads=2)
   config.eval.update(source='synthetic?size=384x256&count=4', max_images=4)
   # Held-out evaluation that demo.py runs after training.

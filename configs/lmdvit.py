@@ -76,6 +76,7 @@ def get_config() -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict(dict(
       l1=1.0, ssim=1.0, fft=0.1, prune=1.0, fft_mode='modulus', hard_targets=False,
       sharp=0.0,             # L1 outside the blur mask (not in the paper)
+      sharp_margin=0.0,      # its free error (0.5 / 255: what 8-bit output hides)
       prune_balanced=False,  # class-balanced pruning loss (not in the paper)
   ))
   config.data = ml_collections.ConfigDict(dict(

@@ -280,7 +280,8 @@ def check_params_match(params: Any, reference: Any) -> None:
 def _loss_settings(config):
   lc = config.loss
   weights = losses.LossWeights(l1=float(lc.l1), ssim=float(lc.ssim), fft=float(lc.fft),
-                               prune=float(lc.prune), sharp=float(lc.get('sharp', 0.0)))
+                               prune=float(lc.prune), sharp=float(lc.get('sharp', 0.0)),
+                               sharp_margin=float(lc.get('sharp_margin', 0.0)))
   return weights, str(lc.fft_mode), bool(lc.hard_targets), bool(lc.get('prune_balanced', False))
 
 

@@ -256,3 +256,15 @@ def test_balanced_pruning_loss_weighs_both_sides_equally():
   uniform = (jnp.zeros((1, 16, 16, 2)),)
   np.testing.assert_allclose(losses.pruning_loss(uniform, m, balanced=True), np.log(2), rtol=1e-6)
   np.testing.assert_allclose(losses.pruning_loss((_logits(t),), m, balanced=True), 0, atol=1e-4)
+
+
+def test_sharp_margin_makes_invisible_errors_free():
+  """With a margin of half an 8-bit step, errors the saved output hides cost nothing."""
+  t = jnp.full((1, 8, 8, 3), 0.5)
+  m = jnp.zeros((1, 8, 8, 1))
+  margin = 0.5 / 255
+  np.testing.assert_allclose(losses.sharp_l1_loss(t + 0.9 * margin, t, m, margin), 0.0)
+  np.testing.assert_allclose(losses.sharp_l1_loss(t + 0.01, t, m, margin), 0.01 - margin,
+                             rtol=1e-5)
+  grad = jax.grad(lambda p: losses.sharp_l1_loss(p, t, m, margin))(t + 0.5 * margin)
+  np.testing.assert_array_equal(grad, 0.0)  # no pull towards exactly zero
