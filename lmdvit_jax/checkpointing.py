@@ -239,6 +239,30 @@ def restore_train_state(mngr: ocp.CheckpointManager, target: Any,
   return state, dict(restored['data'] or {})
 
 
+def set_aside_steps_after(directory: str | Path, step: int) -> list[Path]:
+  """Renames step folders newer than `step` to `<step>.damaged` (kept, not deleted).
+
+  After a restore fell back past damaged steps, the run saves those step
+  numbers again; the damaged folders must not stand in the way, and nothing
+  is thrown away.
+
+  Returns:
+    The new paths of the folders set aside.
+  """
+  moved = []
+  for s in all_steps(directory):
+    if s > step:
+      src = Path(directory) / CHECKPOINTS / str(s)
+      dst = src.with_name(f'{s}.damaged')
+      n = 1
+      while dst.exists():
+        n += 1
+        dst = src.with_name(f'{s}.damaged{n}')
+      src.rename(dst)
+      moved.append(dst)
+  return moved
+
+
 def read_best(directory: str | Path) -> dict[str, Any] | None:
   """`WORKDIR/best/best.json` ({'step', 'wpsnr', 'metrics'}), or None."""
   path = Path(directory) / BEST_DIR / BEST_FILE

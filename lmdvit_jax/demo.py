@@ -112,15 +112,16 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
 
 
 def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
-                             candidates=(0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+                             candidates=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
                              ) -> tuple[float, list[dict[str, float]]]:
   """Chooses the inference keep threshold on validation data from training photos.
 
-  Trained with the class-balanced pruning loss, the predictors over-rate the
-  rare blurred class, so the threshold of 0.5 keeps far more sharp windows than
-  needed. This picks the highest candidate whose pruning recall on `data`
-  (split 'train': training photos, never the held-out ones) is at least
-  `recall`: the highest precision that keeps the blurred windows.
+  The class-balanced pruning loss shifts the predictors' probabilities, so 0.5
+  is not the threshold that keeps the blurred windows at the best precision.
+  This picks the highest candidate whose pruning recall on `data` (split
+  'train': training photos, never the held-out ones) is at least `recall` (the
+  best precision that still keeps the blurred windows), or the candidate with
+  the highest recall if none reaches it.
 
   Returns:
     The threshold and one row per candidate (recall, precision, kept fraction,

@@ -83,10 +83,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   if mngr.latest_step() is not None:
     state, data_state = checkpointing.restore_train_state(mngr, state)
     train_iter.set_state(data_state)
-    logging.info('Resumed from step %d', int(state.step))
-    if lead:  # Rows logged after that checkpoint are about to be logged again.
+    resumed = int(jax.device_get(state.step))
+    logging.info('Resumed from step %d', resumed)
+    if lead:
+      # Damaged newer steps (skipped by the restore) would block saving those steps again.
+      for path in checkpointing.set_aside_steps_after(workdir, resumed):
+        logging.warning('Set the damaged checkpoint aside as %s', path)
+      # Rows logged after that checkpoint are about to be logged again.
       for name in ('metrics.jsonl', 'eval.jsonl'):
-        drop_rows_after(workdir / name, int(jax.device_get(state.step)))
+        drop_rows_after(workdir / name, resumed)
+    mngr.reload()
 
   # 5. Compiled functions: the train step; evaluation compiles per image size.
   train_step = train_lib.make_train_step(model, tx, config, mesh)

@@ -140,3 +140,17 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, how, ca
   _damage(tmp_path / 'checkpoints' / '8', how)
   with pytest.raises(checkpointing.CheckpointError, match='no intact checkpoint in .*step 9.*step 8'):
     checkpointing.load_model(tmp_path)
+
+
+def test_damaged_steps_are_set_aside_not_deleted(tmp_path):
+  with checkpointing.train_manager(tmp_path, max_to_keep=3, async_save=False) as mngr:
+    for seed in (1, 2):
+      checkpointing.save_train_state(mngr, _state(seed), {'i': seed})
+  moved = checkpointing.set_aside_steps_after(tmp_path, 8)
+  assert [p.name for p in moved] == ['9.damaged'] and moved[0].is_dir()
+  assert checkpointing.all_steps(tmp_path) == [8]
+  # The run can save step 9 again, and a second fallback keeps both damaged copies.
+  with checkpointing.train_manager(tmp_path, max_to_keep=3, async_save=False) as mngr:
+    checkpointing.save_train_state(mngr, _state(2), {'i': 2})
+  assert checkpointing.all_steps(tmp_path) == [8, 9]
+  assert [p.name for p in checkpointing.set_aside_steps_after(tmp_path, 8)] == ['9.damaged2']
