@@ -72,8 +72,8 @@ def test_train_path_end_to_end(tmp_path):
   assert summary['model'] == 'trained here with 2 steps'
   # Pruning in decoder_2 (depth 2: two predictors) and decoder_3 (depth 1: one).
   assert len(summary['kept_fraction_per_block']) == 3
-  assert [r['step'] for r in map(json.loads, (workdir / 'metrics.jsonl').read_text().split())
-          ] == [1, 2]
+  rows = (workdir / 'metrics.jsonl').read_text().splitlines()
+  assert [json.loads(r)['step'] for r in rows] == [1, 2]
   assert len(summary['images']) == 2 and (workdir / 'demo_eval' / 'overview.png').is_file()
   # The README's pruning analysis runs on the demo's checkpoint: one row per block.
   env = dict(os.environ, PYTHONPATH=str(REPO))
