@@ -206,7 +206,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   seconds_model = time.perf_counter() - start
 
   keep_threshold, calibration = None, None
-  if export:
+  if export and config.demo.calibration_data:
     keep_threshold, calibration = calibrate_keep_threshold(
         workdir, config.demo.calibration_data, float(config.demo.calibration_recall))
     print(f'Keep threshold {keep_threshold} chosen on {config.demo.calibration_data} '
@@ -253,7 +253,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
     if not (workdir / 'metrics.jsonl').is_file():
       raise FileNotFoundError(f'{workdir} has no training log (metrics.jsonl): export the '
                               'workdir of a `python demo.py --train` run')
-    export_weights(workdir, weights_dir, keep_threshold=keep_threshold)
+    export_weights(workdir, weights_dir,
+                   **({} if keep_threshold is None else {'keep_threshold': keep_threshold}))
     write_training_record(workdir, weights_dir, summary)
     print(f'Exported the model of {workdir} to {weights_dir}')
   return summary
@@ -316,12 +317,12 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
       f'PSNR {m["input_psnr"]:.2f} -> {m["psnr"]:.2f} dB, weighted PSNR '
       f'{m["input_wpsnr"]:.2f} -> {m["wpsnr"]:.2f} dB, PSNR outside the mask '
       f'{m["sharp_psnr"]:.2f} dB, pruning recall {m["prune_recall"]:.3f}, precision '
-      f'{m["prune_precision"]:.3f}.\n\n'
-      f'`keep_threshold` {summary["keep_threshold"]} in `model.json` was chosen at export on '
-      'validation images from training photos (`calibrate_keep_threshold` in '
-      '`lmdvit_jax/demo.py`):\n\n'
+      f'{m["prune_precision"]:.3f}, keep threshold {summary["keep_threshold"]}.\n' + (
+      '' if not summary['calibration'] else
+      '\nThe keep threshold was chosen at export on validation images from training photos '
+      '(`calibrate_keep_threshold` in `lmdvit_jax/demo.py`):\n\n'
       '| keep threshold | recall | precision | kept | weighted PSNR gain (dB) | PSNR outside (dB) |\n'
-      '| --- | --- | --- | --- | --- | --- |\n' + ''.join(
+      '| --- | --- | --- | --- | --- | --- |\n') + ''.join(
           f'| {r["keep_threshold"]} | {r["recall"]:.3f} | {r["precision"]:.3f} | '
           f'{r["kept_fraction"]:.3f} | {r["wpsnr_gain"]:+.2f} | {r["sharp_psnr"]:.2f} |\n'
           for r in summary['calibration'] or []))
