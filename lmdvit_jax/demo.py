@@ -306,7 +306,7 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
       'The small LMD-ViT of `configs/demo.py`, trained from scratch on synthetic local blur '
       '(scikit-image photos) by the project\'s own command, on a 2-core CPU:\n\n'
       '    python demo.py --train --workdir=WORKDIR                # trains (resumable)\n'
-      '    python demo.py --workdir=WORKDIR --export_weights       # calibrates, scores, exports\n\n'
+      '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
       '(`--train --export_weights` does both in one run). '
       f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
       f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
