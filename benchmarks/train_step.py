@@ -1,18 +1,39 @@
-"""Training speed: compile time, steps/s and images/s of the jitted train step.
+r"""Training speed: our jitted train step, and the official PyTorch step beside it.
 
   python benchmarks/train_step.py                      # released and small, 256x256, batch 2
   python benchmarks/train_step.py --configs=tiny --patch=128 --steps=10
+  python benchmarks/train_step.py --configs=lmdvit_small \
+      --official_repo=/path/to/LMD-ViT                 # side by side (needs torch, einops)
 
-Each configuration's step (forward, backward, AdamW update, non-finite guard)
-is compiled ahead of time, so the compile time is reported apart; then one
-warm-up step runs and `--steps` steps are timed. Inputs are random images with
-a random half-blurred mask; params come from `init_params`.
+Our step (forward, losses, backward, AdamW update, non-finite guard) is
+compiled ahead of time, so the compile time is reported apart; then one warm-up
+step runs and `--steps` steps are timed. Inputs are random images with a
+random half-blurred mask; params come from `init_params`.
+
+With `--official_repo` (a checkout of LeiaLi/LMD-ViT) and torch installed, the
+official model of the same configuration is built too and trained in the same
+process, in train mode (Gumbel decisions, stochastic depth): forward, L1 loss,
+backward, AdamW. After one warm-up step each, the two steps alternate,
+`--steps` rounds, and the table gives the median s/step of each, images/s,
+the step's memory (the most resident memory a step added to the process,
+sampled every 5 ms: "step RSS") and our time over theirs. Our step's loss has more terms
+(L1, SSIM and FFT over the blur mask, the pruning cross-entropy): 5% of its
+time, per `benchmarks/train_step_parts.py`.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import importlib
+import os
+import platform
+import statistics
+import sys
+import threading
 import time
+import types
+from typing import Callable
 
 from absl import flags
 import jax
@@ -28,62 +49,214 @@ def _define_flags() -> None:
   flags.DEFINE_list('configs', ['lmdvit', 'lmdvit_small'], 'configs.NAME of each row')
   flags.DEFINE_integer('patch', 256, 'square patch side')
   flags.DEFINE_integer('batch', 2, 'batch size')
-  flags.DEFINE_integer('steps', 3, 'timed steps')
+  flags.DEFINE_integer('steps', 3, 'timed steps (rounds, when alternating)')
   flags.DEFINE_enum('dtype', 'float32', sorted(train_lib.COMPUTE_DTYPES), 'compute dtype')
   flags.DEFINE_enum('remat', 'none', sorted(train_lib.REMAT_POLICIES), 'rematerialisation')
+  flags.DEFINE_string('official_repo', None,
+                      'checkout of LeiaLi/LMD-ViT (model_hw.py): also time its train step')
 
 
-def bench(name: str, patch: int, batch: int, steps: int, dtype: str, remat: str) -> dict:
+class PeakRSS:
+  """Highest resident set size of this process while inside the `with` block."""
+
+  def __init__(self, interval: float = 0.005):
+    self.interval, self.peak = interval, 0
+    self._stop = threading.Event()
+
+  @staticmethod
+  def now() -> int:
+    with open('/proc/self/statm') as f:
+      return int(f.read().split()[1]) * os.sysconf('SC_PAGE_SIZE')
+
+  def _watch(self):
+    while not self._stop.wait(self.interval):
+      self.peak = max(self.peak, self.now())
+
+  def __enter__(self):
+    self.peak = self.now()
+    self._thread = threading.Thread(target=self._watch, daemon=True)
+    self._thread.start()
+    return self
+
+  def __exit__(self, *exc):
+    self._stop.set()
+    self._thread.join()
+    self.peak = max(self.peak, self.now())
+
+
+def load_config(name: str, patch: int, batch: int, dtype: str, remat: str):
   config = importlib.import_module(f'configs.{name}').get_config()
   with config.unlocked():
     config.update(patch_size=patch, batch_size=batch, compute_dtype=dtype, remat=remat)
+  return config
+
+
+def random_batch(batch: int, patch: int) -> dict[str, np.ndarray]:
+  """Random blurred/sharp images `[B, P, P, 3]` and a centred square mask `[B, P, P, 1]`."""
+  rng = np.random.default_rng(0)
+  mask = np.zeros((batch, patch, patch, 1), np.float32)
+  mask[:, patch // 4:3 * patch // 4, patch // 4:3 * patch // 4] = 1
+  return {'blur': rng.random((batch, patch, patch, 3), np.float32),
+          'sharp': rng.random((batch, patch, patch, 3), np.float32), 'mask': mask}
+
+
+def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
+  """Compiles our train step; returns a function running one step (blocking) and facts."""
   mesh = train_lib.make_mesh()
   model = train_lib.build_model(config)
   tx = train_lib.make_optimizer(config)
   state = train_lib.init_train_state(model, tx, config, mesh)
-  rng = np.random.default_rng(0)
-  mask = np.zeros((batch, patch, patch, 1), np.float32)
-  mask[:, patch // 4:3 * patch // 4, patch // 4:3 * patch // 4] = 1
-  host = {'blur': rng.random((batch, patch, patch, 3), np.float32),
-          'sharp': rng.random((batch, patch, patch, 3), np.float32), 'mask': mask}
   data = train_lib.put_batch(host, mesh)
-
   step = train_lib.make_train_step(model, tx, config, mesh)
   t0 = time.perf_counter()
   compiled = step.lower(state, data).compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
-  memory_gb = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-               - mem.alias_size_in_bytes) / 2**30
-  state, m = compiled(state, data)  # warm-up
-  jax.block_until_ready(m)
-  t0 = time.perf_counter()
-  for _ in range(steps):
-    state, m = compiled(state, data)
-  jax.block_until_ready(m)
-  per_step = (time.perf_counter() - t0) / steps
-  return dict(config=name, params=count_params(state.params), patch=patch, batch=batch,
-              dtype=dtype, remat=remat, compile_s=compile_s, memory_gb=memory_gb,
-              s_per_step=per_step,
-              steps_per_s=1 / per_step, images_per_s=batch / per_step,
-              loss=float(m['loss']))
+  xla_gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+             - mem.alias_size_in_bytes) / 2**30
+  holder = {'state': state}
+
+  def run():
+    holder['state'], metrics = compiled(holder['state'], data)
+    jax.block_until_ready(metrics)
+    holder['loss'] = float(metrics['loss'])
+
+  return run, dict(params=count_params(state.params), compile_s=compile_s, xla_gib=xla_gib)
+
+
+def _import_official(repo: str):
+  """Imports the official `model_hw`, standing in for the imports it makes but never
+  needs to train (a module the repository does not ship; torchvision's
+  `save_image`; timm's three layer helpers, when timm is not installed)."""
+  import torch  # pylint: disable=g-import-not-at-top,import-error
+
+  def stub(name, **attrs):
+    if name in sys.modules:
+      return
+    try:
+      importlib.import_module(name)
+    except ImportError:
+      module = types.ModuleType(name)
+      module.__dict__.update(attrs)
+      sys.modules[name] = module
+      parent, _, child = name.rpartition('.')
+      if parent:
+        stub(parent)
+        setattr(sys.modules[parent], child, module)
+
+  class DropPath(torch.nn.Module):
+    """Stochastic depth per sample (the behaviour of timm's layer)."""
+
+    def __init__(self, p=0.0):
+      super().__init__()
+      self.p = p
+
+    def forward(self, x):
+      if not self.training or self.p == 0.0:
+        return x
+      keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.p
+      return x * keep.to(x.dtype) / (1 - self.p)
+
+  stub('mimo_modules.MIMOUNet', EBlock=None, DBlock=None)
+  stub('torchvision.utils', save_image=None)
+  stub('timm.models.layers', DropPath=DropPath, to_2tuple=lambda v: (v, v),
+       trunc_normal_=lambda t, std=1.0: torch.nn.init.trunc_normal_(t, std=std))
+  sys.path.insert(0, repo)
+  import model_hw  # pylint: disable=g-import-not-at-top,import-error
+  return torch, model_hw
+
+
+def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
+  """The official model of `config`'s architecture, one train step per call."""
+  torch, model_hw = _import_official(repo)
+  torch.manual_seed(0)
+  torch.set_num_threads(os.cpu_count() or 1)
+  m = config.model
+  # img_size 512: every stage keeps win_size windows with shifts, as ours (FACTS.md).
+  net = model_hw.LMD(img_size=512, embed_dim=m.embed_dim, win_size=m.win_size,
+                     token_projection='linear', token_mlp='lefflocal', depths=list(m.depths),
+                     num_heads=list(m.num_heads), mlp_ratio=m.mlp_ratio, modulator=m.modulator,
+                     dd_in=3, drop_path_rate=m.drop_path_rate,
+                     prune_loc=list(m.prune_loc)).train()
+  opt = torch.optim.AdamW(net.parameters(), lr=float(config.optim.lr),
+                          weight_decay=float(config.optim.weight_decay))
+  to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
+  blur, sharp = to_nchw(host['blur']), to_nchw(host['sharp'])
+  holder = {}
+
+  def run():
+    opt.zero_grad(set_to_none=True)
+    restored = net(blur)[0]
+    loss = (restored - sharp).abs().mean()
+    loss.backward()
+    opt.step()
+    holder['loss'] = float(loss)
+
+  return run, dict(params=sum(p.numel() for p in net.parameters()), version=torch.__version__)
+
+
+def timed(run: Callable[[], None]) -> tuple[float, int]:
+  """Seconds of one `run()` and the resident memory it added at its peak (bytes)."""
+  # Free memory the C library still holds would hide the step's own demand.
+  if platform.libc_ver()[0] == 'glibc':
+    ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
+  before = PeakRSS.now()
+  with PeakRSS() as rss:
+    t0 = time.perf_counter()
+    run()
+    seconds = time.perf_counter() - t0
+  return seconds, rss.peak - before
+
+
+def bench(name: str, args) -> list[dict]:
+  config = load_config(name, args.patch, args.batch, args.dtype, args.remat)
+  host = random_batch(args.batch, args.patch)
+  runs = {'ours': ours(config, host)}
+  if args.official_repo:
+    runs['official'] = official(args.official_repo, config, host)
+  times = {k: [] for k in runs}
+  peaks = {k: 0 for k in runs}
+  for k, (run, _) in runs.items():  # warm-up
+    run()
+  for _ in range(args.steps):  # alternate
+    for k, (run, _) in runs.items():
+      seconds, peak = timed(run)
+      times[k].append(seconds)
+      peaks[k] = max(peaks[k], peak)
+  rows = []
+  for k, (_, facts) in runs.items():
+    s = statistics.median(times[k])
+    rows.append(dict(config=name, framework=k, patch=args.patch, batch=args.batch,
+                     dtype=args.dtype if k == 'ours' else 'float32',
+                     remat=args.remat if k == 'ours' else 'none', s_per_step=s,
+                     images_per_s=args.batch / s, step_rss_gib=peaks[k] / 2**30, **facts))
+  if 'official' in times:
+    ratio = statistics.median(times['ours']) / statistics.median(times['official'])
+    rows[0]['ratio'] = ratio
+  return rows
 
 
 def main(argv):
   del argv
   args = FLAGS
+  if args.official_repo and not os.path.isfile(os.path.join(args.official_repo, 'model_hw.py')):
+    raise FileNotFoundError(f'no model_hw.py in --official_repo={args.official_repo}')
   print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}')
-  header = ('| config | params | patch | batch | dtype | remat | memory GiB | compile s '
-            '| s/step | steps/s | images/s |')
+  header = ('| config | framework | params | patch | batch | dtype | remat | compile s '
+            '| XLA buffers GiB | step RSS GiB | s/step | images/s | ours / official |')
   rows = []
   for name in args.configs:
-    r = bench(name, args.patch, args.batch, args.steps, args.dtype, args.remat)
-    rows.append(f"| {r['config']} | {r['params'] / 1e6:.2f} M | {r['patch']} | {r['batch']} "
-                f"| {r['dtype']} | {r['remat']} | {r['memory_gb']:.1f} | {r['compile_s']:.1f} "
-                f"| {r['s_per_step']:.2f} "
-                f"| {r['steps_per_s']:.3f} | {r['images_per_s']:.3f} |")
-    print(rows[-1].replace('|', ' ').strip(), flush=True)
-  print('\n' + header + '\n|' + ' --- |' * 11 + '\n' + '\n'.join(rows))
+    for r in bench(name, args):
+      compile_s = f"{r['compile_s']:.1f}" if 'compile_s' in r else '-'
+      xla = f"{r['xla_gib']:.1f}" if 'xla_gib' in r else '-'
+      framework = r['framework'] if 'version' not in r else f"official (torch {r['version']})"
+      ratio = f"{r['ratio']:.2f}" if 'ratio' in r else '-'
+      rows.append(f"| {r['config']} | {framework} | {r['params'] / 1e6:.2f} M | {r['patch']} "
+                  f"| {r['batch']} | {r['dtype']} | {r['remat']} | {compile_s} | {xla} "
+                  f"| {r['step_rss_gib']:.1f} | {r['s_per_step']:.2f} "
+                  f"| {r['images_per_s']:.3f} | {ratio} |")
+      print(rows[-1].replace('|', ' ').strip(), flush=True)
+  print('\n' + header + '\n|' + ' --- |' * 13 + '\n' + '\n'.join(rows))
 
 
 if __name__ == '__main__':

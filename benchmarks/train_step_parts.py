@@ -15,11 +15,21 @@ analysis (temporaries). Rows:
   W-LeFF linear layers and its depthwise 3x3, the confidence predictor,
   window partition + roll + reverse;
 * the losses and the AdamW update.
+
+With `--trace_dir`, one run of the whole compiled step is also recorded with
+`jax.profiler` and its HLO ops' times are summed by what they belong to (the
+flax module path in each op's metadata: depthwise 3x3, W-MSA parts, LayerNorm,
+predictor, losses ...), forward and backward apart: a second table.
 """
 
 from __future__ import annotations
 
+import collections
+import glob
+import gzip
 import importlib
+import json
+import re
 import statistics
 import time
 from typing import NamedTuple
@@ -49,6 +59,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer('batch', 2, 'batch size')
   flags.DEFINE_enum('dtype', 'float32', ['float32', 'bfloat16'], 'compute dtype')
   flags.DEFINE_integer('repeats', 3, 'timed runs per part')
+  flags.DEFINE_string('trace_dir', None, 'also profile one whole step into this directory')
 
 
 def measure(fn, *args, repeats: int = 3) -> dict[str, float]:
@@ -66,6 +77,40 @@ def measure(fn, *args, repeats: int = 3) -> dict[str, float]:
   return dict(ms=1e3 * statistics.median(times), gflops=cost.get('flops', np.nan) / 1e9,
               gbytes=cost.get('bytes accessed', np.nan) / 1e9,
               temp_gib=mem.temp_size_in_bytes / 2**30 if mem else np.nan)
+
+
+def _component(op_name: str) -> str:
+  """What an HLO op belongs to, from its metadata's op_name (a flax module path)."""
+  path = re.sub(r'\b(jit|jvp|transpose|checkpoint|remat)\(', '', op_name).replace(')', '')
+  for key, label in (('dwconv', 'W-LeFF depthwise 3x3'), ('predictor', 'confidence predictor'),
+                     ('/attn/', 'W-MSA'), ('/mlp/', 'W-LeFF linears + GELUs'),
+                     ('/norm', 'LayerNorm'), ('ssim', 'loss: SSIM'), ('fft', 'loss: FFT'),
+                     ('block_', 'block: residuals, keep multiply'),
+                     ('coder_', 'stage: roll, partition, decisions'),
+                     ('bottleneck', 'stage: roll, partition, decisions'),
+                     ('LMDViT', 'convolutions, up/down-sampling')):
+    if key in path:
+      return label
+  return 'losses, optimizer, other'
+
+
+def trace_table(compiled, args, trace_dir: str) -> list[tuple[str, float, float]]:
+  """Profiles one run of `compiled(*args)`; per component (forward ms, backward ms)."""
+  names = dict(re.findall(r'%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', compiled.as_text()))
+  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  jax.block_until_ready(compiled(*args))
+  jax.profiler.stop_trace()
+  path = sorted(glob.glob(f'{trace_dir}/plugins/profile/*/perfetto_trace.json.gz'))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)['traceEvents']
+  total = collections.defaultdict(lambda: [0.0, 0.0])
+  for e in events:
+    op = e.get('args', {}).get('hlo_op') if e.get('ph') == 'X' else None
+    if op is None:
+      continue
+    op_name = names.get(op, '')
+    total[_component(op_name)]['transpose(' in op_name] += e['dur'] / 1e3
+  return sorted(((k, f, b) for k, (f, b) in total.items()), key=lambda r: -(r[1] + r[2]))
 
 
 def fwd_bwd(apply, params, *inputs):
@@ -118,6 +163,10 @@ def main(argv):
                               mesh)
   step = lambda st, bt: train_lib.train_step(st, bt, model=model, tx=tx, config=config)
   add('whole train step', step, state, batch)
+  traced = None
+  if FLAGS.trace_dir:
+    traced = trace_table(jax.jit(step).lower(state, batch).compile(), (state, batch),
+                         FLAGS.trace_dir)
 
   # Stages at their input shapes.
   dpr = lmdvit.drop_path_rates(model.depths, model.drop_path_rate)
@@ -182,6 +231,14 @@ def main(argv):
   for name, r in rows:
     print(f'| {name} | {r["ms"]:.1f} | {100 * r["ms"] / total:.1f}% | {r["gflops"]:.1f} | '
           f'{r["gbytes"]:.2f} | {r["temp_gib"]:.2f} |')
+  if traced:
+    op_total = sum(f + b for _, f, b in traced)
+    print(f'\nOne profiled step ({FLAGS.trace_dir}): HLO op time by what the op belongs to '
+          f'({op_total / 1e3:.2f} s of op time over all threads)\n')
+    print('| component | forward ms | backward ms | share |')
+    print('| --- | --- | --- | --- |')
+    for name, f, b in traced:
+      print(f'| {name} | {f:.0f} | {b:.0f} | {100 * (f + b) / op_total:.1f}% |')
 
 
 if __name__ == '__main__':
