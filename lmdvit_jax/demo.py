@@ -16,6 +16,7 @@ per-image table and the demo's targets, and writes WORKDIR/demo_eval/
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import time
@@ -72,7 +73,9 @@ def export_weights(checkpoint: str | Path, out_dir: str | Path = WEIGHTS_DIR,
           for path, v in _flatten(params)}
   out_dir = Path(out_dir)
   out_dir.mkdir(parents=True, exist_ok=True)
-  np.savez(out_dir / PARAMS_FILE, **flat)
+  buffer = io.BytesIO()
+  np.savez(buffer, **flat)
+  files.write_bytes_atomic(out_dir / PARAMS_FILE, buffer.getvalue())
   files.write_json_atomic(out_dir / checkpointing.MODEL_FILE, kwargs)
   return out_dir
 

@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import jax
 import numpy as np
 
 from lmdvit_jax import checkpointing, demo
@@ -84,3 +85,17 @@ def test_train_path_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [l for l in proc.stdout.splitlines() if l.startswith('| decoder')]
   assert len(rows) == 3, proc.stdout
+
+
+def test_export_weights_round_trips_and_leaves_no_temporary_files(checkpoint, tmp_path):
+  out = demo.export_weights(checkpoint, tmp_path / 'weights', keep_threshold=0.3)
+  kwargs, params = demo.load_weights(out)
+  want_kwargs, want = checkpointing.load_model(checkpoint)
+  assert kwargs == {**want_kwargs, 'keep_threshold': 0.3}
+  flat = lambda tree: {'/'.join(str(k.key) for k in p): np.asarray(v)
+                       for p, v in jax.tree_util.tree_leaves_with_path(tree)}
+  got, expected = flat(params), flat(want)
+  assert got.keys() == expected.keys()
+  for name, value in expected.items():
+    np.testing.assert_array_equal(got[name], value)
+  assert sorted(p.name for p in out.iterdir()) == [checkpointing.MODEL_FILE, demo.PARAMS_FILE]
