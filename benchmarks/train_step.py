@@ -16,7 +16,8 @@ process, in train mode (Gumbel decisions, stochastic depth): forward, L1 loss,
 backward, AdamW. After one warm-up step each, the two steps alternate,
 `--steps` rounds, and the table gives the median s/step of each, images/s,
 the step's memory (the most resident memory a step added to the process,
-sampled every 5 ms: "step RSS") and our time over theirs. Our step's loss has more terms
+sampled every 5 ms: "step RSS"), its minor page faults (fresh pages the
+kernel mapped and zeroed) and our time over theirs. Our step's loss has more terms
 (L1, SSIM and FFT over the blur mask, the pruning cross-entropy): 5% of its
 time, per `benchmarks/train_step_parts.py`.
 """
@@ -28,6 +29,7 @@ import ctypes.util
 import importlib
 import os
 import platform
+import resource
 import statistics
 import sys
 import threading
@@ -195,17 +197,20 @@ def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[
   return run, dict(params=sum(p.numel() for p in net.parameters()), version=torch.__version__)
 
 
-def timed(run: Callable[[], None]) -> tuple[float, int]:
-  """Seconds of one `run()` and the resident memory it added at its peak (bytes)."""
+def timed(run: Callable[[], None]) -> tuple[float, int, int]:
+  """Seconds of one `run()`, the resident memory it added at its peak (bytes) and
+  the minor page faults it took (fresh pages the kernel had to map and zero)."""
   # Free memory the C library still holds would hide the step's own demand.
   if platform.libc_ver()[0] == 'glibc':
     ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
   before = PeakRSS.now()
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
   with PeakRSS() as rss:
     t0 = time.perf_counter()
     run()
     seconds = time.perf_counter() - t0
-  return seconds, rss.peak - before
+  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
+  return seconds, rss.peak - before, faults
 
 
 def bench(name: str, args) -> list[dict]:
@@ -216,12 +221,14 @@ def bench(name: str, args) -> list[dict]:
     runs['official'] = official(args.official_repo, config, host)
   times = {k: [] for k in runs}
   peaks = {k: 0 for k in runs}
+  faults = {k: [] for k in runs}
   for k, (run, _) in runs.items():  # warm-up
     run()
   for _ in range(args.steps):  # alternate
     for k, (run, _) in runs.items():
-      seconds, peak = timed(run)
+      seconds, peak, fault_count = timed(run)
       times[k].append(seconds)
+      faults[k].append(fault_count)
       peaks[k] = max(peaks[k], peak)
   rows = []
   for k, (_, facts) in runs.items():
@@ -229,7 +236,8 @@ def bench(name: str, args) -> list[dict]:
     rows.append(dict(config=name, framework=k, patch=args.patch, batch=args.batch,
                      dtype=args.dtype if k == 'ours' else 'float32',
                      remat=args.remat if k == 'ours' else 'none', s_per_step=s,
-                     images_per_s=args.batch / s, step_rss_gib=peaks[k] / 2**30, **facts))
+                     images_per_s=args.batch / s, step_rss_gib=peaks[k] / 2**30,
+                     faults=statistics.median(faults[k]), **facts))
   if 'official' in times:
     ratio = statistics.median(times['ours']) / statistics.median(times['official'])
     rows[0]['ratio'] = ratio
@@ -243,7 +251,8 @@ def main(argv):
     raise FileNotFoundError(f'no model_hw.py in --official_repo={args.official_repo}')
   print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}')
   header = ('| config | framework | params | patch | batch | dtype | remat | compile s '
-            '| XLA buffers GiB | step RSS GiB | s/step | images/s | ours / official |')
+            '| XLA buffers GiB | step RSS GiB | page faults/step | s/step | images/s '
+            '| ours / official |')
   rows = []
   for name in args.configs:
     for r in bench(name, args):
@@ -253,10 +262,10 @@ def main(argv):
       ratio = f"{r['ratio']:.2f}" if 'ratio' in r else '-'
       rows.append(f"| {r['config']} | {framework} | {r['params'] / 1e6:.2f} M | {r['patch']} "
                   f"| {r['batch']} | {r['dtype']} | {r['remat']} | {compile_s} | {xla} "
-                  f"| {r['step_rss_gib']:.1f} | {r['s_per_step']:.2f} "
+                  f"| {r['step_rss_gib']:.1f} | {r['faults'] / 1e6:.2f} M | {r['s_per_step']:.2f} "
                   f"| {r['images_per_s']:.3f} | {ratio} |")
       print(rows[-1].replace('|', ' ').strip(), flush=True)
-  print('\n' + header + '\n|' + ' --- |' * 13 + '\n' + '\n'.join(rows))
+  print('\n' + header + '\n|' + ' --- |' * 14 + '\n' + '\n'.join(rows))
 
 
 if __name__ == '__main__':
