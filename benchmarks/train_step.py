@@ -87,6 +87,7 @@ class PeakRSS:
 
 
 def load_config(name: str, patch: int, batch: int, dtype: str, remat: str):
+  """`configs.NAME` with the benchmark's patch, batch, compute dtype and remat."""
   config = importlib.import_module(f'configs.{name}').get_config()
   with config.unlocked():
     config.update(patch_size=patch, batch_size=batch, compute_dtype=dtype, remat=remat)
@@ -121,7 +122,6 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
   def run():
     holder['state'], metrics = compiled(holder['state'], data)
     jax.block_until_ready(metrics)
-    holder['loss'] = float(metrics['loss'])
 
   return run, dict(params=count_params(state.params), compile_s=compile_s, xla_gib=xla_gib)
 
@@ -184,7 +184,6 @@ def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[
                           weight_decay=float(config.optim.weight_decay))
   to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
   blur, sharp = to_nchw(host['blur']), to_nchw(host['sharp'])
-  holder = {}
 
   def run():
     opt.zero_grad(set_to_none=True)
@@ -192,7 +191,6 @@ def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[
     loss = (restored - sharp).abs().mean()
     loss.backward()
     opt.step()
-    holder['loss'] = float(loss)
 
   return run, dict(params=sum(p.numel() for p in net.parameters()), version=torch.__version__)
 

@@ -27,12 +27,11 @@ from __future__ import annotations
 import collections
 import glob
 import gzip
-import importlib
 import json
 import re
 import statistics
 import time
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from absl import flags
 import flax.linen as nn
@@ -44,6 +43,7 @@ from lmdvit_jax import cli, losses, train_lib
 from lmdvit_jax.models import lmdvit, pruning, windows as win
 from lmdvit_jax.models.attention import WindowAttention
 from lmdvit_jax.models.feedforward import DepthwiseConv3x3Reflect, gelu
+from train_step import load_config, random_batch  # this folder, on sys.path when run
 
 FLAGS = flags.FLAGS
 
@@ -62,8 +62,9 @@ def _define_flags() -> None:
   flags.DEFINE_string('trace_dir', None, 'also profile one whole step into this directory')
 
 
-def measure(fn, *args, repeats: int = 3) -> dict[str, float]:
-  """Compiles `fn(*args)`, times it (median), reads XLA's cost and memory analysis."""
+def measure(fn, *args, repeats: int = 3) -> dict[str, Any]:
+  """Compiles `fn(*args)`, times it (median), reads XLA's cost and memory analysis;
+  the compiled program is returned too (`compiled`)."""
   compiled = jax.jit(fn).lower(*args).compile()
   jax.block_until_ready(compiled(*args))
   times = []
@@ -76,7 +77,7 @@ def measure(fn, *args, repeats: int = 3) -> dict[str, float]:
   mem = compiled.memory_analysis()
   return dict(ms=1e3 * statistics.median(times), gflops=cost.get('flops', np.nan) / 1e9,
               gbytes=cost.get('bytes accessed', np.nan) / 1e9,
-              temp_gib=mem.temp_size_in_bytes / 2**30 if mem else np.nan)
+              temp_gib=mem.temp_size_in_bytes / 2**30 if mem else np.nan, compiled=compiled)
 
 
 def _component(op_name: str) -> str:
@@ -135,9 +136,7 @@ def module_part(module: nn.Module, *inputs, rngs=None, **kwargs):
 
 def main(argv):
   del argv
-  config = importlib.import_module(f'configs.{FLAGS.config}').get_config()
-  with config.unlocked():
-    config.update(patch_size=FLAGS.size, batch_size=FLAGS.batch, compute_dtype=FLAGS.dtype)
+  config = load_config(FLAGS.config, FLAGS.size, FLAGS.batch, FLAGS.dtype, 'none')
   model = train_lib.build_model(config)
   dtype, b, s, c, ws = model.dtype, FLAGS.batch, FLAGS.size, model.embed_dim, model.win_size
   rng = np.random.default_rng(0)
@@ -156,17 +155,12 @@ def main(argv):
   mesh = train_lib.make_mesh()
   tx = train_lib.make_optimizer(config)
   state = train_lib.init_train_state(model, tx, config, mesh)
-  mask = np.zeros((b, s, s, 1), np.float32)
-  mask[:, s // 4:3 * s // 4, s // 4:3 * s // 4] = 1
-  batch = train_lib.put_batch({'blur': rng.random((b, s, s, 3), np.float32),
-                               'sharp': rng.random((b, s, s, 3), np.float32), 'mask': mask},
-                              mesh)
+  batch = train_lib.put_batch(random_batch(b, s), mesh)
   step = lambda st, bt: train_lib.train_step(st, bt, model=model, tx=tx, config=config)
   add('whole train step', step, state, batch)
   traced = None
   if FLAGS.trace_dir:
-    traced = trace_table(jax.jit(step).lower(state, batch).compile(), (state, batch),
-                         FLAGS.trace_dir)
+    traced = trace_table(rows[0][1]['compiled'], (state, batch), FLAGS.trace_dir)
 
   # Stages at their input shapes.
   dpr = lmdvit.drop_path_rates(model.depths, model.drop_path_rate)
