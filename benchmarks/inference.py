@@ -5,12 +5,15 @@
 
 Modes:
   dense      pruning off (`prune_loc` all 0, every window computed);
-  exact      `capacity='exact'`, predictors calibrated to keep `--exact_keep` of
-             the windows (random weights otherwise keep an arbitrary share);
+  exact      `capacity='exact'` (`--chunks`: `capacity_chunks`),
+             predictors calibrated to keep `--exact_keep` of the windows (random
+             weights otherwise keep an arbitrary share); it is followed by the
+             fixed budget at the kept fraction it measured ("budget=exact"), timed
+             alternately with it, and their ratio;
   <float>    fixed budget b with predictors that keep every window, so each
              block runs exactly b of its windows.
 Times are medians over `--repeats` runs after one warm-up; compilation is
-timed apart. FLOPs come from XLA's cost analysis of the compiled program and
+timed apart (the persistent compilation cache is not used here). FLOPs come from XLA's cost analysis of the compiled program and
 memory from its buffer assignment (arguments + outputs + temporaries).
 """
 
@@ -25,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs import lmdvit as lmdvit_config
-from lmdvit_jax.models import LMDViT, init_params
+from lmdvit_jax.models import LMDViT, init_params, pruning
 from lmdvit_jax.models import windows as win
 from lmdvit_jax import cli, inference
 
@@ -39,6 +42,7 @@ def _define_flags() -> None:
   flags.DEFINE_integer('repeats', 3, 'timed runs per mode')
   flags.DEFINE_float('exact_keep', 0.25, 'kept fraction targeted in exact mode')
   flags.DEFINE_integer('embed_dim', 32, '32 released, 16 small')
+  flags.DEFINE_integer('chunks', pruning.DEFAULT_CHUNKS, "capacity_chunks of 'exact' mode")
 
 
 def predictor_paths(model: LMDViT) -> list[tuple[str, str]]:
@@ -54,19 +58,21 @@ def keep_all(model: LMDViT, params):
   return params
 
 
-def calibrate(model: LMDViT, params, x, fraction: float, rounds: int = 3):
-  """Shifts each predictor's keep bias so that it keeps about `fraction` of windows."""
+def calibrate(model: LMDViT, params, x, fraction: float):
+  """Shifts each predictor's keep bias so that it keeps about `fraction` of windows.
+
+  Predictors are set in network order, each after the ones upstream of it
+  (their decisions change its input), so every block keeps about `fraction`.
+  """
   params = jax.tree_util.tree_map(np.array, params)
   masked = model.clone(capacity='masked')
   apply = jax.jit(lambda p, x: masked.apply({'params': p}, x))
-  paths = predictor_paths(model)
-  for _ in range(rounds):
+  for k, (stage, pred) in enumerate(predictor_paths(model)):
     out = apply(params, x)
-    for k, (stage, pred) in enumerate(paths):
-      shift = model.win_size // 2 if pred.endswith('_1') else 0
-      logits = win.window_mean(win.roll(out.scores[k], -shift), model.win_size)
-      diff = np.asarray(logits[..., 0] - logits[..., 1]).ravel()
-      params[stage][pred]['out_linear3']['bias'][0] -= np.quantile(diff, 1 - fraction)
+    shift = model.win_size // 2 if pred.endswith('_1') else 0
+    logits = win.window_mean(win.roll(out.scores[k], -shift), model.win_size)
+    diff = np.asarray(logits[..., 0] - logits[..., 1]).ravel()
+    params[stage][pred]['out_linear3']['bias'][0] -= np.quantile(diff, 1 - fraction)
   return params
 
 
@@ -75,7 +81,8 @@ def parse_size(s: str) -> tuple[int, int]:
   return int(h), int(w or h)
 
 
-def measure(model: LMDViT, params, x, repeats: int) -> dict:
+def compile_program(model: LMDViT, params, x) -> dict:
+  """Compiles the model's forward pass: the executable, compile time, FLOPs, memory."""
   t0 = time.perf_counter()
   compiled = jax.jit(lambda p, x: model.apply({'params': p}, x)).lower(params, x).compile()
   compile_s = time.perf_counter() - t0
@@ -84,19 +91,29 @@ def measure(model: LMDViT, params, x, repeats: int) -> dict:
   mem = compiled.memory_analysis()
   peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
           - mem.alias_size_in_bytes) if mem is not None else float('nan')
-  out = compiled(params, x)
+  out = compiled(params, x)  # warm-up
   jax.block_until_ready(out)
-  times = []
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(compiled(params, x))
-    times.append(time.perf_counter() - t0)
   kept = [float(np.mean(d)) for d in out.decisions]
   weights = [d.size for d in out.decisions]
-  kept_fraction = float(np.average(kept, weights=weights)) if kept else 1.0
-  return dict(compile_s=compile_s, seconds=statistics.median(times), gflops=cost['flops'] / 1e9,
-              peak_mb=peak / 2**20, kept=kept_fraction,
-              dropped=int(sum(int(np.sum(d)) for d in out.dropped)))
+  return dict(compiled=compiled, params=params, compile_s=compile_s,
+              gflops=cost['flops'] / 1e9, peak_mb=peak / 2**20,
+              kept=float(np.average(kept, weights=weights)) if kept else 1.0)
+
+
+def time_alternately(programs: list[dict], x, repeats: int) -> list[float]:
+  """Median seconds per call of each program, runs interleaved (noise hits all alike)."""
+  times = [[] for _ in programs]
+  for _ in range(repeats):
+    for t, p in zip(times, programs):
+      t0 = time.perf_counter()
+      jax.block_until_ready(p['compiled'](p['params'], x))
+      t.append(time.perf_counter() - t0)
+  return [statistics.median(t) for t in times]
+
+
+def row(h: int, w: int, mode: str, kept: float, seconds: float, r: dict) -> str:
+  return (f'| {h}x{w} | {mode} | {kept:.3f} | {seconds:.2f} | {r["compile_s"]:.1f} | '
+          f'{r["gflops"]:.0f} | {r["peak_mb"]:.0f} |')
 
 
 def main(argv):
@@ -105,9 +122,11 @@ def main(argv):
   cfg['embed_dim'] = FLAGS.embed_dim
   rng = np.random.default_rng(0)
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{jax.device_count()} device(s), embed_dim {cfg["embed_dim"]}')
-  print('| size | mode | kept | run (s) | compile (s) | GFLOPs | memory (MB) |')
+        f'{jax.device_count()} device(s), embed_dim {cfg["embed_dim"]}, '
+        f"exact mode in chunks of 1/{FLAGS.chunks} of a block's windows")
+  print('| size | mode | kept | run (s) | compile (s) | XLA GFLOPs | XLA memory (MB) |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
+  ratios = []
   for size in FLAGS.sizes.split(','):
     h, w = parse_size(size)
     x = jnp.asarray(rng.uniform(size=(1, h, w, 3)), jnp.float32)
@@ -115,18 +134,29 @@ def main(argv):
     for mode in FLAGS.modes.split(','):
       if mode == 'dense':
         model = LMDViT(**dict(cfg, prune_loc=(0,) * 9), capacity=1.0)
-        params = init_params(model, 0)
-      else:
-        capacity = mode if mode == 'exact' else float(mode)
-        model = LMDViT(**cfg, capacity=capacity)
-        if base is None:
-          base = init_params(model, 0)
-        params = (calibrate(model, base, x, FLAGS.exact_keep) if mode == 'exact'
-                  else keep_all(model, base))
-      r = measure(model, params, x, FLAGS.repeats)
-      kept = r['kept'] if mode in ('dense', 'exact') else min(r['kept'], float(mode))
-      print(f'| {h}x{w} | {mode} | {kept:.3f} | {r["seconds"]:.2f} | {r["compile_s"]:.1f} | '
-            f'{r["gflops"]:.0f} | {r["peak_mb"]:.0f} |', flush=True)
+        r = compile_program(model, init_params(model, 0), x)
+        [seconds] = time_alternately([r], x, FLAGS.repeats)
+        print(row(h, w, mode, r['kept'], seconds, r), flush=True)
+        continue
+      capacity = mode if mode == 'exact' else float(mode)
+      model = LMDViT(**cfg, capacity=capacity, capacity_chunks=FLAGS.chunks)
+      if base is None:
+        base = init_params(model, 0)
+      if mode != 'exact':
+        r = compile_program(model, keep_all(model, base), x)
+        [seconds] = time_alternately([r], x, FLAGS.repeats)
+        print(row(h, w, mode, min(r['kept'], capacity), seconds, r), flush=True)
+        continue
+      exact = compile_program(model, calibrate(model, base, x, FLAGS.exact_keep), x)
+      # The fixed budget that runs the same share of windows exact mode kept.
+      budget = compile_program(model.clone(capacity=exact['kept']), keep_all(model, base), x)
+      t_exact, t_budget = time_alternately([exact, budget], x, FLAGS.repeats)
+      print(row(h, w, 'exact', exact['kept'], t_exact, exact), flush=True)
+      print(row(h, w, 'budget=exact', exact['kept'], t_budget, budget), flush=True)
+      ratios.append((f'{h}x{w}', t_exact / t_budget, exact['compile_s'] / budget['compile_s']))
+  for size, time_ratio, compile_ratio in ratios:
+    print(f'{size}: exact / fixed budget at its kept fraction: time {time_ratio:.2f}x, '
+          f'compile {compile_ratio:.2f}x')
 
 
 if __name__ == '__main__':

@@ -297,7 +297,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
       'quantized': quantize_output,
       'model': {k: getattr(model, k) for k in (
           'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator',
-          'prune_loc', 'keep_threshold', 'capacity', 'capacity_buckets')},
+          'prune_loc', 'keep_threshold', 'capacity', 'capacity_chunks')},
       'dtype': np.dtype(model.dtype).name,
       'params': count_params(deblurrer.params),
       'device': f'{device.platform} ({device.device_kind}) x{jax.device_count()}',

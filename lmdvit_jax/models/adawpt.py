@@ -85,7 +85,7 @@ class AdaWPTStage(nn.Module):
       storing them (training memory falls to about one block's worth).
     capacity: `'exact'`, `'masked'` (every window computed, outputs selected by
       the decision: the reference) or a float fixed budget in (0, 1].
-    buckets: capacity fractions of `'exact'` mode.
+    chunks: `'exact'` mode runs kept windows in chunks of `ceil(nW / chunks)`.
   """
 
   dim: int
@@ -99,7 +99,7 @@ class AdaWPTStage(nn.Module):
   decision_rule: str = 'threshold'
   drop_path: Sequence[float] = ()
   capacity: str | float = 'exact'
-  buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
+  chunks: int = pruning.DEFAULT_CHUNKS
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -139,8 +139,7 @@ class AdaWPTStage(nn.Module):
         if gathered:
           confidence = pruning.keep_probability(window_logits).reshape(b, nh * nw)
           cap = None if self.capacity == 'exact' else pruning.fixed_capacity(nh * nw, self.capacity)
-          plans[parity] = pruning.plan_windows(
-              policies[parity], confidence, pruning.bucket_sizes(nh * nw, self.buckets), cap)
+          plans[parity] = pruning.plan_windows(policies[parity], confidence, cap)
           dropped.append(plans[parity].dropped)
         else:
           dropped.append(jnp.zeros((b,), jnp.int32))
@@ -161,12 +160,27 @@ class AdaWPTStage(nn.Module):
   def _run_gathered(self, block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan,
                     regions: np.ndarray | None) -> jax.Array:
     num_windows = wins.shape[1]
-    if self.capacity == 'exact':
-      sizes = pruning.bucket_sizes(num_windows, self.buckets)
-      branches = [_gathered_branch(k, regions) for k in sizes]
-      return nn.switch(plan.branch, branches, block, wins, plan)
-    k = pruning.fixed_capacity(num_windows, self.capacity)
-    return _gathered_branch(k, regions)(block, wins, plan)
+    if self.capacity != 'exact':
+      k = pruning.fixed_capacity(num_windows, self.capacity)
+      return _run_slice(block, wins, plan.order[:, :k], 0, plan.count, regions)
+    # One compiled chunk, looped as often as the batch's largest kept count
+    # needs: nothing kept is dropped, at most one chunk is computed beyond it.
+    chunk = pruning.chunk_size(num_windows, self.chunks)
+    b = wins.shape[0]
+    # The last chunk may run past nW: distinct indices past nW fill the
+    # ranking there, and their writes are dropped.
+    pad = num_windows + jnp.arange(chunk, dtype=jnp.int32)
+    order = jnp.concatenate([plan.order, jnp.broadcast_to(pad, (b, chunk))], axis=1)
+    trips = (jnp.max(plan.count) + chunk - 1) // chunk
+
+    def body(mdl, carry):
+      i, out = carry
+      idx = jax.lax.dynamic_slice_in_dim(order, i * chunk, chunk, axis=1)
+      return i + 1, _run_slice(mdl, out, idx, i * chunk, plan.count, regions)
+
+    _, wins = nn.while_loop(lambda mdl, carry: carry[0] < trips, body, block,
+                            (jnp.zeros((), jnp.int32), wins))
+    return wins
 
 
 def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
@@ -180,19 +194,19 @@ def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
   return out.reshape(wins.shape)
 
 
-def _gathered_branch(k: int, regions: np.ndarray | None):
-  """A switch branch that runs the first `k` planned windows of each image."""
+def _run_slice(block: TransformerBlock, wins: jax.Array, idx: jax.Array, start: jax.Array | int,
+               count: jax.Array, regions: np.ndarray | None) -> jax.Array:
+  """Runs windows `idx` `[B, k]` of `wins` `[B, nW, ws, ws, C]` and writes them back.
 
-  def branch(block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan) -> jax.Array:
-    if k == 0:
-      return wins
-    b, _, ws, _, c = wins.shape
-    sel = pruning.gather_windows(wins, plan.order, k)
-    valid = (jnp.arange(k)[None, :] < plan.count[:, None]).astype(wins.dtype)
-    reg = None
-    if regions is not None:
-      reg = jnp.asarray(regions)[plan.order[:, :k]].reshape(b * k, -1)
-    out = block(sel.reshape(b * k, ws, ws, c), valid.reshape(-1), reg, False)
-    return pruning.scatter_windows(wins, plan.order, out.reshape(b, k, ws, ws, c))
-
-  return branch
+  `idx` holds plan slots `start .. start + k - 1`; slots at or past an image's
+  `count` `[B]` run with keep 0, so they come back unchanged.
+  """
+  b, k = idx.shape
+  ws, c = wins.shape[2], wins.shape[-1]
+  sel = pruning.gather_windows(wins, idx)
+  valid = ((start + jnp.arange(k))[None, :] < count[:, None]).astype(wins.dtype)
+  reg = None
+  if regions is not None:
+    reg = jnp.take(jnp.asarray(regions), idx, axis=0, mode='clip').reshape(b * k, -1)
+  out = block(sel.reshape(b * k, ws, ws, c), valid.reshape(-1), reg, False)
+  return pruning.scatter_windows(wins, idx, out.reshape(b, k, ws, ws, c))

@@ -90,11 +90,13 @@ class LMDViT(nn.Module):
     prune_loc: 1 where a stage prunes windows (9 entries).
     keep_threshold: inference keeps a window where softmax keep prob > this.
     decision_rule: the inference rule of `pruning.DECISION_RULES` ('threshold').
-    capacity: `'exact'` (gather every kept window; the buffer size is chosen at
-      run time among static `capacity_buckets`), a float in (0, 1] (fixed
+    capacity: `'exact'` (every kept window runs, in a loop over chunks of
+      `ceil(nW / capacity_chunks)` windows), a float in (0, 1] (fixed
       budget: lowest-confidence overflow is dropped and counted), or
       `'masked'` (compute every window, select outputs: the reference).
-    capacity_buckets: window fractions available to `'exact'` mode.
+    capacity_chunks: chunks per block in `'exact'` mode; at most
+      `1 / capacity_chunks` of a block's windows is computed beyond the
+      batch's largest kept count.
     drop_path_rate: stochastic depth rate (training only).
     remat: rematerialise each Transformer block in the backward pass (training
       memory; no effect on results).
@@ -111,7 +113,7 @@ class LMDViT(nn.Module):
   keep_threshold: float = 0.5
   decision_rule: str = 'threshold'
   capacity: str | float = 'exact'
-  capacity_buckets: Sequence[float] = pruning.DEFAULT_BUCKETS
+  capacity_chunks: int = pruning.DEFAULT_CHUNKS
   drop_path_rate: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
@@ -119,7 +121,7 @@ class LMDViT(nn.Module):
   def __post_init__(self):
     # Lists (e.g. from JSON or a ConfigDict) become tuples: the module stays
     # hashable, so it can key caches and be a static argument.
-    for name in ('depths', 'num_heads', 'prune_loc', 'capacity_buckets'):
+    for name in ('depths', 'num_heads', 'prune_loc'):
       value = getattr(self, name)
       if not isinstance(value, tuple):
         object.__setattr__(self, name, tuple(value))
@@ -150,6 +152,7 @@ class LMDViT(nn.Module):
     if self.capacity != pruning.parse_capacity(self.capacity):
       raise ValueError(f"capacity must be 'exact', 'masked' or a float in (0, 1], "
                        f'got {self.capacity!r}')
+    pruning.chunk_size(1, self.capacity_chunks)  # raises on a bad value
     if not 0 <= self.keep_threshold < 1:
       raise ValueError(f'keep_threshold must be in [0, 1), got {self.keep_threshold}')
     if self.decision_rule not in pruning.DECISION_RULES:
@@ -182,7 +185,7 @@ class LMDViT(nn.Module):
           modulator=self.modulator and i > 4, prune=bool(self.prune_loc[i]),
           keep_threshold=self.keep_threshold, decision_rule=self.decision_rule,
           drop_path=dpr[i], capacity=self.capacity,
-          buckets=tuple(self.capacity_buckets), remat=self.remat, dtype=self.dtype,
+          chunks=self.capacity_chunks, remat=self.remat, dtype=self.dtype,
           name=STAGE_NAMES[i])(
               y, train=train)
       scores.extend(s)

@@ -8,12 +8,16 @@ what to keep (`decide`, with a rule from `DECISION_RULES`), and
 `LMDViTOutput.decisions` for evaluation and pictures.
 
 The official model selects kept windows with boolean indexing, a data-dependent
-shape. Here the kept windows of each image are gathered into a buffer of static
-capacity K (`plan_windows` ranks the windows once per shift parity; every block
-of that parity reuses the ranking), the block runs on `[B*K, ws, ws, C]`, and the
-results are scattered back. Slots past an image's kept count hold pruned
-windows; the block multiplies its residual branches by the slot's validity, so
-such windows come back bit-identical, exactly like windows that were never run.
+shape. Here `plan_windows` ranks the windows of each image once per shift
+parity (kept first; every block of that parity reuses the ranking), and a block
+runs on static-size slices of that ranking: `[B*K, ws, ws, C]` windows are
+gathered, run and scattered back. A fixed budget runs one slice of K windows;
+`'exact'` mode loops over chunks of `chunk_size` windows, as many as the batch's
+largest kept count needs, so at most one chunk is computed beyond that count
+and one block body is compiled.
+Slots past an image's kept count hold pruned windows; the block multiplies its
+residual branches by the slot's validity, so such windows come back
+bit-identical, exactly like windows that were never run.
 """
 
 from __future__ import annotations
@@ -34,7 +38,9 @@ from lmdvit_jax.models.feedforward import gelu
 # LayerNorm epsilon of the official model (PyTorch default; flax's is 1e-6).
 LN_EPS = 1e-5
 
-DEFAULT_BUCKETS = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 1.0)
+# `'exact'` mode runs kept windows in chunks of 1/16 of a block's windows:
+# finer chunks waste less but each chunk's matmuls pay a fixed dispatch cost.
+DEFAULT_CHUNKS = 16
 
 # In a pruning stage, block 0 predicts for the unshifted windows and block 1 for
 # the shifted ones (AdaWPT-F); later blocks reuse their parity's decision (AdaWPT-P).
@@ -169,27 +175,18 @@ class WindowPlan:
       first), then pruned ones.
     count: `[B]` int32 windows to run per image (kept, capped by the capacity).
     dropped: `[B]` int32 kept windows that did not fit the capacity.
-    branch: scalar int32, which static capacity bucket to run (`'exact'` mode).
   """
 
   order: jax.Array
   count: jax.Array
   dropped: jax.Array
-  branch: jax.Array
 
 
-def bucket_sizes(num_windows: int, fractions: Sequence[float]) -> tuple[int, ...]:
-  """Static capacities (windows per image) for the `'exact'` mode.
-
-  Always includes 0 (nothing kept: the block is skipped) and `num_windows`
-  (everything kept), so every kept count has a bucket that holds it.
-  """
-  sizes = {0, num_windows}
-  for f in fractions:
-    if not 0 < f <= 1:
-      raise ValueError(f'capacity bucket fractions must be in (0, 1], got {f}')
-    sizes.add(min(num_windows, max(1, math.ceil(f * num_windows))))
-  return tuple(sorted(sizes))
+def chunk_size(num_windows: int, chunks: int) -> int:
+  """Windows per chunk of `'exact'` mode: `ceil(num_windows / chunks)`."""
+  if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+    raise ValueError(f'capacity_chunks must be a positive integer, got {chunks!r}')
+  return -(-num_windows // chunks)
 
 
 def parse_capacity(value: str | float) -> str | float:
@@ -214,7 +211,7 @@ def fixed_capacity(num_windows: int, fraction: float) -> int:
   return min(num_windows, max(1, math.ceil(fraction * num_windows)))
 
 
-def plan_windows(policy: jax.Array, confidence: jax.Array, buckets: Sequence[int],
+def plan_windows(policy: jax.Array, confidence: jax.Array,
                  capacity: int | None = None) -> WindowPlan:
   """Ranks the windows of each image for gathering.
 
@@ -222,36 +219,27 @@ def plan_windows(policy: jax.Array, confidence: jax.Array, buckets: Sequence[int
     policy: `[B, nW]` keep map in {0, 1}.
     confidence: `[B, nW]` keep probability, used to rank kept windows (and to
       choose which ones to drop when a fixed capacity overflows).
-    buckets: the static capacities of `'exact'` mode (ascending).
     capacity: fixed capacity K per image, or None for `'exact'` mode.
-
-  Returns:
-    The plan; in `'exact'` mode `branch` indexes the smallest bucket holding
-    the largest kept count of the batch.
   """
   kept = jnp.sum(policy > 0, axis=-1).astype(jnp.int32)
   # Kept windows rank above pruned ones whatever their confidence.
   key = jnp.where(policy > 0, 1.0 + confidence, confidence)
   order = jnp.argsort(-key, axis=-1, stable=True).astype(jnp.int32)
-  if capacity is None:
-    count = kept
-    branch = jnp.searchsorted(jnp.asarray(buckets, jnp.int32), jnp.max(kept), side='left')
-  else:
-    count = jnp.minimum(kept, capacity)
-    branch = jnp.zeros((), jnp.int32)
-  return WindowPlan(order=order, count=count, dropped=kept - count,
-                    branch=branch.astype(jnp.int32))
+  count = kept if capacity is None else jnp.minimum(kept, capacity)
+  return WindowPlan(order=order, count=count, dropped=kept - count)
 
 
-def gather_windows(windows: jax.Array, order: jax.Array, k: int) -> jax.Array:
-  """`[B, nW, ws, ws, C]`, `[B, nW]` -> the first k planned windows `[B, k, ws, ws, C]`."""
-  idx = order[:, :k]
-  return jnp.take_along_axis(windows, idx[:, :, None, None, None], axis=1)
+def gather_windows(windows: jax.Array, idx: jax.Array) -> jax.Array:
+  """`[B, nW, ws, ws, C]`, window indices `[B, k]` -> `[B, k, ws, ws, C]`.
+
+  Indices past `nW` (padding of the last chunk) read window `nW - 1`.
+  """
+  return jnp.take_along_axis(windows, idx[:, :, None, None, None], axis=1, mode='clip')
 
 
-def scatter_windows(windows: jax.Array, order: jax.Array, updated: jax.Array) -> jax.Array:
-  """Writes `updated` `[B, k, ws, ws, C]` back to its planned slots of `windows`."""
-  k = updated.shape[1]
+def scatter_windows(windows: jax.Array, idx: jax.Array, updated: jax.Array) -> jax.Array:
+  """Writes `updated` `[B, k, ws, ws, C]` to windows `idx` `[B, k]`; indices past nW are dropped."""
   b_idx = jnp.arange(windows.shape[0])[:, None]
-  # The first k entries of a permutation are distinct: no write collides.
-  return windows.at[b_idx, order[:, :k]].set(updated, unique_indices=True)
+  # Each row of idx is a slice of a permutation, padded with distinct indices
+  # past nW: no write collides.
+  return windows.at[b_idx, idx].set(updated, unique_indices=True, mode='drop')

@@ -70,10 +70,10 @@ def assert_matches_fixture(out, io):
 _APPLY = {}
 
 
-def fixture_apply(sd, capacity, buckets=None):
+def fixture_apply(sd, capacity, chunks=None):
   """One jitted apply per (weights layout, capacity): tests share compilations."""
   kwargs = convert.model_kwargs_from_torch(sd)
-  extra = {} if buckets is None else {'capacity_buckets': buckets}
+  extra = {} if chunks is None else {'capacity_chunks': chunks}
   model = LMDViT(**kwargs, capacity=capacity, **extra)
   if model not in _APPLY:
     _APPLY[model] = jax.jit(lambda p, x: model.apply({'params': p}, x))
@@ -102,8 +102,8 @@ def test_batch_equals_images_one_by_one(reference):
   b = np.ascontiguousarray(a[:, ::-1, ::-1]) * 0.8  # another image, other decisions
   with jax.default_matmul_precision('highest'):
     singles = [fixture_apply(sd, 'masked')(params, x) for x in (a, b)]
-    for capacity, buckets in (('masked', None), ('exact', (0.25, 1.0))):
-      both = fixture_apply(sd, capacity, buckets)(params, np.concatenate([a, b]))
+    for capacity, chunks in (('masked', None), ('exact', 3)):
+      both = fixture_apply(sd, capacity, chunks)(params, np.concatenate([a, b]))
       for i, single in enumerate(singles):
         np.testing.assert_allclose(both.restored[i], single.restored[0], atol=1e-5)
         np.testing.assert_allclose(both.gate[i], single.gate[0], atol=1e-5)
@@ -178,6 +178,8 @@ def test_bad_inputs_fail_clearly(shape, dtype, message):
     ('num_heads', (1, 2, 3, 4, 5, 6, 7, 8, 9), 'not divisible'),
     ('capacity', 'fast', "capacity must be 'exact'"),
     ('capacity', 1.5, r'in \(0, 1\]'),
+    ('capacity_chunks', 0, 'capacity_chunks must be a positive integer'),
+    ('capacity_chunks', 2.5, 'capacity_chunks must be a positive integer'),
 ])
 def test_bad_config_fails_clearly(field, value, message):
   kwargs = dict(tiny.get_config().model)

@@ -1,5 +1,6 @@
 """Gathered (compiled, fixed-capacity) pruning equals the masked dense computation."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -8,15 +9,16 @@ import pytest
 from configs import tiny
 from lmdvit_jax.models import LMDViT, fan_in_predictors, init_params, pruning
 from lmdvit_jax.models import windows as win
+from lmdvit_jax.models import adawpt
 from lmdvit_jax.models.adawpt import AdaWPTStage
 
 B, SIDE, DIM, WS = 3, 16, 16, 4  # 16 windows of 4x4 per image
 NUM_WINDOWS = (SIDE // WS) ** 2
 
 
-def make_stage(capacity, buckets=pruning.DEFAULT_BUCKETS):
+def make_stage(capacity, chunks=pruning.DEFAULT_CHUNKS):
   return AdaWPTStage(DIM, depth=4, num_heads=2, win_size=WS, modulator=True, prune=True,
-                     capacity=capacity, buckets=buckets)
+                     capacity=capacity, chunks=chunks)
 
 
 _JITTED = {}
@@ -64,11 +66,14 @@ def test_setup_has_different_kept_counts_per_image(setup):
     assert len(set(counts.tolist())) > 1, counts
 
 
-@pytest.mark.parametrize('capacity', ['exact', 1.0, 0.875])
-def test_gathered_equals_masked(setup, capacity):
+# Exact mode in chunks of 1, 3 (the last chunk padded past the 16 windows) and
+# 16 windows (one chunk), and fixed budgets.
+@pytest.mark.parametrize('capacity,chunks', [('exact', 16), ('exact', 6), ('exact', 1),
+                                             (1.0, 16), (0.875, 16)])
+def test_gathered_equals_masked(setup, capacity, chunks):
   x, params = setup
   ref, _, ref_decisions, _ = run(make_stage('masked'), params, x)
-  out, _, decisions, dropped = run(make_stage(capacity), params, x)
+  out, _, decisions, dropped = run(make_stage(capacity, chunks), params, x)
   max_kept = max(float(np.asarray(d).reshape(B, -1).sum(-1).max()) for d in decisions)
   assert max_kept <= 0.875 * NUM_WINDOWS  # nothing is dropped at these capacities
   assert all(int(np.asarray(d).sum()) == 0 for d in dropped)
@@ -106,26 +111,57 @@ def test_fixed_budget_drops_and_reports_overflow(setup):
 def test_plan_ranks_kept_windows_by_confidence():
   policy = jnp.array([[1, 0, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0]], jnp.float32)
   confidence = jnp.array([[0.6, 0.4, 0.9, 0.7, 0.3, 0.55], [0.1, 0.2, 0.3, 0.4, 0.45, 0.0]])
-  sizes = pruning.bucket_sizes(6, (0.25, 0.5, 1.0))
-  assert sizes == (0, 2, 3, 6)
-  plan = pruning.plan_windows(policy, confidence, sizes)
+  plan = pruning.plan_windows(policy, confidence)
   np.testing.assert_array_equal(plan.order[0, :4], [2, 3, 0, 5])
   np.testing.assert_array_equal(plan.count, [4, 0])
-  assert int(plan.branch) == 3  # 4 kept windows need the bucket of 6
-  budget = pruning.plan_windows(policy, confidence, sizes, capacity=3)
+  budget = pruning.plan_windows(policy, confidence, capacity=3)
   np.testing.assert_array_equal(budget.count, [3, 0])
   np.testing.assert_array_equal(budget.dropped, [1, 0])  # window 5, the least confident
-  assert int(pruning.plan_windows(policy * 0, confidence, sizes).branch) == 0
+
+
+def test_chunk_size_bounds_the_waste():
+  assert pruning.chunk_size(4096, 16) == 256
+  assert pruning.chunk_size(17, 8) == 3  # 6 chunks of 3 cover 17 windows
+  assert pruning.chunk_size(4, 16) == 1
+  with pytest.raises(ValueError, match='capacity_chunks'):
+    pruning.chunk_size(16, 0)
 
 
 def test_gather_scatter_round_trip():
   w = jnp.arange(2 * 5 * 2 * 2 * 1, dtype=jnp.float32).reshape(2, 5, 2, 2, 1)
-  order = jnp.array([[3, 1, 0, 2, 4], [4, 3, 2, 1, 0]], jnp.int32)
-  sel = pruning.gather_windows(w, order, 2)
+  idx = jnp.array([[3, 1, 5], [4, 3, 6]], jnp.int32)  # 5 and 6: padding past nW
+  sel = pruning.gather_windows(w, idx)
   np.testing.assert_array_equal(sel[1, 0], w[1, 4])
-  back = pruning.scatter_windows(jnp.zeros_like(w), order, sel)
+  back = pruning.scatter_windows(jnp.zeros_like(w), idx, sel)
   np.testing.assert_array_equal(back[0, 3], w[0, 3])
-  np.testing.assert_array_equal(back[0, 0], 0)
+  np.testing.assert_array_equal(back[1, 3], w[1, 3])
+  np.testing.assert_array_equal(back[0, 0], 0)  # not in idx
+  np.testing.assert_array_equal(back[0, 4], 0)  # padding writes are dropped
+
+
+class _MarkingBlock(adawpt.TransformerBlock):
+  """Adds 1 to every window it computes, kept or not: marks the work done."""
+
+  @nn.compact
+  def __call__(self, windows, keep, region_ids, train):
+    return windows + 1.0
+
+
+@pytest.mark.parametrize('chunks', [16, 5, 1])
+def test_exact_mode_computes_at_most_one_chunk_beyond_the_kept_count(setup, monkeypatch, chunks):
+  x, params = setup
+  monkeypatch.setattr(adawpt, 'TransformerBlock', _MarkingBlock)
+  stage = AdaWPTStage(DIM, depth=1, num_heads=2, win_size=WS, prune=True, capacity='exact',
+                      chunks=chunks)
+  out, _, decisions, _ = stage.apply({'params': {'predictor_0': params['predictor_0']}}, x,
+                                     train=False)
+  kept = np.asarray(decisions[0]).reshape(B, -1).sum(-1).astype(int)
+  marked = np.isclose(np.asarray(win.partition(out - x, WS)), 1.0, atol=1e-5)
+  computed = marked.all(axis=(2, 3, 4)).sum(-1)
+  chunk = pruning.chunk_size(NUM_WINDOWS, chunks)
+  expected = min(NUM_WINDOWS, -(-kept.max() // chunk) * chunk)  # whole chunks, one program
+  np.testing.assert_array_equal(computed, expected)
+  assert expected - kept.max() < chunk <= -(-NUM_WINDOWS // chunks)
 
 
 def test_compiled_program_has_static_shapes_and_no_host_calls(setup):
@@ -133,7 +169,7 @@ def test_compiled_program_has_static_shapes_and_no_host_calls(setup):
   lowered = jax.jit(lambda p, x: make_stage('exact').apply({'params': p}, x, train=False)).lower(params, x)
   text = lowered.as_text()
   assert 'callback' not in text
-  assert 'stablehlo.case' in text  # the run-time choice among static capacities
+  assert 'stablehlo.while' in text  # the run-time loop over chunks of kept windows
   # Compiled FLOPs follow a fixed budget.
   flops = {}
   for budget in (1.0, 0.25):
