@@ -140,8 +140,9 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
       'XLA FLOPs: XLA cost analysis of the compiled model at the evaluated (padded) size, '
       'per image; MACs: half of it, the multiply-adds the paper counts (XLA counts each '
       'multiply-add as 2 FLOPs; its few element-wise FLOPs make this a slight over-count). '
-      'With capacity `exact` each block counts its largest window bucket, so the figures '
-      'are the dense upper bound; pass a fixed `--capacity` fraction to count that budget.',
+      'With capacity `exact` (shown as -) each pruned block loops over chunks of kept '
+      'windows as often as they need, which XLA cannot count; pass a fixed `--capacity` '
+      'fraction to count that budget.',
       'PSNR_w / SSIM_w: weighted by the blur mask. Paper row: the released model on a '
       'GPU, quoted from the paper.',
   ]

@@ -158,10 +158,10 @@ def compiled_forward(model: LMDViT, params: Any,
 def compiled_flops(executable: jax.stages.Compiled) -> float:
   """FLOPs of one call from XLA's cost analysis (NaN if the backend has none).
 
-  With `capacity='exact'` each block's bucket choice is a conditional, which
-  XLA counts at its most expensive branch: the number is then the dense upper
-  bound, not the work of the windows actually kept. A fixed float capacity
-  counts exactly that budget.
+  XLA counts a while loop's body once, whatever its trip count: for a model
+  with `capacity='exact'` this is one chunk per pruned block, not the windows
+  the call runs (`Deblurrer` reports NaN there). A fixed float capacity counts
+  exactly that budget.
   """
   cost = executable.cost_analysis()
   if isinstance(cost, Sequence):  # Older jax: one dict per device program.
@@ -186,7 +186,8 @@ class BatchResult:
     blocks: the predicting blocks, in the order of `decisions`.
     geometry: where the images sit in the padded canvas.
     seconds: wall time of the call (compilation excluded).
-    flops: XLA FLOPs of the batch call (see `compiled_flops`).
+    flops: XLA FLOPs of the batch call (see `compiled_flops`); NaN in
+      `'exact'` mode, whose loop trip counts are known only at run time.
   """
 
   restored: np.ndarray
@@ -280,7 +281,13 @@ class Deblurrer:
     return compiled_forward(self.model, self.params, (batch, *g.padded_shape, 3))
 
   def flops(self, height: int, width: int, batch: int = 1) -> float:
-    """XLA FLOPs of one call on `batch` images of this size (compiles if needed)."""
+    """XLA FLOPs of one call on `batch` images of this size (compiles if needed).
+
+    NaN in `'exact'` mode: XLA cannot count loops whose trip counts depend on
+    the kept windows; a fixed `capacity` fraction counts that budget.
+    """
+    if self.model.capacity == 'exact':
+      return float('nan')
     return compiled_flops(self.executable(batch, height, width))
 
   def deblur_batch(self, images: np.ndarray) -> BatchResult:
@@ -311,7 +318,7 @@ class Deblurrer:
         decisions=tuple(np.asarray(d).astype(np.uint8) for d in decisions),
         dropped=tuple(np.asarray(d) for d in dropped),
         blocks=self.blocks, geometry=g, seconds=seconds,
-        flops=compiled_flops(fn))
+        flops=self.flops(h, w, b))
 
   def __call__(self, image: np.ndarray) -> DeblurResult:
     """Deblurs one [H, W, 3] image (float in [0, 1], uint8 or uint16)."""

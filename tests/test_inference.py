@@ -140,6 +140,13 @@ def test_batch_matches_single_images(deblurrer):
   assert batch.flops > deblurrer.flops(90, 128)  # FLOPs of the B=2 program
 
 
+def test_flops_count_a_fixed_budget_and_not_exact_mode(deblurrer):
+  def flops(capacity):
+    return Deblurrer(deblurrer.model.clone(capacity=capacity), deblurrer.params).flops(90, 128)
+  assert 1e6 < flops(0.25) < 0.6 * flops(1.0)
+  assert np.isnan(flops('exact'))  # loop trips are known only at run time
+
+
 def test_rejects_bad_shapes(deblurrer):
   with pytest.raises(ValueError):
     deblurrer(np.zeros((64, 64), np.float32))
