@@ -175,7 +175,16 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
     raise FileNotFoundError(f'no checkpoint steps under {Path(directory) / CHECKPOINTS}')
   with manager(directory) as mngr:
     def restore(s):
-      out = mngr.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore()))
+      # Onto this process's first device, whatever devices saved it (a run
+      # on two processes or eight GPUs is read back on one CPU).
+      device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+      metadata = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(s) / 'params')
+      # Orbax versions differ in how they wrap the tree of array metadata.
+      metadata = getattr(metadata, 'item_metadata', metadata)
+      target = jax.tree_util.tree_map(
+          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+          getattr(metadata, 'tree', metadata))
+      out = mngr.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
       return jax.tree_util.tree_map(np.asarray, out['params'])
     _, params = restore_newest_intact(steps, restore, directory)
   return kwargs, params

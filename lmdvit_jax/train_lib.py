@@ -28,6 +28,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any, Callable, NamedTuple
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -74,23 +75,58 @@ class TrainState(NamedTuple):
 # Devices and meshes.
 
 
+def detect_cluster() -> str | None:
+  """Names the multi-process job this process belongs to, or None.
+
+  The environments are those `jax.distributed.initialize()` configures itself
+  from: `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`),
+  then JAX's own cluster detectors (Cloud TPU pod slices on GCE and GKE,
+  SLURM, Open MPI, Kubernetes), each counted only with more than one process.
+  """
+  env = os.environ
+  if env.get('JAX_COORDINATOR_ADDRESS'):
+    return 'coordinator address'
+  try:
+    # JAX registers a detector per environment here; not public API, hence the fallback.
+    from jax._src.clusters import ClusterEnv  # pylint: disable=g-import-not-at-top
+    detectors = [c for c in ClusterEnv._cluster_types if not c.opt_in_only_method]  # pylint: disable=protected-access
+  except (ImportError, AttributeError):
+    detectors = []
+  for cluster in detectors:
+    try:
+      if cluster.is_env_present() and cluster.get_process_count() > 1:
+        return cluster.name or cluster.__name__
+    except Exception as e:  # pylint: disable=broad-except
+      # A detector that cannot read its environment (e.g. no metadata server)
+      # means that environment is not this one.
+      logging.info('cluster detector %s failed: %s', cluster.__name__, e)
+  if not detectors:
+    for name, key in (('slurm', 'SLURM_NTASKS'), ('ompi', 'OMPI_COMM_WORLD_SIZE')):
+      if int(env.get(key, '1') or 1) > 1:
+        return name
+  return None
+
+
 def maybe_initialize_distributed(force: bool | None = None) -> bool:
-  """Calls `jax.distributed.initialize()` for multi-host runs.
+  """Calls `jax.distributed.initialize()` for multi-process runs.
 
   Args:
     force: True always initialises, False never; None (default) initialises
-      when the environment describes a multi-process job (a coordinator
-      address, or SLURM / Open MPI with more than one task).
+      when `detect_cluster` finds a multi-process job.
 
   Returns:
     Whether it initialised.
   """
   if force is None:
-    env = os.environ
-    force = bool(env.get('JAX_COORDINATOR_ADDRESS')) or any(
-        int(env.get(k, '1') or 1) > 1 for k in ('SLURM_NTASKS', 'OMPI_COMM_WORLD_SIZE'))
+    cluster = detect_cluster()
+    force = cluster is not None
+    if force:
+      logging.info('multi-process job detected (%s): joining it', cluster)
   if force:
-    jax.distributed.initialize()
+    env = os.environ
+    count, pid = env.get('JAX_NUM_PROCESSES'), env.get('JAX_PROCESS_ID')
+    jax.distributed.initialize(num_processes=int(count) if count else None,
+                               process_id=int(pid) if pid else None)
   return bool(force)
 
 

@@ -147,6 +147,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           results = evaluate(state.params)
           results['seconds'] = time.perf_counter() - t0
           log('eval.jsonl', step, {f'eval/{k}': v for k, v in results.items()})
+          # Orbax's multi-process saves share barrier names: let the train
+          # state's background save finish before `best/` starts its own.
+          mngr.wait_until_finished()
           if checkpointing.save_best(workdir, state.params, model_kwargs, step, results):
             logging.info('Step %d: new best weighted PSNR %.3f', step, results['wpsnr'])
           t_window = time.perf_counter()  # Keep evaluation out of steps/s.

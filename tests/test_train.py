@@ -2,6 +2,7 @@
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -129,6 +130,44 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, config_file, uninte
   assert loss(tmp_path)[NUM_STEPS] == pytest.approx(loss(uninterrupted)[NUM_STEPS], abs=1e-6)
   # One row per logged step: rows written after the last checkpoint are not repeated.
   assert [r['step'] for r in _read_jsonl(tmp_path / 'metrics.jsonl')] == [2, 4, 6]
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def test_two_processes_train_like_one(tmp_path, config_file, uninterrupted):
+  """Two local processes, one coordinator on 127.0.0.1, the same global batch of 4."""
+  port = _free_port()
+  procs = [subprocess.Popen(
+      [sys.executable, str(REPO / 'train.py'), f'--config={config_file}', f'--workdir={tmp_path}'],
+      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+      env=subprocess_env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                         JAX_PROCESS_ID=str(i))) for i in range(2)]
+  try:
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, output in zip(procs, outputs):
+    assert p.returncode == 0, output[-5000:]
+  assert '2 devices (2 processes)' in outputs[0]  # auto-detected from the environment
+  loss = lambda w: {r['step']: r['loss'] for r in _read_jsonl(w / 'metrics.jsonl')}
+  two, one = loss(tmp_path), loss(uninterrupted)
+  assert list(two) == list(one) == [2, 4, 6]
+  for step in one:
+    assert two[step] == pytest.approx(one[step], rel=1e-5), step
+  # Saved by two processes, read back by this one (as evaluate.py reads it).
+  _, both = checkpointing.load_model(tmp_path, NUM_STEPS)
+  _, reference = checkpointing.load_model(uninterrupted, NUM_STEPS)
+  import jax  # pylint: disable=g-import-not-at-top
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(both)[0],
+                          jax.tree_util.tree_leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+  assert (tmp_path / 'best' / 'best.json').is_file()
 
 
 @pytest.mark.parametrize('override, message', [

@@ -188,3 +188,54 @@ def test_scale_predictor_updates_touches_predictors_only():
   np.testing.assert_array_equal(scaled['encoder_0']['block_0']['attn']['kernel'], 1.0)
   np.testing.assert_array_equal(scaled['input_proj']['kernel'], 1.0)
   assert train_lib.scale_predictor_updates(updates, 1.0) is updates
+
+
+_CLUSTER_VARS = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
+                 'SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
+                 'SLURM_LOCALID', 'OMPI_MCA_orte_hnp_uri', 'OMPI_COMM_WORLD_SIZE')
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+  for var in _CLUSTER_VARS:
+    monkeypatch.delenv(var, raising=False)
+  calls = []
+  monkeypatch.setattr(jax.distributed, 'initialize', lambda **kw: calls.append(kw))
+  return calls
+
+
+def test_distributed_start_detects_the_environments_jax_knows(no_cluster, monkeypatch):
+  from jax._src.clusters import ClusterEnv  # pylint: disable=g-import-not-at-top
+  assert train_lib.detect_cluster() is None
+  assert not train_lib.maybe_initialize_distributed() and not no_cluster
+
+  # SLURM, through JAX's own detector: one task is not a multi-process job.
+  slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node1', SLURM_NTASKS='1',
+               SLURM_PROCID='0', SLURM_LOCALID='0')
+  for k, v in slurm.items():
+    monkeypatch.setenv(k, v)
+  assert train_lib.detect_cluster() is None
+  monkeypatch.setenv('SLURM_NTASKS', '4')
+  assert train_lib.detect_cluster() == 'slurm'
+  for k in slurm:
+    monkeypatch.delenv(k)
+
+  # Any environment JAX registers a detector for (a Cloud TPU pod slice here).
+  class FakePodSlice:
+    name, opt_in_only_method = 'fake_tpu_pod', False
+    is_env_present = staticmethod(lambda: True)
+    get_process_count = staticmethod(lambda: 4)
+
+  monkeypatch.setattr(ClusterEnv, '_cluster_types', [FakePodSlice])
+  assert train_lib.detect_cluster() == 'fake_tpu_pod'
+  assert train_lib.maybe_initialize_distributed() and len(no_cluster) == 1
+  assert not train_lib.maybe_initialize_distributed(force=False) and len(no_cluster) == 1
+
+  # A coordinator address, with the process count and id from the environment.
+  monkeypatch.setattr(ClusterEnv, '_cluster_types', [])
+  monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '127.0.0.1:1234')
+  monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
+  monkeypatch.setenv('JAX_PROCESS_ID', '1')
+  assert train_lib.detect_cluster() == 'coordinator address'
+  assert train_lib.maybe_initialize_distributed()
+  assert no_cluster[-1] == {'num_processes': 2, 'process_id': 1}

@@ -61,6 +61,24 @@ class _Epochs(Sequence):
     return {**self.__dict__, '_perms': {}}
 
 
+class _ProcessRows(Sequence):
+  """One process's rows of each global batch of `dataset`, in order.
+
+  Element j is row j mod L of this process's L rows of global batch j // L.
+  """
+
+  def __init__(self, dataset: Sequence, batch_size: int, local_batch_size: int, process: int):
+    self.dataset, self.batch_size, self.local = dataset, batch_size, local_batch_size
+    self.offset = process * local_batch_size
+
+  def __len__(self) -> int:
+    return len(self.dataset) // self.batch_size * self.local
+
+  def __getitem__(self, index: int):
+    batch, row = divmod(int(index), self.local)
+    return self.dataset[batch * self.batch_size + self.offset + row]
+
+
 def _augment(example, rng: np.random.Generator, *, patch_size: int, blur_prob: float,
              flips: bool) -> dict[str, np.ndarray]:
   example = crops.blur_aware_crop(rng, example, patch_size, blur_prob)
@@ -132,8 +150,9 @@ class GlobalBatchIterator:
 
   `next(it)` -> {'blur', 'sharp': float32 [B, P, P, 3], 'mask': float32
   [B, P, P, 1]} as jax.Arrays sharded on their first axis over `data`. Each
-  process reads only its own rows (elements process_index, process_index + n,
-  ... of the global stream). `get_state()` is this process's position (a dict
+  process reads only its own rows: process p of n, rows p*B/n .. (p+1)*B/n - 1
+  of every global batch, so the global batches, in order, are the same for
+  any number of processes. `get_state()` is this process's position (a dict
   with plain ints; save one per process, or just process 0's: all processes
   advance in lockstep); `set_state` restores it.
   """
@@ -150,7 +169,7 @@ class GlobalBatchIterator:
     self.batch_size = batch_size
     self.local_batch_size = batch_size // nproc
     self.sharding = sharding
-    local = dataset[pid::nproc]
+    local = grain.MapDataset.source(_ProcessRows(dataset, batch_size, self.local_batch_size, pid))
     options = grain.ReadOptions(num_threads=max(1, num_threads),
                                 prefetch_buffer_size=prefetch or 2 * self.local_batch_size)
     stream = local.to_iter_dataset(options)

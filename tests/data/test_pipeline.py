@@ -70,6 +70,23 @@ def test_iterator_state_resumes_exactly():
   assert not np.array_equal(np.asarray(next(fresh)['blur']), np.asarray(expected[0]['blur']))
 
 
+def test_each_process_reads_its_block_of_every_global_batch(monkeypatch):
+  """Processes concatenated in order give the one-process batches, in order."""
+  kwargs = dict(patch_size=16, batch_size=4, seed=2, num_threads=1)
+  one = pipeline.make_train_iterator(['synthetic?size=16'], **kwargs)
+  expected = [one.next_local()['blur'] for _ in range(2)]
+  monkeypatch.setattr(pipeline.jax, 'process_count', lambda: 2)
+  local = []
+  for pid in range(2):
+    monkeypatch.setattr(pipeline.jax, 'process_index', lambda pid=pid: pid)
+    it = pipeline.make_train_iterator(['synthetic?size=16'], **kwargs)
+    local.append([it.next_local()['blur'] for _ in range(2)])
+  for step, want in enumerate(expected):
+    got = np.concatenate([local[0][step], local[1][step]])
+    assert local[0][step].shape[0] == 2
+    np.testing.assert_array_equal(got, want)
+
+
 def test_iterator_from_config():
   import ml_collections
   config = ml_collections.ConfigDict({
