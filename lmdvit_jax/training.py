@@ -21,6 +21,7 @@ The workdir is also a checkpoint directory for `evaluate.py --checkpoint` and
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -109,10 +110,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     if not lead:
       return
     for k, v in values.items():
-      writer.add_scalar(k, v, step)
+      if math.isfinite(v):  # e.g. the input's PSNR outside an empty mask is inf
+        writer.add_scalar(k, v, step)
     writer.flush()
-    with open(workdir / filename, 'a') as f:
-      f.write(json.dumps({'step': step, **values}) + '\n')
+    with open(workdir / filename, 'a') as f:  # strict JSON: non-finite values as null
+      f.write(json.dumps(evaluation.jsonable({'step': step, **values})) + '\n')
 
   try:
     start, num_steps = int(jax.device_get(state.step)), int(config.num_train_steps)
