@@ -59,7 +59,7 @@ def keep_all(model: LMDViT, params):
 
 
 def calibrate(model: LMDViT, params, x, fraction: float):
-  """Shifts each predictor's keep bias so that it keeps about `fraction` of windows.
+  """Sets each predictor's last layer so that it keeps about `fraction` of windows.
 
   Predictors are set in network order, each after the ones upstream of it
   (their decisions change its input), so every block keeps about `fraction`.
@@ -72,7 +72,13 @@ def calibrate(model: LMDViT, params, x, fraction: float):
     shift = model.win_size // 2 if pred.endswith('_1') else 0
     logits = win.window_mean(win.roll(out.scores[k], -shift), model.win_size)
     diff = np.asarray(logits[..., 0] - logits[..., 1]).ravel()
-    params[stage][pred]['out_linear3']['bias'][0] -= np.quantile(diff, 1 - fraction)
+    # Scale the last layer to logit differences of order 1 first: with random
+    # weights they are about 1e-6, where float32 softmax rounds ties to 0.5.
+    scale = 1.0 / max(float(np.std(diff)), 1e-12)
+    last = params[stage][pred]['out_linear3']
+    last['kernel'] *= scale
+    last['bias'] *= scale
+    last['bias'][0] -= np.quantile(diff * scale, 1 - fraction)
   return params
 
 

@@ -3,11 +3,16 @@
 import sys
 from pathlib import Path
 
+import jax
 import numpy as np
 from scipy import ndimage, stats
 
+from lmdvit_jax.models import LMDViT, init_params
+from tests.helpers import TINY
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 
+import inference as inference_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 import linear_headroom  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pruning_ranking  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -61,3 +66,14 @@ def test_mean_weighted_psnr_counts_only_the_mask():
   mask[:2] = 1
   sample = {'blur': pred, 'sharp': target, 'mask': mask}
   np.testing.assert_allclose(linear_headroom.mean_wpsnr([sample], lambda b: b), 20.0, rtol=1e-6)
+
+
+def test_calibration_sets_every_predictor_to_the_target_share():
+  """Exact mode is timed against a budget at its kept share: every block must keep about it."""
+  model = LMDViT(**TINY)
+  x = np.random.default_rng(0).uniform(size=(1, 256, 256, 3)).astype(np.float32)
+  params = inference_benchmark.calibrate(model, init_params(model, 0), x, 0.3)
+  out = jax.jit(lambda p, x: model.apply({'params': p}, x))(params, x)
+  shares = [float(np.mean(d)) for d in out.decisions if d.size >= 16]
+  assert len(shares) >= 4
+  np.testing.assert_allclose(shares, 0.3, atol=0.08)
