@@ -178,7 +178,8 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
       # Onto this process's first device, whatever devices saved it (a run
       # on two processes or eight GPUs is read back on one CPU).
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      metadata = ocp.StandardCheckpointer().metadata(Path(mngr.directory) / str(s) / 'params')
+      with ocp.StandardCheckpointer() as reader:
+        metadata = reader.metadata(Path(mngr.directory) / str(s) / 'params')
       # Orbax versions differ in how they wrap the tree of array metadata.
       metadata = getattr(metadata, 'item_metadata', metadata)
       target = jax.tree_util.tree_map(
