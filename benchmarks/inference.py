@@ -13,8 +13,9 @@ Modes:
   <float>    fixed budget b with predictors that keep every window, so each
              block runs exactly b of its windows.
 Times are medians over `--repeats` runs after one warm-up; compilation is
-timed apart (the persistent compilation cache is not used here). FLOPs come from XLA's cost analysis of the compiled program and
-memory from its buffer assignment (arguments + outputs + temporaries).
+timed apart (no persistent compilation cache here). FLOPs come from XLA's cost
+analysis of the compiled program and memory from its buffer assignment
+(arguments + outputs + temporaries).
 """
 
 from __future__ import annotations
@@ -140,22 +141,22 @@ def main(argv):
     for mode in FLAGS.modes.split(','):
       if mode == 'dense':
         model = LMDViT(**dict(cfg, prune_loc=(0,) * 9), capacity=1.0)
-        r = compile_program(model, init_params(model, 0), x)
-        [seconds] = time_alternately([r], x, FLAGS.repeats)
-        print(row(h, w, mode, r['kept'], seconds, r), flush=True)
-        continue
-      capacity = mode if mode == 'exact' else float(mode)
-      model = LMDViT(**cfg, capacity=capacity, capacity_chunks=FLAGS.chunks)
-      if base is None:
-        base = init_params(model, 0)
+        params = init_params(model, 0)
+      else:
+        capacity = mode if mode == 'exact' else float(mode)
+        model = LMDViT(**cfg, capacity=capacity, capacity_chunks=FLAGS.chunks)
+        if base is None:
+          base = init_params(model, 0)
+        params = keep_all(model, base)
       if mode != 'exact':
-        r = compile_program(model, keep_all(model, base), x)
+        r = compile_program(model, params, x)
         [seconds] = time_alternately([r], x, FLAGS.repeats)
-        print(row(h, w, mode, min(r['kept'], capacity), seconds, r), flush=True)
+        kept = r['kept'] if mode == 'dense' else min(r['kept'], capacity)
+        print(row(h, w, mode, kept, seconds, r), flush=True)
         continue
       exact = compile_program(model, calibrate(model, base, x, FLAGS.exact_keep), x)
       # The fixed budget that runs the same share of windows exact mode kept.
-      budget = compile_program(model.clone(capacity=exact['kept']), keep_all(model, base), x)
+      budget = compile_program(model.clone(capacity=exact['kept']), params, x)
       t_exact, t_budget = time_alternately([exact, budget], x, FLAGS.repeats)
       print(row(h, w, 'exact', exact['kept'], t_exact, exact), flush=True)
       print(row(h, w, 'budget=exact', exact['kept'], t_budget, budget), flush=True)

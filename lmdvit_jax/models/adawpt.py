@@ -138,8 +138,11 @@ class AdaWPTStage(nn.Module):
         decisions.append(policies[parity].reshape(b, nh, nw))
         if gathered:
           confidence = pruning.keep_probability(window_logits).reshape(b, nh * nw)
-          cap = None if self.capacity == 'exact' else pruning.fixed_capacity(nh * nw, self.capacity)
-          plans[parity] = pruning.plan_windows(policies[parity], confidence, cap)
+          if self.capacity == 'exact':  # chunks of the ranking may run past nW
+            cap, pad = None, pruning.chunk_size(nh * nw, self.chunks)
+          else:
+            cap, pad = pruning.fixed_capacity(nh * nw, self.capacity), 0
+          plans[parity] = pruning.plan_windows(policies[parity], confidence, cap, pad)
           dropped.append(plans[parity].dropped)
         else:
           dropped.append(jnp.zeros((b,), jnp.int32))
@@ -166,16 +169,12 @@ class AdaWPTStage(nn.Module):
     # One compiled chunk, looped as often as the batch's largest kept count
     # needs: nothing kept is dropped, at most one chunk is computed beyond it.
     chunk = pruning.chunk_size(num_windows, self.chunks)
-    b = wins.shape[0]
-    # The last chunk may run past nW: distinct indices past nW fill the
-    # ranking there, and their writes are dropped.
-    pad = num_windows + jnp.arange(chunk, dtype=jnp.int32)
-    order = jnp.concatenate([plan.order, jnp.broadcast_to(pad, (b, chunk))], axis=1)
     trips = (jnp.max(plan.count) + chunk - 1) // chunk
 
     def body(mdl, carry):
       i, out = carry
-      idx = jax.lax.dynamic_slice_in_dim(order, i * chunk, chunk, axis=1)
+      # The plan's ranking is padded by a chunk past nW (writes there are dropped).
+      idx = jax.lax.dynamic_slice_in_dim(plan.order, i * chunk, chunk, axis=1)
       return i + 1, _run_slice(mdl, out, idx, i * chunk, plan.count, regions)
 
     _, wins = nn.while_loop(lambda mdl, carry: carry[0] < trips, body, block,

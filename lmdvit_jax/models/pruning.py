@@ -171,8 +171,8 @@ class WindowPlan:
   """Which windows of each image a pruned block runs.
 
   Attributes:
-    order: `[B, nW]` int32 window indices, kept windows first (most confident
-      first), then pruned ones.
+    order: `[B, nW + pad]` int32 window indices, kept windows first (most
+      confident first), then pruned ones, then `pad` indices past nW.
     count: `[B]` int32 windows to run per image (kept, capped by the capacity).
     dropped: `[B]` int32 kept windows that did not fit the capacity.
   """
@@ -212,7 +212,7 @@ def fixed_capacity(num_windows: int, fraction: float) -> int:
 
 
 def plan_windows(policy: jax.Array, confidence: jax.Array,
-                 capacity: int | None = None) -> WindowPlan:
+                 capacity: int | None = None, pad: int = 0) -> WindowPlan:
   """Ranks the windows of each image for gathering.
 
   Args:
@@ -220,11 +220,17 @@ def plan_windows(policy: jax.Array, confidence: jax.Array,
     confidence: `[B, nW]` keep probability, used to rank kept windows (and to
       choose which ones to drop when a fixed capacity overflows).
     capacity: fixed capacity K per image, or None for `'exact'` mode.
+    pad: distinct indices past nW appended to the ranking, so that a last
+      chunk may run past nW (`'exact'` mode); their writes are dropped.
   """
   kept = jnp.sum(policy > 0, axis=-1).astype(jnp.int32)
   # Kept windows rank above pruned ones whatever their confidence.
   key = jnp.where(policy > 0, 1.0 + confidence, confidence)
   order = jnp.argsort(-key, axis=-1, stable=True).astype(jnp.int32)
+  if pad:
+    b, nw = policy.shape
+    past = jnp.broadcast_to(nw + jnp.arange(pad, dtype=jnp.int32), (b, pad))
+    order = jnp.concatenate([order, past], axis=1)
   count = kept if capacity is None else jnp.minimum(kept, capacity)
   return WindowPlan(order=order, count=count, dropped=kept - count)
 
