@@ -20,6 +20,8 @@ from typing import NoReturn
 
 from absl import app, flags
 
+from lmdvit_jax import host_memory
+
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 _HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
@@ -75,7 +77,9 @@ def user_errors() -> tuple[type[BaseException], ...]:
 
 
 def run(main: Callable[[list[str]], int | None]) -> None:
-  """`absl.app.run(main)` with one-line errors (see the module docstring)."""
+  """`absl.app.run(main)` with one-line errors (see the module docstring), in a
+  process whose large allocations go on huge pages (`host_memory`)."""
+  host_memory.restart_with_huge_pages()
 
   def guarded(argv: list[str]) -> int | None:
     try:

@@ -62,10 +62,20 @@ def depthwise3x3_reflect(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> ja
   # of the nine reads, which recomputed the GELU nine times and tripled the
   # layer's time.
   xp = jax.lax.optimization_barrier(jnp.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode='reflect'))
-  out = bias.astype(x.dtype)
+  return _shifted_sum(xp, kernel.astype(x.dtype), bias.astype(x.dtype))
+
+
+@jax.checkpoint
+def _shifted_sum(xp: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+  """`[n, h + 2, w + 2, C]` padded windows -> `[n, h, w, C]`: the nine taps summed."""
+  # Under autodiff this keeps only `xp` for the backward pass (it recomputes the
+  # shifted reads there, inside the kernel gradient's reductions): saved, the
+  # nine shifted copies were written out as separate buffers in the forward.
+  h, w = xp.shape[1] - 2, xp.shape[2] - 2
+  out = bias
   for i in range(3):
     for j in range(3):
-      out = out + xp[:, i:i + ws_h, j:j + ws_w, :] * kernel[i, j].astype(x.dtype)
+      out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j]
   return out
 
 
