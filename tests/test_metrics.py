@@ -1,6 +1,7 @@
 """Tests for lmdvit_jax.metrics against hand computations and scikit-image."""
 
 import jax
+import jax.test_util
 import jax.numpy as jnp
 import numpy as np
 import pytest
@@ -90,6 +91,16 @@ def test_ssim_matches_skimage_float64_exactly():
   with jax.enable_x64(True):
     got = float(metrics.ssim(jnp.asarray(a), jnp.asarray(b)))
   np.testing.assert_allclose(got, _sk_ssim(a, b), rtol=0, atol=1e-12)
+
+
+def test_ssim_gradient_matches_finite_differences():
+  # The Gaussian filter has a hand-written backward pass (a full correlation).
+  a, b = _pair((2, 17, 14, 3), noise=0.2)
+  with jax.enable_x64(True):
+    jax.test_util.check_grads(lambda p: metrics.ssim(p, jnp.asarray(b)).sum(),
+                              (jnp.asarray(a),), order=1, modes=['rev'], eps=1e-6)
+    g = jax.grad(lambda p: metrics.ssim(p, jnp.asarray(b)).sum())(jnp.asarray(a))
+  assert np.all(np.abs(np.asarray(g)).sum(axis=(1, 2, 3)) > 0)  # every image got one
 
 
 def test_ssim_map_matches_valid_convolution():
