@@ -95,8 +95,11 @@ def _component(op_name: str) -> str:
   return 'losses, optimizer, other'
 
 
-def trace_table(compiled, args, trace_dir: str) -> list[tuple[str, float, float]]:
-  """Profiles one run of `compiled(*args)`; per component (forward ms, backward ms)."""
+def trace_table(compiled, args, trace_dir: str
+                ) -> tuple[list[tuple[str, float, float]], list[tuple[str, float]]]:
+  """Profiles one run of `compiled(*args)`: per component (forward ms, backward
+  ms), and per kind of HLO op (`ynn_fusion`, `copy_bitcast_fusion`, ...: the op's
+  name without its number) the ms of op time."""
   names = dict(re.findall(r'%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', compiled.as_text()))
   jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
   jax.block_until_ready(compiled(*args))
@@ -105,13 +108,16 @@ def trace_table(compiled, args, trace_dir: str) -> list[tuple[str, float, float]
   with gzip.open(path) as f:
     events = json.load(f)['traceEvents']
   total = collections.defaultdict(lambda: [0.0, 0.0])
+  kinds = collections.Counter()
   for e in events:
     op = e.get('args', {}).get('hlo_op') if e.get('ph') == 'X' else None
     if op is None:
       continue
     op_name = names.get(op, '')
     total[_component(op_name)]['transpose(' in op_name] += e['dur'] / 1e3
-  return sorted(((k, f, b) for k, (f, b) in total.items()), key=lambda r: -(r[1] + r[2]))
+    kinds[re.sub(r'\.\d+$', '', op)] += e['dur'] / 1e3
+  return (sorted(((k, f, b) for k, (f, b) in total.items()), key=lambda r: -(r[1] + r[2])),
+          kinds.most_common())
 
 
 def fwd_bwd(apply, params, *inputs):
@@ -158,9 +164,9 @@ def main(argv):
   batch = train_lib.put_batch(random_batch(b, s), mesh)
   step = lambda st, bt: train_lib.train_step(st, bt, model=model, tx=tx, config=config)
   add('whole train step', step, state, batch)
-  traced = None
+  traced, kinds = None, None
   if FLAGS.trace_dir:
-    traced = trace_table(rows[0][1]['compiled'], (state, batch), FLAGS.trace_dir)
+    traced, kinds = trace_table(rows[0][1]['compiled'], (state, batch), FLAGS.trace_dir)
 
   # Stages at their input shapes.
   dpr = lmdvit.drop_path_rates(model.depths, model.drop_path_rate)
@@ -233,6 +239,11 @@ def main(argv):
     print('| --- | --- | --- | --- |')
     for name, f, b in traced:
       print(f'| {name} | {f:.0f} | {b:.0f} | {100 * (f + b) / op_total:.1f}% |')
+    print('\nThe same op time by kind of HLO op (the ten largest)\n')
+    print('| HLO op kind | ms | share |')
+    print('| --- | --- | --- |')
+    for kind, ms in kinds[:10]:
+      print(f'| {kind} | {ms:.0f} | {100 * ms / op_total:.1f}% |')
 
 
 if __name__ == '__main__':
