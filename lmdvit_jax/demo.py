@@ -32,6 +32,8 @@ from lmdvit_jax.models import LMDViT
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'demo_weights'
 PARAMS_FILE = 'params.npz'
+# What records how shipped weights were made, beside them.
+RECORD_FILES = ('README.md', 'metrics.jsonl', 'eval.jsonl', 'config.json')
 
 # (metric key, label, requirement, threshold): what the demo must show on its
 # held-out set. Gains are over the blurred input scored the same way.
@@ -108,7 +110,7 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
   """Makes `workdir` a checkpoint directory holding the shipped weights."""
   kwargs, params = load_weights(weights_dir)
   checkpointing.save_model(workdir, params, kwargs)
-  for name in ('README.md', 'metrics.jsonl', 'eval.jsonl', 'config.json'):
+  for name in RECORD_FILES:
     if (Path(weights_dir) / name).is_file():
       shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'demo_weights_{name}')
   return Path(workdir)
@@ -297,23 +299,50 @@ def report(summary: dict[str, Any], out: Path) -> str:
 def write_training_record(workdir: str | Path, out_dir: str | Path,
                           summary: dict[str, Any]) -> None:
   """Copies a training run's log and config beside exported weights, with the
-  command that made them and their held-out result."""
+  command that made them and their held-out result.
+
+  A run that started from other weights (`init_from`) brings their record too,
+  as `init_README.md`, `init_metrics.jsonl`, ... (from a training workdir, or
+  from a workdir the shipped weights were installed in).
+  """
   workdir, out_dir = Path(workdir), Path(out_dir)
+  config = json.loads((workdir / 'config.json').read_text())
+  init_from = config.get('init_from') or ''
+  for stale in out_dir.glob('init_*'):
+    stale.unlink()
+  if init_from:
+    for name in RECORD_FILES:
+      for source in (Path(init_from) / name, Path(init_from) / f'demo_weights_{name}'):
+        if source.is_file():
+          shutil.copyfile(source, out_dir / f'init_{name}')
+          break
   for name in ('metrics.jsonl', 'eval.jsonl', 'config.json'):
     if (workdir / name).is_file():
       shutil.copyfile(workdir / name, out_dir / name)
-  config = json.loads((workdir / 'config.json').read_text())
+  steps = (f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
+           f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
+           'crops')
+  if init_from:
+    how = ('The small LMD-ViT of `configs/demo.py`, trained on synthetic local blur '
+           '(scikit-image photos) by the project\'s own commands, on a 2-core CPU, in two '
+           'runs: a first one, described in `init_README.md` (its log and config are the '
+           'other `init_*` files), then this one, starting from its weights:\n\n'
+           '    python demo.py --train --workdir=FIRST                  # the first run\n'
+           '    python demo.py --train --workdir=WORKDIR --config.init_from=FIRST '
+           f'--config.seed={config.get("seed")} '
+           f'--config.num_train_steps={config.get("num_train_steps")}\n'
+           '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
+           f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')
+  else:
+    how = ('The small LMD-ViT of `configs/demo.py`, trained from scratch on synthetic local '
+           'blur (scikit-image photos) by the project\'s own command, on a 2-core CPU:\n\n'
+           '    python demo.py --train --workdir=WORKDIR                # trains (resumable)\n'
+           '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
+           f'(`--train --export_weights` does both in one run). {steps}. ')
   m = summary['mean']
   (out_dir / 'README.md').write_text(
-      '# Demo weights\n\n'
-      'The small LMD-ViT of `configs/demo.py`, trained from scratch on synthetic local blur '
-      '(scikit-image photos) by the project\'s own command, on a 2-core CPU:\n\n'
-      '    python demo.py --train --workdir=WORKDIR                # trains (resumable)\n'
-      '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
-      '(`--train --export_weights` does both in one run). '
-      f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
-      f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
-      'crops. `metrics.jsonl` and `eval.jsonl` are that run\'s training log, `config.json` '
+      '# Demo weights\n\n' + how +
+      '`metrics.jsonl` and `eval.jsonl` are that run\'s training log, `config.json` '
       'its full config, `model.json` the model\'s keyword arguments, `params.npz` the '
       'params (float32).\n\n'
       f'Held-out result at export ({summary["count"]} images of `{summary["data"]}`): '

@@ -7,6 +7,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from lmdvit_jax import checkpointing, demo
 from tests.conftest import REPO
@@ -99,3 +100,36 @@ def test_export_weights_round_trips_and_leaves_no_temporary_files(checkpoint, tm
   for name, value in expected.items():
     np.testing.assert_array_equal(got[name], value)
   assert sorted(p.name for p in out.iterdir()) == [checkpointing.MODEL_FILE, demo.PARAMS_FILE]
+
+
+def _summary():
+  mean = dict(input_psnr=30.0, psnr=30.5, input_wpsnr=20.0, wpsnr=21.0, sharp_psnr=50.0,
+              prune_recall=0.9, prune_precision=0.5)
+  return {'mean': mean, 'count': 2, 'data': 'synthetic?count=2', 'keep_threshold': 0.5,
+          'calibration': None}
+
+
+@pytest.mark.parametrize('init', [None, 'training workdir', 'installed weights'])
+def test_the_training_record_names_the_run_it_continued(tmp_path, init):
+  run, first, out = tmp_path / 'run', tmp_path / 'first', tmp_path / 'out'
+  for d in (run, first, out):
+    d.mkdir()
+  (out / 'init_eval.jsonl').write_text('stale\n')  # from weights exported before
+  prefix = 'demo_weights_' if init == 'installed weights' else ''
+  (first / f'{prefix}metrics.jsonl').write_text('{"step": 10}\n')
+  (first / f'{prefix}README.md').write_text('# the first run\n')
+  (run / 'metrics.jsonl').write_text('{"step": 5}\n')
+  (run / 'config.json').write_text(json.dumps(
+      {'seed': 1, 'num_train_steps': 5, 'batch_size': 8, 'patch_size': 64,
+       'init_from': str(first) if init else ''}))
+  demo.write_training_record(run, out, _summary())
+  readme = (out / 'README.md').read_text()
+  assert (out / 'metrics.jsonl').read_text() == '{"step": 5}\n'
+  assert not (out / 'init_eval.jsonl').exists()
+  if init:
+    assert '--config.init_from=FIRST --config.seed=1 --config.num_train_steps=5' in readme
+    assert (out / 'init_metrics.jsonl').read_text() == '{"step": 10}\n'
+    assert (out / 'init_README.md').read_text() == '# the first run\n'
+  else:
+    assert 'trained from scratch' in readme and 'init_from' not in readme
+    assert not list(out.glob('init_*'))
