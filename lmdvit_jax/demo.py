@@ -32,8 +32,12 @@ from lmdvit_jax.models import LMDViT
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'demo_weights'
 PARAMS_FILE = 'params.npz'
-# What records how shipped weights were made, beside them.
-RECORD_FILES = ('README.md', 'metrics.jsonl', 'eval.jsonl', 'config.json')
+# A training run's log and config, and with its README the record of how shipped
+# weights were made, beside them; a workdir they are installed in holds the
+# record under INSTALLED_PREFIX.
+LOG_FILES = ('metrics.jsonl', 'eval.jsonl', 'config.json')
+RECORD_FILES = ('README.md', *LOG_FILES)
+INSTALLED_PREFIX = 'demo_weights_'
 
 # (metric key, label, requirement, threshold): what the demo must show on its
 # held-out set. Gains are over the blurred input scored the same way.
@@ -112,7 +116,7 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
   checkpointing.save_model(workdir, params, kwargs)
   for name in RECORD_FILES:
     if (Path(weights_dir) / name).is_file():
-      shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'demo_weights_{name}')
+      shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'{INSTALLED_PREFIX}{name}')
   return Path(workdir)
 
 
@@ -312,19 +316,20 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
     stale.unlink()
   if init_from:
     for name in RECORD_FILES:
-      for source in (Path(init_from) / name, Path(init_from) / f'demo_weights_{name}'):
+      for source in (Path(init_from) / name, Path(init_from) / f'{INSTALLED_PREFIX}{name}'):
         if source.is_file():
           shutil.copyfile(source, out_dir / f'init_{name}')
           break
-  for name in ('metrics.jsonl', 'eval.jsonl', 'config.json'):
+  for name in LOG_FILES:
     if (workdir / name).is_file():
       shutil.copyfile(workdir / name, out_dir / name)
   steps = (f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
            f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
            'crops')
+  model = 'The small LMD-ViT of `configs/demo.py`'
+  by = '(scikit-image photos) by the project\'s own command'
   if init_from:
-    how = ('The small LMD-ViT of `configs/demo.py`, trained on synthetic local blur '
-           '(scikit-image photos) by the project\'s own commands, on a 2-core CPU, in two '
+    how = (f'{model}, trained on synthetic local blur {by}s, on a 2-core CPU, in two '
            'runs: a first one, described in `init_README.md` (its log and config are the '
            'other `init_*` files), then this one, starting from its weights:\n\n'
            '    python demo.py --train --workdir=FIRST                  # the first run\n'
@@ -334,8 +339,8 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')
   else:
-    how = ('The small LMD-ViT of `configs/demo.py`, trained from scratch on synthetic local '
-           'blur (scikit-image photos) by the project\'s own command, on a 2-core CPU:\n\n'
+    how = (f'{model}, trained from scratch on synthetic local blur {by}, on a 2-core '
+           'CPU:\n\n'
            '    python demo.py --train --workdir=WORKDIR                # trains (resumable)\n'
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'(`--train --export_weights` does both in one run). {steps}. ')
