@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 import inference as inference_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 import linear_headroom  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pruning_ranking  # pylint: disable=g-import-not-at-top,wrong-import-position
+import sharp_damage  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def test_ranking_matches_brute_force():
@@ -77,3 +78,19 @@ def test_calibration_sets_every_predictor_to_the_target_share():
   shares = [float(np.mean(d)) for d in out.decisions if d.size >= 16]
   assert len(shares) >= 4
   np.testing.assert_allclose(shares, 0.3, atol=0.08)
+
+
+def test_sharp_damage_splits_the_error_outside_the_mask():
+  mask = np.zeros((6, 10), bool)
+  mask[:, :2] = True
+  groups = sharp_damage.distance_group(mask)
+  # Column 2 is 1 px from the mask, column 9 is 8 px: bins (0, 2] and (4, 8].
+  assert groups[0, 2] == 0 and groups[0, 4] == 1 and groups[0, 9] == 2
+  error = np.zeros((6, 10))
+  error[:, 2] = 1.0
+  error[:, :2] = 100.0  # inside the mask: not counted
+  sums, counts = sharp_damage.error_split(error, ~mask, groups, len(sharp_damage.DISTANCE_BINS) - 1)
+  np.testing.assert_array_equal(counts, [12, 12, 24, 0, 0])
+  np.testing.assert_array_equal(sums, [6, 0, 0, 0, 0])
+  # No blur at all: every pixel is in the farthest bin.
+  assert (sharp_damage.distance_group(np.zeros((3, 3), bool)) == 4).all()
