@@ -178,8 +178,13 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
       # Onto this process's first device, whatever devices saved it (a run
       # on two processes or eight GPUs is read back on one CPU).
       device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-      with ocp.StandardCheckpointer() as reader:
-        metadata = reader.metadata(Path(mngr.directory) / str(s) / 'params')
+      # The handler reads the item's own metadata; a Checkpointer would look
+      # for step metadata in the item folder and log a warning per load.
+      handler = ocp.StandardCheckpointHandler()
+      try:
+        metadata = handler.metadata(Path(mngr.directory) / str(s) / 'params')
+      finally:
+        handler.close()
       # Orbax versions differ in how they wrap the tree of array metadata.
       metadata = getattr(metadata, 'item_metadata', metadata)
       target = jax.tree_util.tree_map(
