@@ -33,11 +33,28 @@ from lmdvit_jax.models import LMDViT
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'demo_weights'
 PARAMS_FILE = 'params.npz'
 # A training run's log and config, and with its README the record of how shipped
-# weights were made, beside them; a workdir they are installed in holds the
-# record under INSTALLED_PREFIX.
+# weights were made, beside them; the record of the run they continued
+# (`init_from`) carries INIT_PREFIX, and its own earlier runs' INIT_PREFIX twice
+# and so on. A workdir they are installed in holds the record under
+# INSTALLED_PREFIX.
 LOG_FILES = ('metrics.jsonl', 'eval.jsonl', 'config.json')
 RECORD_FILES = ('README.md', *LOG_FILES)
+INIT_PREFIX = 'init_'
 INSTALLED_PREFIX = 'demo_weights_'
+
+
+def record_files(directory: Path, prefix: str = '') -> list[str]:
+  """Names, without `prefix`, of the record files in `directory`: RECORD_FILES,
+  each maybe behind INIT_PREFIX repeated (the records of the runs it continued)."""
+  names = []
+  for path in sorted(directory.glob(f'{prefix}*')):
+    name = base = path.name[len(prefix):]
+    while base.startswith(INIT_PREFIX):
+      base = base[len(INIT_PREFIX):]
+    if path.is_file() and base in RECORD_FILES:
+      names.append(name)
+  return names
+
 
 # (metric key, label, requirement, threshold): what the demo must show on its
 # held-out set. Gains are over the blurred input scored the same way.
@@ -114,9 +131,8 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
   """Makes `workdir` a checkpoint directory holding the shipped weights."""
   kwargs, params = load_weights(weights_dir)
   checkpointing.save_model(workdir, params, kwargs)
-  for name in RECORD_FILES:
-    if (Path(weights_dir) / name).is_file():
-      shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'{INSTALLED_PREFIX}{name}')
+  for name in record_files(Path(weights_dir)):
+    shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'{INSTALLED_PREFIX}{name}')
   return Path(workdir)
 
 
@@ -307,19 +323,21 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
 
   A run that started from other weights (`init_from`) brings their record too,
   as `init_README.md`, `init_metrics.jsonl`, ... (from a training workdir, or
-  from a workdir the shipped weights were installed in).
+  from a workdir the shipped weights were installed in, with the records of
+  the runs those continued as `init_init_*` and so on).
   """
   workdir, out_dir = Path(workdir), Path(out_dir)
   config = json.loads((workdir / 'config.json').read_text())
   init_from = config.get('init_from') or ''
-  for stale in out_dir.glob('init_*'):
+  for stale in out_dir.glob(f'{INIT_PREFIX}*'):
     stale.unlink()
   if init_from:
-    for name in RECORD_FILES:
-      for source in (Path(init_from) / name, Path(init_from) / f'{INSTALLED_PREFIX}{name}'):
-        if source.is_file():
-          shutil.copyfile(source, out_dir / f'init_{name}')
-          break
+    # A training workdir holds its log under the plain names, a workdir with
+    # installed weights their whole record (earlier runs' too) under the prefix.
+    init_dir = Path(init_from)
+    for prefix in ('', INSTALLED_PREFIX):
+      for name in record_files(init_dir, prefix):
+        shutil.copyfile(init_dir / f'{prefix}{name}', out_dir / f'{INIT_PREFIX}{name}')
   for name in LOG_FILES:
     if (workdir / name).is_file():
       shutil.copyfile(workdir / name, out_dir / name)

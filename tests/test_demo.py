@@ -38,6 +38,10 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
   assert mean['sharp_psnr'] > 40, mean
   assert summary['model'].startswith('shipped weights')
   assert (workdir / 'demo_eval' / 'overview.png').is_file()
+  # The weights' whole record, the runs they continued included, comes with them.
+  for name in demo.record_files(demo.WEIGHTS_DIR):
+    assert (workdir / f'{demo.INSTALLED_PREFIX}{name}').is_file(), name
+  assert 'init_README.md' in demo.record_files(demo.WEIGHTS_DIR)
   # The workdir is a checkpoint directory for the other commands.
   kwargs, params = checkpointing.load_model(workdir)
   want_kwargs, want_params = demo.load_weights()
@@ -118,6 +122,8 @@ def test_the_training_record_names_the_run_it_continued(tmp_path, init):
   prefix = 'demo_weights_' if init == 'installed weights' else ''
   (first / f'{prefix}metrics.jsonl').write_text('{"step": 10}\n')
   (first / f'{prefix}README.md').write_text('# the first run\n')
+  (first / f'{prefix}init_README.md').write_text('# the run the first one continued\n')
+  (first / f'{prefix}notes.txt').write_text('not part of the record\n')
   (run / 'metrics.jsonl').write_text('{"step": 5}\n')
   (run / 'config.json').write_text(json.dumps(
       {'seed': 1, 'num_train_steps': 5, 'batch_size': 8, 'patch_size': 64,
@@ -130,6 +136,8 @@ def test_the_training_record_names_the_run_it_continued(tmp_path, init):
     assert '--config.init_from=FIRST --config.seed=1 --config.num_train_steps=5' in readme
     assert (out / 'init_metrics.jsonl').read_text() == '{"step": 10}\n'
     assert (out / 'init_README.md').read_text() == '# the first run\n'
+    assert (out / 'init_init_README.md').read_text() == '# the run the first one continued\n'
+    assert not (out / 'init_notes.txt').exists()
   else:
     assert 'trained from scratch' in readme and 'init_from' not in readme
     assert not list(out.glob('init_*'))
