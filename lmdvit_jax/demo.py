@@ -345,9 +345,9 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
            f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
            'crops')
   model = 'The small LMD-ViT of `configs/demo.py`'
-  by = '(scikit-image photos) by the project\'s own command'
+  by = '(scikit-image photos) by the project\'s own'
   if init_from:
-    how = (f'{model}, trained on synthetic local blur {by}s, on a 2-core CPU, in two '
+    how = (f'{model}, trained on synthetic local blur {by} commands, on a 2-core CPU, in two '
            'runs: a first one, described in `init_README.md` (its log and config are the '
            'other `init_*` files), then this one, starting from its weights:\n\n'
            '    python demo.py --train --workdir=FIRST                  # the first run\n'
@@ -357,7 +357,7 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')
   else:
-    how = (f'{model}, trained from scratch on synthetic local blur {by}, on a 2-core '
+    how = (f'{model}, trained from scratch on synthetic local blur {by} command, on a 2-core '
            'CPU:\n\n'
            '    python demo.py --train --workdir=WORKDIR                # trains (resumable)\n'
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
