@@ -39,7 +39,8 @@ def main(argv):
     logging.set_verbosity(logging.WARNING)  # Quiet: results, not library chatter.
   from lmdvit_jax import compilation_cache, demo  # pylint: disable=g-import-not-at-top
   compilation_cache.enable()
-  demo.run(_CONFIG.value, Path(_WORKDIR.value), train=_TRAIN.value, export=_EXPORT.value)
+  demo.run(_CONFIG.value, Path(_WORKDIR.value), train=_TRAIN.value, export=_EXPORT.value,
+           overrides=config_flags.get_override_values(flags.FLAGS["config"]))
 
 
 if __name__ == '__main__':

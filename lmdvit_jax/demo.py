@@ -18,9 +18,12 @@ from __future__ import annotations
 
 import io
 import json
+import re
+import shlex
 import shutil
 import time
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
@@ -36,8 +39,10 @@ PARAMS_FILE = 'params.npz'
 # weights were made, beside them; the record of the run they continued
 # (`init_from`) carries INIT_PREFIX, and its own earlier runs' INIT_PREFIX twice
 # and so on. A workdir they are installed in holds the record under
-# INSTALLED_PREFIX.
-LOG_FILES = ('metrics.jsonl', 'eval.jsonl', 'config.json')
+# INSTALLED_PREFIX. OVERRIDES_FILE holds the `--config.*` flags of the training
+# command (`run` writes it), which the record's README spells out.
+OVERRIDES_FILE = 'overrides.json'
+LOG_FILES = ('metrics.jsonl', 'eval.jsonl', 'config.json', OVERRIDES_FILE)
 RECORD_FILES = ('README.md', *LOG_FILES)
 INIT_PREFIX = 'init_'
 INSTALLED_PREFIX = 'demo_weights_'
@@ -208,11 +213,14 @@ def overview(samples: list[dict[str, np.ndarray]], restored: list[np.ndarray],
 
 def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool = False,
         export: bool = False, weights_dir: str | Path = WEIGHTS_DIR,
-        progress: bool = True) -> dict[str, Any]:
+        progress: bool = True, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
   """Trains (or installs the shipped weights), evaluates and reports.
 
   With `export`, the workdir's model (trained here or already there) then
   replaces the shipped weights in `weights_dir`, with its training log.
+  `overrides` (flat `{'optim.lr': 2e-4, ...}`: what the command line changed
+  in the config file) are kept in the workdir when training, so that an export
+  can write the training command down whole.
 
   Returns:
     The summary written to WORKDIR/demo_eval/summary.json.
@@ -221,6 +229,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   start = time.perf_counter()
   if train:
     from lmdvit_jax import training  # pylint: disable=g-import-not-at-top
+    workdir.mkdir(parents=True, exist_ok=True)
+    files.write_json_atomic(workdir / OVERRIDES_FILE, evaluation.jsonable(dict(overrides or {})))
     training.train_and_evaluate(config, workdir)
     origin = f'trained here with {config.num_train_steps} steps'
   elif checkpointing.latest_step(workdir) is None:
@@ -316,6 +326,35 @@ def report(summary: dict[str, Any], out: Path) -> str:
   return '\n'.join(lines)
 
 
+def override_flags(workdir: str | Path) -> list[str]:
+  """The `--config.KEY=VALUE` flags a training run in `workdir` was started
+  with (OVERRIDES_FILE), `init_from` shown as FIRST. Workdirs trained before
+  that file was kept give their seed and step count, the flags those runs used."""
+  workdir = Path(workdir)
+  path = workdir / OVERRIDES_FILE
+  if path.is_file():
+    overrides = json.loads(path.read_text())
+  else:
+    config = json.loads((workdir / 'config.json').read_text())
+    overrides = {k: config.get(k) for k in ('init_from', 'seed', 'num_train_steps')}
+    if not overrides['init_from']:
+      overrides = {}
+  out = []
+  for key, value in sorted(overrides.items(), key=lambda kv: kv[0] != 'init_from'):
+    value = 'FIRST' if key == 'init_from' and value else value
+    text = value if isinstance(value, str) else repr(tuple(value) if isinstance(value, list) else value)
+    out.append(f'--config.{key}={_shell_word(text)}')
+  return out
+
+
+def _shell_word(text: str) -> str:
+  """`text` as one shell word: bare if safe, else in double quotes where they
+  suffice (readable for tuples and data specs), else single-quoted."""
+  if re.fullmatch(r'[\w.,:/@%+=-]+', text):
+    return text
+  return f'"{text}"' if not set(text) & set('"$`\\!') else shlex.quote(text)
+
+
 def write_training_record(workdir: str | Path, out_dir: str | Path,
                           summary: dict[str, Any]) -> None:
   """Copies a training run's log and config beside exported weights, with the
@@ -344,6 +383,7 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
   steps = (f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
            f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
            'crops')
+  command = ' '.join(['python demo.py --train --workdir=WORKDIR', *override_flags(workdir)])
   model = 'The small LMD-ViT of `configs/demo.py`'
   by = '(scikit-image photos) by the project\'s own'
   if init_from:
@@ -351,15 +391,13 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
            'runs: a first one, described in `init_README.md` (its log and config are the '
            'other `init_*` files), then this one, starting from its weights:\n\n'
            '    python demo.py --train --workdir=FIRST                  # the first run\n'
-           '    python demo.py --train --workdir=WORKDIR --config.init_from=FIRST '
-           f'--config.seed={config.get("seed")} '
-           f'--config.num_train_steps={config.get("num_train_steps")}\n'
+           f'    {command}\n'
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')
   else:
     how = (f'{model}, trained from scratch on synthetic local blur {by} command, on a 2-core '
            'CPU:\n\n'
-           '    python demo.py --train --workdir=WORKDIR                # trains (resumable)\n'
+           f'    {command}   # trains (resumable)\n'
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'(`--train --export_weights` does both in one run). {steps}. ')
   m = summary['mean']

@@ -76,6 +76,12 @@ def test_train_path_end_to_end(tmp_path):
   for t in summary['targets']:
     assert isinstance(t['met'], bool)
   assert summary['model'] == 'trained here with 2 steps'
+  # The command-line overrides are kept, for the record an export writes.
+  flags = demo.override_flags(workdir)
+  assert '--config.num_train_steps=2' in flags, flags
+  assert '--config.model.depths="(1, 1, 1, 1, 1, 1, 1, 2, 1)"' in flags, flags
+  assert '--config.demo.data="synthetic?size=128x64&count=2"' in flags, flags
+  assert len(flags) == 9, flags
   # Pruning in decoder_2 (depth 2: two predictors) and decoder_3 (depth 1: one).
   assert len(summary['kept_fraction_per_block']) == 3
   rows = (workdir / 'metrics.jsonl').read_text().splitlines()
@@ -141,3 +147,20 @@ def test_the_training_record_names_the_run_it_continued(tmp_path, init):
   else:
     assert 'trained from scratch' in readme and 'init_from' not in readme
     assert not list(out.glob('init_*'))
+
+
+def test_the_training_record_spells_out_every_override(tmp_path):
+  run, out = tmp_path / 'run', tmp_path / 'out'
+  for d in (run, out):
+    d.mkdir()
+  (run / 'config.json').write_text(json.dumps(
+      {'seed': 3, 'num_train_steps': 7, 'batch_size': 8, 'patch_size': 64, 'init_from': '/w/e'}))
+  (run / demo.OVERRIDES_FILE).write_text(json.dumps(
+      {'seed': 3, 'optim.lr': 0.0002, 'init_from': '/w/e', 'data.sources': ['synthetic?size=96'],
+       'loss.sharp': 30.0}))
+  demo.write_training_record(run, out, _summary())
+  readme = (out / 'README.md').read_text()
+  assert ('python demo.py --train --workdir=WORKDIR --config.init_from=FIRST --config.seed=3 '
+          '--config.optim.lr=0.0002 --config.data.sources="(\'synthetic?size=96\',)" '
+          '--config.loss.sharp=30.0\n') in readme, readme
+  assert (out / demo.OVERRIDES_FILE).is_file()
