@@ -72,6 +72,7 @@ def get_config() -> ml_collections.ConfigDict:
       weight_decay=0.02,
       grad_clip=0.0,       # max global gradient norm; 0: off
       predictor_lr_scale=1.0,  # step size of the confidence predictors / the rest's
+      trainable='all',     # or 'predictors': only they learn, the rest stays frozen
   ))
   config.loss = ml_collections.ConfigDict(dict(
       l1=1.0, ssim=1.0, fft=0.1, prune=1.0, fft_mode='modulus', hard_targets=False,

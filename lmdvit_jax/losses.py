@@ -259,5 +259,6 @@ def total_loss(outputs: Any, batch: Mapping[str, Array],
       'prune': pruning_loss(tuple(outputs.scores), mask, hard_targets, balanced),
       'sharp': sharp_l1_loss(pred, target, mask, getattr(weights, 'sharp_margin', 0.0)),
   }
-  loss = sum(getattr(weights, k, 0.0) * v for k, v in terms.items())
+  # Terms weighted 0 stay out of the sum, so no backward pass is built for them.
+  loss = sum(getattr(weights, k, 0.0) * v for k, v in terms.items() if getattr(weights, k, 0.0))
   return loss, terms

@@ -203,6 +203,8 @@ def check_run_config(config) -> LMDViT:
   for name in ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps'):
     if int(config[name]) < 1:
       raise ValueError(f'{name} must be at least 1, got {config[name]}')
+  if config.optim.get('trainable', 'all') not in TRAINABLE:
+    raise ValueError(f'optim.trainable must be one of {TRAINABLE}, got {config.optim.trainable!r}')
   if config.batch_size % jax.device_count():
     raise ValueError(f'batch_size={config.batch_size} is not divisible by the '
                      f'{jax.device_count()} devices')
@@ -251,19 +253,37 @@ def make_optimizer(config) -> optax.GradientTransformation:
       weight_decay=float(o.weight_decay))
 
 
-def scale_predictor_updates(updates: Any, scale: float) -> Any:
-  """Multiplies the updates of confidence-predictor params by `scale`.
+# What `config.optim.trainable` may name: every param, or the confidence
+# predictors alone (the rest frozen, e.g. to retrain them on whole images).
+TRAINABLE = ('all', 'predictors')
+
+
+def is_predictor(path: Sequence[Any]) -> bool:
+  """Whether a params-tree key path lies inside a confidence predictor."""
+  return any(str(getattr(k, 'key', '')).startswith('predictor_') for k in path)
+
+
+def scale_updates(updates: Any, predictors: float, rest: float = 1.0) -> Any:
+  """Multiplies the updates of confidence-predictor params by `predictors` and
+  all others by `rest`.
 
   The predictors are deep, narrow MLPs initialised like the rest of the model
   (truncated normal, std 0.02), so their logits start near 0 and the
   pruning loss hardly moves for hundreds of steps; a larger step for them only
-  (`config.optim.predictor_lr_scale`) shortens that.
+  (`config.optim.predictor_lr_scale`) shortens that. `rest=0` freezes the
+  others exactly (AdamW's weight decay is part of the update).
   """
-  if scale == 1.0:
+  if predictors == 1.0 and rest == 1.0:
     return updates
   return jax.tree_util.tree_map_with_path(
-      lambda path, u: u * scale if any(
-          str(getattr(k, 'key', '')).startswith('predictor_') for k in path) else u, updates)
+      lambda path, u: u * (predictors if is_predictor(path) else rest), updates)
+
+
+def freeze_all_but_predictors(params: Any) -> Any:
+  """`params` with every non-predictor leaf behind `stop_gradient`: no backward
+  pass is built for what is frozen."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, p: p if is_predictor(path) else jax.lax.stop_gradient(p), params)
 
 
 def init_train_state(model: LMDViT, tx: optax.GradientTransformation, config,
@@ -334,8 +354,11 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
   schedule = make_schedule(config)
   clip = float(config.optim.grad_clip)
   policy = REMAT_POLICIES[config.get('remat', 'none')]
+  predictors_only = config.optim.get('trainable', 'all') == 'predictors'
 
   def loss_fn(params, rng):
+    if predictors_only:
+      params = freeze_all_but_predictors(params)
     k_gumbel, k_dropout = jax.random.split(rng)
     out = model.apply({'params': params}, batch['blur'], train=True,
                       rngs={'gumbel': k_gumbel, 'dropout': k_dropout})
@@ -360,7 +383,8 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
   opt_state = state.opt_state._replace(
       hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr})
   updates, new_opt_state = tx.update(grads, opt_state, state.params)
-  updates = scale_predictor_updates(updates, float(config.optim.get('predictor_lr_scale', 1.0)))
+  updates = scale_updates(updates, float(config.optim.get('predictor_lr_scale', 1.0)),
+                          rest=0.0 if predictors_only else 1.0)
   new_params = optax.apply_updates(state.params, updates)
 
   def select(new, old):

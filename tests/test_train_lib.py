@@ -179,15 +179,38 @@ def test_check_params_match_names_the_difference():
     train_lib.check_params_match(params, train_lib.abstract_params(model))
 
 
-def test_scale_predictor_updates_touches_predictors_only():
+def test_scale_updates_touches_predictors_and_the_rest_apart():
   updates = {'encoder_0': {'predictor_0': {'in_linear1': {'kernel': jnp.ones((2, 2))}},
                            'block_0': {'attn': {'kernel': jnp.ones((2, 2))}}},
              'input_proj': {'kernel': jnp.ones((3,))}}
-  scaled = train_lib.scale_predictor_updates(updates, 10.0)
+  scaled = train_lib.scale_updates(updates, 10.0)
   np.testing.assert_array_equal(scaled['encoder_0']['predictor_0']['in_linear1']['kernel'], 10.0)
   np.testing.assert_array_equal(scaled['encoder_0']['block_0']['attn']['kernel'], 1.0)
   np.testing.assert_array_equal(scaled['input_proj']['kernel'], 1.0)
-  assert train_lib.scale_predictor_updates(updates, 1.0) is updates
+  assert train_lib.scale_updates(updates, 1.0) is updates
+  frozen = train_lib.scale_updates(updates, 1.0, rest=0.0)
+  np.testing.assert_array_equal(frozen['encoder_0']['predictor_0']['in_linear1']['kernel'], 1.0)
+  np.testing.assert_array_equal(frozen['encoder_0']['block_0']['attn']['kernel'], 0.0)
+
+
+def test_predictors_only_training_leaves_the_rest_bit_identical(setup):
+  config = setup.config.copy_and_resolve_references()
+  config.optim.trainable = 'predictors'
+  train_lib.check_run_config(config)
+  model, tx = train_lib.build_model(config), train_lib.make_optimizer(config)
+  step = train_lib.make_train_step(model, tx, config, setup.mesh)
+  state = train_lib.init_train_state(model, tx, config, setup.mesh)
+  before = _flat(jax.device_get(state.params))
+  for _ in range(2):
+    state, metrics = step(state, setup.batch)
+  assert float(metrics['finite']) == 1.0
+  after = _flat(jax.device_get(state.params))
+  moved = {k for k in before if np.any(before[k] != after[k])}
+  predictors = {k for k in before if 'predictor_' in k}
+  assert predictors and moved == predictors, sorted(moved ^ predictors)[:5]
+  config.optim.trainable = 'predictor'
+  with pytest.raises(ValueError, match='optim.trainable'):
+    train_lib.check_run_config(config)
 
 
 _CLUSTER_VARS = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
