@@ -37,6 +37,8 @@ def _define_flags() -> None:
   flags.DEFINE_string('data', 'synthetic?size=256&count=16', 'data spec')
   flags.DEFINE_string('split', 'test', 'split of the data spec')
   flags.DEFINE_float('recall', 0.95, 'recall the best precision is read at')
+  flags.DEFINE_integer('tile', 0, 'score each image as tiles of this side (e.g. the '
+                       'training crop size) instead of whole; 0: whole')
 
 
 def keep_maps(logits: jax.Array, win_size: int, shifted: bool, height: int,
@@ -46,6 +48,22 @@ def keep_maps(logits: jax.Array, win_size: int, shifted: bool, height: int,
   shift = win_size // 2 if shifted else 0
   probability = pruning.keep_probability(pruning.window_logits(logits, win_size, shift))
   return metrics.upsample_decision(probability, height, width, shifted)
+
+
+def to_tiles(image: np.ndarray, side: int) -> np.ndarray:
+  """`[H, W, C]` -> `[H/side * W/side, side, side, C]`, row-major tiles."""
+  h, w, c = image.shape
+  if h % side or w % side:
+    raise ValueError(f'{h}x{w} is not a multiple of the {side}x{side} tile')
+  return image.reshape(h // side, side, w // side, side, c).transpose(0, 2, 1, 3, 4).reshape(
+      -1, side, side, c)
+
+
+def from_tiles(tiles: np.ndarray, height: int, width: int) -> np.ndarray:
+  """`[n, side, side]` row-major tiles -> `[height, width]` (inverse of `to_tiles`)."""
+  side = tiles.shape[1]
+  return tiles.reshape(height // side, width // side, side, side).transpose(0, 2, 1, 3).reshape(
+      height, width)
 
 
 def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
@@ -89,16 +107,21 @@ def main(argv):
   for i in range(len(source)):
     sample = source[i]
     g = deblurrer.geometry(*sample['blur'].shape[:2])
-    scores = apply(deblurrer.params, jnp.asarray(g.pad(sample['blur']))[None])
+    image = np.asarray(g.pad(sample['blur']))
     valid = g.valid()[..., 0] > 0
     h, w = valid.shape
+    side = FLAGS.tile
+    scores = apply(deblurrer.params, jnp.asarray(to_tiles(image, side) if side else image[None]))
     for k, (block, logits) in enumerate(zip(blocks, scores)):
-      probability = keep_maps(logits, model.win_size, block.shifted, h, w)[0]
-      maps[k].append(np.asarray(probability)[valid])
+      probability = np.asarray(keep_maps(logits, model.win_size, block.shifted,
+                                         side or h, side or w))
+      probability = from_tiles(probability, h, w) if side else probability[0]
+      maps[k].append(probability[valid])
     masks.append(g.pad(sample['mask'])[..., 0][valid] > 0)
 
   blurred = np.concatenate(masks)
-  print(f'{len(source)} images of {FLAGS.data} ({FLAGS.split}), {FLAGS.checkpoint}; '
+  tiled = f', scored as {FLAGS.tile}x{FLAGS.tile} tiles' if FLAGS.tile else ''
+  print(f'{len(source)} images of {FLAGS.data} ({FLAGS.split}){tiled}, {FLAGS.checkpoint}; '
         f'blurred pixels: {blurred.mean():.3f}')
   print(f'| block | ROC AUC | recall at {model.keep_threshold} | precision at '
         f'{model.keep_threshold} | best precision at recall >= {FLAGS.recall} |')

@@ -37,6 +37,15 @@ def test_ranking_matches_brute_force():
   assert 0.5 < r['auc'] < 1 and r['best_precision'] < 1
 
 
+def test_tiles_round_trip_row_major():
+  image = np.arange(8 * 12 * 2).reshape(8, 12, 2)
+  tiles = pruning_ranking.to_tiles(image, 4)
+  assert tiles.shape == (6, 4, 4, 2)
+  np.testing.assert_array_equal(tiles[1], image[:4, 4:8])
+  np.testing.assert_array_equal(tiles[3], image[4:, :4])
+  np.testing.assert_array_equal(pruning_ranking.from_tiles(tiles[..., 1], 8, 12), image[..., 1])
+
+
 def test_ranking_of_a_perfect_predictor():
   blurred = np.arange(100) < 20
   r = pruning_ranking.ranking(blurred.astype(float), blurred, threshold=0.5, recall=0.95)

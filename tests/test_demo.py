@@ -96,6 +96,13 @@ def test_train_path_end_to_end(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [l for l in proc.stdout.splitlines() if l.startswith('| decoder')]
   assert len(rows) == 3, proc.stdout
+  proc = subprocess.run(
+      [sys.executable, str(REPO / 'benchmarks' / 'pruning_ranking.py'), f'--checkpoint={workdir}',
+       '--data=synthetic?size=128&count=1', '--tile=64'], cwd=tmp_path, env=env,
+      capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  assert 'scored as 64x64 tiles' in proc.stdout
+  assert len([l for l in proc.stdout.splitlines() if l.startswith('| decoder')]) == 3
 
 
 def test_export_weights_round_trips_and_leaves_no_temporary_files(checkpoint, tmp_path):
