@@ -386,7 +386,19 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
   command = ' '.join(['python demo.py --train --workdir=WORKDIR', *override_flags(workdir)])
   model = 'The small LMD-ViT of `configs/demo.py`'
   by = '(scikit-image photos) by the project\'s own'
-  if init_from:
+  runs = 1 + sum(1 for name in record_files(out_dir) if name.endswith('README.md')
+                 and name.startswith(INIT_PREFIX))
+  if init_from and runs > 2:
+    how = (f'{model}, trained on synthetic local blur {by} commands, on a 2-core CPU, in '
+           f'{runs} runs, each starting from the weights of the one before. The run this one '
+           'continued is described in `init_README.md` (its log and config are the other '
+           '`init_*` files), the run before that in `init_init_README.md`, and so on back to '
+           'the first. This run, from the weights of the one before it (FIRST):\n\n'
+           '    python demo.py --train --workdir=FIRST ...              # the run before\n'
+           f'    {command}\n'
+           '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
+           f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')
+  elif init_from:
     how = (f'{model}, trained on synthetic local blur {by} commands, on a 2-core CPU, in two '
            'runs: a first one, described in `init_README.md` (its log and config are the '
            'other `init_*` files), then this one, starting from its weights:\n\n'

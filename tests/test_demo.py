@@ -150,6 +150,7 @@ def test_the_training_record_names_the_run_it_continued(tmp_path, init):
     assert (out / 'init_metrics.jsonl').read_text() == '{"step": 10}\n'
     assert (out / 'init_README.md').read_text() == '# the first run\n'
     assert (out / 'init_init_README.md').read_text() == '# the run the first one continued\n'
+    assert 'in 3 runs' in readme
     assert not (out / 'init_notes.txt').exists()
   else:
     assert 'trained from scratch' in readme and 'init_from' not in readme
