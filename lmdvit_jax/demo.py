@@ -22,8 +22,8 @@ import re
 import shlex
 import shutil
 import time
-from pathlib import Path
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ml_collections
@@ -388,21 +388,14 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
   by = '(scikit-image photos) by the project\'s own'
   runs = 1 + sum(1 for name in record_files(out_dir) if name.endswith('README.md')
                  and name.startswith(INIT_PREFIX))
-  if init_from and runs > 2:
+  if init_from:
+    earlier = (' the run before that in `init_init_README.md`, and so on back to the first,'
+               if runs > 2 else '')
     how = (f'{model}, trained on synthetic local blur {by} commands, on a 2-core CPU, in '
-           f'{runs} runs, each starting from the weights of the one before. The run this one '
-           'continued is described in `init_README.md` (its log and config are the other '
-           '`init_*` files), the run before that in `init_init_README.md`, and so on back to '
-           'the first. This run, from the weights of the one before it (FIRST):\n\n'
+           f'{runs} runs, each starting from the weights of the one before: the run this one '
+           'continued (FIRST) is described in `init_README.md` (its log and config are the '
+           f'other `init_*` files),{earlier} and this one was made by\n\n'
            '    python demo.py --train --workdir=FIRST ...              # the run before\n'
-           f'    {command}\n'
-           '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
-           f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')
-  elif init_from:
-    how = (f'{model}, trained on synthetic local blur {by} commands, on a 2-core CPU, in two '
-           'runs: a first one, described in `init_README.md` (its log and config are the '
-           'other `init_*` files), then this one, starting from its weights:\n\n'
-           '    python demo.py --train --workdir=FIRST                  # the first run\n'
            f'    {command}\n'
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')

@@ -38,6 +38,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from lmdvit_jax import losses
 from lmdvit_jax.mesh import DATA_AXIS, make_mesh  # pylint: disable=unused-import
 from lmdvit_jax.models import LMDViT, fan_in_predictors, identity_output, init_params
+from lmdvit_jax.models import pruning
 from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES
 
 REMAT_POLICIES = {
@@ -258,11 +259,6 @@ def make_optimizer(config) -> optax.GradientTransformation:
 TRAINABLE = ('all', 'predictors')
 
 
-def is_predictor(path: Sequence[Any]) -> bool:
-  """Whether a params-tree key path lies inside a confidence predictor."""
-  return any(str(getattr(k, 'key', '')).startswith('predictor_') for k in path)
-
-
 def scale_updates(updates: Any, predictors: float, rest: float = 1.0) -> Any:
   """Multiplies the updates of confidence-predictor params by `predictors` and
   all others by `rest`.
@@ -276,14 +272,14 @@ def scale_updates(updates: Any, predictors: float, rest: float = 1.0) -> Any:
   if predictors == 1.0 and rest == 1.0:
     return updates
   return jax.tree_util.tree_map_with_path(
-      lambda path, u: u * (predictors if is_predictor(path) else rest), updates)
+      lambda path, u: u * (predictors if pruning.is_predictor(path) else rest), updates)
 
 
 def freeze_all_but_predictors(params: Any) -> Any:
   """`params` with every non-predictor leaf behind `stop_gradient`: no backward
   pass is built for what is frozen."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, p: p if is_predictor(path) else jax.lax.stop_gradient(p), params)
+      lambda path, p: p if pruning.is_predictor(path) else jax.lax.stop_gradient(p), params)
 
 
 def init_train_state(model: LMDViT, tx: optax.GradientTransformation, config,

@@ -301,8 +301,7 @@ def fan_in_predictors(params: dict[str, Any], rng: int = 0) -> dict[str, Any]:
   gen = np.random.default_rng([rng, 0x9E37])
 
   def leaf(path, x):
-    names = [str(getattr(k, 'key', k)) for k in path]
-    if names[-1] == 'kernel' and any(n.startswith('predictor_') for n in names) and x.ndim == 2:
+    if str(getattr(path[-1], 'key', '')) == 'kernel' and pruning.is_predictor(path) and x.ndim == 2:
       return jnp.asarray(gen.standard_normal(x.shape) / np.sqrt(x.shape[0]), jnp.float32)
     return x
 

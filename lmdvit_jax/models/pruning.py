@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import flax.struct
@@ -137,6 +137,12 @@ class ConfidencePredictor(nn.Module):
     t = gelu(local @ k3[:half].astype(t.dtype) + per_image[:, None, :])
     t = gelu(dense(c // 4, 'out_linear2')(t))
     return dense(2, 'out_linear3')(t).reshape(b, h, w, 2)
+
+
+def is_predictor(path: Sequence[Any]) -> bool:
+  """Whether a params-tree key path lies inside a confidence predictor (the
+  `predictor_{i}` modules of a pruning stage)."""
+  return any(str(getattr(k, 'key', k)).startswith('predictor_') for k in path)
 
 
 def window_logits(token_logits: jax.Array, win_size: int, shift: int) -> jax.Array:
