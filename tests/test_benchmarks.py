@@ -12,6 +12,7 @@ from tests.helpers import TINY
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 
+import blur_detection_ceiling  # pylint: disable=g-import-not-at-top,wrong-import-position
 import inference as inference_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 import linear_headroom  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pruning_ranking  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -103,3 +104,30 @@ def test_sharp_damage_splits_the_error_outside_the_mask():
   np.testing.assert_array_equal(sums, [6, 0, 0, 0, 0])
   # No blur at all: every pixel is in the farthest bin.
   assert (sharp_damage.distance_group(np.zeros((3, 3), bool)) == 4).all()
+
+
+def test_window_mean_replaces_each_window_by_its_mean():
+  probability = np.arange(8 * 12, dtype=float).reshape(8, 12)
+  pooled = blur_detection_ceiling.window_mean(probability, 4)
+  assert pooled.shape == (8, 12)
+  np.testing.assert_allclose(pooled[:4, 4:8], probability[:4, 4:8].mean())
+  np.testing.assert_allclose(pooled[4:, 8:], probability[4:, 8:].mean())
+  np.testing.assert_allclose(pooled.mean(), probability.mean())
+
+
+def test_balanced_cross_entropy_weighs_the_classes_half_each():
+  mask = np.zeros((1, 4, 5), np.float32)
+  mask[0, 0, :2] = 1  # 2 of 20 pixels blurred
+  logits = np.where(mask > 0, 1.0, -2.0).astype(np.float32)
+  softplus = lambda z: np.log1p(np.exp(z))
+  # Mean over pixels of weight * BCE: blurred weight 0.5 / 0.1, sharp 0.5 / 0.9.
+  want = (2 * 5.0 * softplus(-1.0) + 18 * (0.5 / 0.9) * softplus(-2.0)) / 20
+  got = blur_detection_ceiling.balanced_bce(jax.numpy.asarray(logits), jax.numpy.asarray(mask))
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+
+
+def test_blur_detector_maps_images_to_pixel_logits():
+  model = blur_detection_ceiling.BlurDetector(width=4)
+  x = np.zeros((2, 16, 24, 3), np.float32)
+  params = model.init(jax.random.PRNGKey(0), x)
+  assert model.apply(params, x).shape == (2, 16, 24)
