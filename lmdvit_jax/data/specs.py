@@ -33,9 +33,10 @@ SPEC_HELP = """Data specs:
   reloblur:DIR[?split=test]  DIR holds dataset/ and masks/ (LBAG layout)
   gopro:DIR[?split=test&blur=blur_gamma]   GOPRO_Large/ (or train/, test/) inside DIR
   pairs:DIR                  DIR/blur/, DIR/sharp/, optional DIR/mask/
-  synthetic[?count=100&size=256&seed=0&photos=FOLDER&min_blur=2&max_blur=12&preset=realistic]
+  synthetic[?count=100&size=256&seed=0&photos=skimage&min_blur=2&max_blur=12&preset=realistic]
                              generated local blur (motion path lengths in pixels;
-                             size=S or WxH, e.g. 384x256; preset=extreme: 8-64 px)
+                             size=S or WxH, e.g. 384x256; preset=extreme: 8-64 px;
+                             photos: skimage, packages (more photos) or a FOLDER)
   tfds:NAME[?split=test&data_dir=DIR]   a built TFDS dataset (reloblur, gopro, ...)
 Options: threshold=0.5 binarises masks (fraction of full scale)."""
 

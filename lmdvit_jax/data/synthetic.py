@@ -11,20 +11,23 @@ and the mask marks every pixel the object covered at some time during the
 exposure. Outside the mask blurred and sharp are bit-identical, also after the
 optional noise (the same noise field goes into both images, as scene texture).
 
-Sources of sharp photographs: the RGB and grey photographs bundled inside
-scikit-image (read as files from the installed package, never downloaded), or a
-folder of the user's own photographs. Both split into disjoint train and test
-photos so a held-out test set never shows a training photo.
+Sources of sharp photographs: a named set of the RGB and grey photographs
+shipped inside PyPI packages (`PHOTO_SETS`: scikit-image's, the default, or
+those and more from scikit-learn, matplotlib, mahotas and PyWavelets; read as
+files from the installed packages, never downloaded), or a folder of the user's
+own photographs. Both split into disjoint train and test photos so a held-out
+test set never shows a training photo.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import importlib.resources
+import importlib.util
 import os
 import zlib
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -33,26 +36,44 @@ from scipy import fft as sp_fft
 from lmdvit_jax.data import image_files
 from lmdvit_jax.data.examples import DataError, Example, Source
 
-# Files in `skimage/data` (shipped in the wheel; no network fetch). Photos of the
-# same scene (the two motorcycle views) stay in the same split.
-SKIMAGE_PHOTOS = {
-    'astronaut': 'astronaut.png',
-    'coffee': 'coffee.png',
-    'rocket': 'rocket.jpg',
-    'motorcycle_left': 'motorcycle_left.png',
-    'motorcycle_right': 'motorcycle_right.png',
-    'hubble_deep_field': 'hubble_deep_field.jpg',
-    'immunohistochemistry': 'ihc.png',
-    'camera': 'camera.png',
-    'brick': 'brick.png',
-    'grass': 'grass.png',
-    'moon': 'moon.png',
-    'chelsea': 'chelsea.png',
-    'coins': 'coins.png',
-    'gravel': 'gravel.png',
+# Sharp photographs shipped as files inside PyPI packages (read from the
+# installed package, found without importing it; never downloaded):
+# name -> (package, path inside it). Photos of the same scene (the two
+# motorcycle views) stay in the same split.
+PACKAGE_PHOTOS = {
+    'astronaut': ('skimage', 'data/astronaut.png'),
+    'coffee': ('skimage', 'data/coffee.png'),
+    'rocket': ('skimage', 'data/rocket.jpg'),
+    'motorcycle_left': ('skimage', 'data/motorcycle_left.png'),
+    'motorcycle_right': ('skimage', 'data/motorcycle_right.png'),
+    'hubble_deep_field': ('skimage', 'data/hubble_deep_field.jpg'),
+    'immunohistochemistry': ('skimage', 'data/ihc.png'),
+    'camera': ('skimage', 'data/camera.png'),
+    'brick': ('skimage', 'data/brick.png'),
+    'grass': ('skimage', 'data/grass.png'),
+    'moon': ('skimage', 'data/moon.png'),
+    'chelsea': ('skimage', 'data/chelsea.png'),
+    'coins': ('skimage', 'data/coins.png'),
+    'gravel': ('skimage', 'data/gravel.png'),
+    'china': ('sklearn', 'datasets/images/china.jpg'),
+    'flower': ('sklearn', 'datasets/images/flower.jpg'),
+    'grace_hopper': ('matplotlib', 'mpl-data/sample_data/grace_hopper.jpg'),
+    'department_store': ('mahotas', 'demos/data/DepartmentStore.jpg'),
+    'luispedro': ('mahotas', 'demos/data/luispedro.jpg'),
+    'aero': ('pywt', 'data/aero.npz'),
+    'ascent': ('pywt', 'data/ascent.npz'),
 }
+# PyPI distribution of each package, for the error that names what to install.
+_DISTRIBUTIONS = {'skimage': 'scikit-image', 'sklearn': 'scikit-learn',
+                  'matplotlib': 'matplotlib', 'mahotas': 'mahotas', 'pywt': 'PyWavelets'}
 TEST_PHOTOS = ('chelsea', 'coins', 'gravel')
-TRAIN_PHOTOS = tuple(n for n in SKIMAGE_PHOTOS if n not in TEST_PHOTOS)
+# Named photo sets of the `photos` option: 'skimage' (scikit-image's 14 photos)
+# and 'packages' (those and 7 more from other packages; the same test photos).
+PHOTO_SETS = {
+    'skimage': tuple(n for n, (package, _) in PACKAGE_PHOTOS.items() if package == 'skimage'),
+    'packages': tuple(PACKAGE_PHOTOS),
+}
+DEFAULT_PHOTO_SET = 'skimage'
 
 _SPLIT_CODES = {'train': 0, 'test': 1}
 
@@ -96,11 +117,23 @@ def linear_to_srgb(x: np.ndarray) -> np.ndarray:
 # Photographs.
 
 
+def _package_file(package: str, path: str) -> Path:
+  spec = importlib.util.find_spec(package)  # Locates the package without running it.
+  if spec is None or not spec.submodule_search_locations:
+    raise DataError(f'The photo {path} ships with the Python package {package!r}, which is '
+                    f'not installed: pip install {_DISTRIBUTIONS.get(package, package)}')
+  return Path(list(spec.submodule_search_locations)[0]) / path
+
+
 @functools.lru_cache(maxsize=None)
-def _skimage_photo(name: str) -> np.ndarray:
-  path = importlib.resources.files('skimage') / 'data' / SKIMAGE_PHOTOS[name]
-  with importlib.resources.as_file(path) as p:
-    return image_files.load_rgb(p)
+def _package_photo(name: str) -> np.ndarray:
+  """A photo of `PACKAGE_PHOTOS` as uint8 `[H, W, 3]` (grey replicated)."""
+  file = _package_file(*PACKAGE_PHOTOS[name])
+  if file.suffix != '.npz':
+    return image_files.load_rgb(file)
+  with np.load(file) as arrays:  # PyWavelets keeps its photos as one grey array.
+    grey = np.asarray(arrays[arrays.files[0]]).clip(0, 255).astype(np.uint8)
+  return np.ascontiguousarray(np.repeat(grey[:, :, None], 3, axis=2))
 
 
 class PhotoPool(Sequence):
@@ -123,12 +156,16 @@ class PhotoPool(Sequence):
     return f'PhotoPool({self.description}: {len(self)} photos)'
 
 
-def skimage_photos(split: str = 'train') -> PhotoPool:
-  """The photographs bundled with scikit-image: `train`, `test` or `all`."""
-  names = {'train': TRAIN_PHOTOS, 'test': TEST_PHOTOS, 'all': tuple(SKIMAGE_PHOTOS)}
+def package_photos(split: str = 'train', photo_set: str = DEFAULT_PHOTO_SET) -> PhotoPool:
+  """A named set of `PHOTO_SETS`, split into `train`, `test` (`TEST_PHOTOS`) or `all`."""
+  if photo_set not in PHOTO_SETS:
+    raise ValueError(f'Unknown photo set {photo_set!r}; accepted: {sorted(PHOTO_SETS)}')
+  every = PHOTO_SETS[photo_set]
+  names = {'train': tuple(n for n in every if n not in TEST_PHOTOS), 'test': TEST_PHOTOS,
+           'all': every}
   if split not in names:
     raise ValueError(f'split must be train, test or all, got {split!r}')
-  return PhotoPool(names[split], _skimage_photo, f'scikit-image {split} photos')
+  return PhotoPool(names[split], _package_photo, f'{split} photos of the {photo_set!r} set')
 
 
 @functools.lru_cache(maxsize=64)
@@ -409,14 +446,15 @@ class SyntheticSource(Source):
       raise ValueError(f'size must be at least 16 pixels, got {self.size}')
     self.seed = int(seed)
     self.split = split
-    self.photos_folder = None if photos is None else str(photos)
+    # A name of PHOTO_SETS or a folder (write a folder called like a set as ./NAME).
+    self.photo_source = DEFAULT_PHOTO_SET if photos is None else str(photos)
     self.settings = settings
 
   @functools.cached_property
   def photos(self) -> PhotoPool:
-    if self.photos_folder is None:
-      return skimage_photos(self.split)
-    return folder_photos(self.photos_folder, self.split)
+    if self.photo_source in PHOTO_SETS:
+      return package_photos(self.split, self.photo_source)
+    return folder_photos(self.photo_source, self.split)
 
   def __len__(self) -> int:
     return self.count

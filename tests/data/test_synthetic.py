@@ -9,14 +9,37 @@ from lmdvit_jax.data import synthetic
 from .builders import save
 
 
-def test_bundled_photos_load_from_the_installed_package():
-  for name in synthetic.SKIMAGE_PHOTOS:
-    photo = synthetic._skimage_photo(name)
+def test_package_photos_load_from_the_installed_packages():
+  for name in synthetic.PACKAGE_PHOTOS:
+    photo = synthetic._package_photo(name)
     assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3, name
     assert min(photo.shape[:2]) >= 256, name
     assert photo.std() > 10, name  # A real picture, not a blank placeholder.
-  assert not set(synthetic.TRAIN_PHOTOS) & set(synthetic.TEST_PHOTOS)
-  assert set(synthetic.TRAIN_PHOTOS) | set(synthetic.TEST_PHOTOS) == set(synthetic.SKIMAGE_PHOTOS)
+
+
+@pytest.mark.parametrize('photo_set', sorted(synthetic.PHOTO_SETS))
+def test_photo_sets_hold_out_the_same_test_photos(photo_set):
+  train = synthetic.package_photos('train', photo_set)
+  test = synthetic.package_photos('test', photo_set)
+  assert set(test.names) == set(synthetic.TEST_PHOTOS)
+  assert not set(train.names) & set(test.names)
+  assert set(train.names) | set(test.names) == set(synthetic.PHOTO_SETS[photo_set])
+
+
+def test_larger_photo_set_adds_photos_of_other_packages():
+  skimage = set(synthetic.package_photos('train', 'skimage').names)
+  packages = set(synthetic.package_photos('train', 'packages').names)
+  assert len(skimage) == 11 and skimage < packages
+  assert {synthetic.PACKAGE_PHOTOS[n][0] for n in packages - skimage} == {
+      'sklearn', 'matplotlib', 'mahotas', 'pywt'}
+  with pytest.raises(ValueError, match='photo set'):
+    synthetic.package_photos('train', 'imagenet')
+
+
+def test_missing_photo_package_names_what_to_install(monkeypatch):
+  monkeypatch.setitem(synthetic.PACKAGE_PHOTOS, 'absent', ('no_such_package_xyz', 'a.png'))
+  with pytest.raises(synthetic.DataError, match='pip install no_such_package_xyz'):
+    synthetic._package_photo('absent')
 
 
 def test_srgb_round_trip():
@@ -105,7 +128,7 @@ def test_blur_preserves_object_energy_in_linear_light():
 def test_train_and_test_use_disjoint_photos_and_streams():
   train = synthetic.SyntheticSource(count=2, size=32, seed=0, split='train')
   test = synthetic.SyntheticSource(count=2, size=32, seed=0, split='test')
-  assert set(train.photos.names) == set(synthetic.TRAIN_PHOTOS)
+  assert set(train.photos.names) == set(synthetic.package_photos('train', 'skimage').names)
   assert set(test.photos.names) == set(synthetic.TEST_PHOTOS)
   assert not np.array_equal(train.example(0)['sharp'], test.example(0)['sharp'])
   with pytest.raises(ValueError, match='split'):
@@ -168,6 +191,6 @@ def test_default_settings_are_realistic_local_blur():
   s = synthetic.BlurSettings()
   assert s.blur_length == (2.0, 12.0) and s.texture_tries > 1
   assert synthetic.PRESETS['extreme'].blur_length == (8.0, 64.0)
-  shares = [synthetic.synthesize(np.random.default_rng(i), synthetic.skimage_photos('test'),
+  shares = [synthetic.synthesize(np.random.default_rng(i), synthetic.package_photos('test'),
                                  (128, 192))['mask'].mean() for i in range(12)]
   assert 0.005 < min(shares) and max(shares) < 0.4 and 0.02 < np.mean(shares) < 0.25
