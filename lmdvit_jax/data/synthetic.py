@@ -121,7 +121,8 @@ def _package_file(package: str, path: str) -> Path:
   spec = importlib.util.find_spec(package)  # Locates the package without running it.
   if spec is None or not spec.submodule_search_locations:
     raise DataError(f'The photo {path} ships with the Python package {package!r}, which is '
-                    f'not installed: pip install {_DISTRIBUTIONS.get(package, package)}')
+                    f'not installed: pip install {_DISTRIBUTIONS.get(package, package)} (or the '
+                    "project's extra: pip install -e '.[photos]')")
   return Path(list(spec.submodule_search_locations)[0]) / path
 
 
