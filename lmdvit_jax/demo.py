@@ -144,21 +144,21 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
 def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
                              candidates=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
                              ) -> tuple[float, list[dict[str, float]]]:
-  """Chooses the inference keep threshold on validation data from training photos.
+  """Chooses the inference keep threshold on validation data.
 
   The class-balanced pruning loss shifts the predictors' probabilities, so 0.5
   is not the threshold that keeps the blurred windows at the best precision.
   This picks the highest candidate whose pruning recall on `data` (split
-  'train': training photos, never the held-out ones) is at least `recall` (the
-  best precision that still keeps the blurred windows), or the candidate with
-  the highest recall if none reaches it.
+  'val': photos in neither the training nor the held-out split) is at least
+  `recall` (the best precision that still keeps the blurred windows), or the
+  candidate with the highest recall if none reaches it.
 
   Returns:
     The threshold and one row per candidate (recall, precision, kept fraction,
-    weighted PSNR gain, PSNR outside the mask).
+    weighted and whole-image PSNR gain, PSNR outside the mask).
   """
   from lmdvit_jax.inference import Deblurrer  # pylint: disable=g-import-not-at-top
-  source = open_source(data, split='train')
+  source = open_source(data, split='val')
   kwargs, params = checkpointing.load_model(checkpoint)
   rows = []
   for t in candidates:
@@ -167,7 +167,8 @@ def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
     m = evaluation.run(deblurrer, source)['mean']
     rows.append(dict(keep_threshold=float(t), recall=m['prune_recall'],
                      precision=m['prune_precision'], kept_fraction=m['kept_fraction'],
-                     wpsnr_gain=m['wpsnr'] - m['input_wpsnr'], sharp_psnr=m['sharp_psnr']))
+                     wpsnr_gain=m['wpsnr'] - m['input_wpsnr'], psnr_gain=m['psnr'] - m['input_psnr'],
+                     sharp_psnr=m['sharp_psnr']))
   good = [r for r in rows if r['recall'] >= recall]
   best = max(good, key=lambda r: r['keep_threshold']) if good else max(rows, key=lambda r: r['recall'])
   return best['keep_threshold'], rows
@@ -245,7 +246,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
     keep_threshold, calibration = calibrate_keep_threshold(
         workdir, config.demo.calibration_data, float(config.demo.calibration_recall))
     print(f'Keep threshold {keep_threshold} chosen on {config.demo.calibration_data} '
-          '(training photos): ' + '; '.join(
+          '(validation photos): ' + '; '.join(
               f'{r["keep_threshold"]}: recall {r["recall"]:.3f} precision {r["precision"]:.3f}'
               for r in calibration))
 
@@ -417,7 +418,8 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
       f'{m["sharp_psnr"]:.2f} dB, pruning recall {m["prune_recall"]:.3f}, precision '
       f'{m["prune_precision"]:.3f}, keep threshold {summary["keep_threshold"]}.\n' + (
       '' if not summary['calibration'] else
-      '\nThe keep threshold was chosen at export on validation images from training photos '
+      '\nThe keep threshold was chosen at export on validation images (photos in neither '
+      'the training nor the held-out split) '
       '(`calibrate_keep_threshold` in `lmdvit_jax/demo.py`):\n\n'
       '| keep threshold | recall | precision | kept | weighted PSNR gain (dB) | PSNR outside (dB) |\n'
       '| --- | --- | --- | --- | --- | --- |\n') + ''.join(

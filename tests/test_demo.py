@@ -119,6 +119,24 @@ def test_export_weights_round_trips_and_leaves_no_temporary_files(checkpoint, tm
   assert sorted(p.name for p in out.iterdir()) == [checkpointing.MODEL_FILE, demo.PARAMS_FILE]
 
 
+def test_keep_threshold_is_calibrated_on_validation_photos(checkpoint, monkeypatch):
+  opened = []
+  real_open = demo.open_source
+  monkeypatch.setattr(demo, 'open_source', lambda spec, split: opened.append(split) or
+                      real_open(spec, split=split))
+  threshold, rows = demo.calibrate_keep_threshold(checkpoint, 'synthetic?size=64&count=2',
+                                                  recall=0.0, candidates=(0.3, 0.6))
+  assert opened == ['val']  # Never the training photos, never the held-out ones.
+  assert [r['keep_threshold'] for r in rows] == [0.3, 0.6]
+  assert threshold == 0.6  # Any recall reaches 0: the highest candidate.
+  for r in rows:
+    assert {'recall', 'precision', 'kept_fraction', 'wpsnr_gain', 'psnr_gain',
+            'sharp_psnr'} <= r.keys()
+  threshold, _ = demo.calibrate_keep_threshold(checkpoint, 'synthetic?size=64&count=2',
+                                               recall=1.01, candidates=(0.3, 0.6))
+  assert threshold == max(rows, key=lambda r: r['recall'])['keep_threshold']
+
+
 def _summary():
   mean = dict(input_psnr=30.0, psnr=30.5, input_wpsnr=20.0, wpsnr=21.0, sharp_psnr=50.0,
               prune_recall=0.9, prune_precision=0.5)

@@ -36,7 +36,8 @@ SPEC_HELP = """Data specs:
   synthetic[?count=100&size=256&seed=0&photos=skimage&min_blur=2&max_blur=12&preset=realistic]
                              generated local blur (motion path lengths in pixels;
                              size=S or WxH, e.g. 384x256; preset=extreme: 8-64 px;
-                             photos: skimage, packages (more photos) or a FOLDER)
+                             photos: skimage, packages (more photos) or a FOLDER;
+                             split=val: photos in neither train nor test)
   tfds:NAME[?split=test&data_dir=DIR]   a built TFDS dataset (reloblur, gopro, ...)
 Options: threshold=0.5 binarises masks (fraction of full scale)."""
 
@@ -99,7 +100,8 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
       'gopro:/data/GoPro?blur=blur_gamma', 'pairs:/my/pairs', 'synthetic',
       'synthetic?count=20&size=512', 'tfds:reloblur?data_dir=/tfds'.
     split: 'train' or 'test' unless the spec sets `split=`; ignored by npy/pairs.
-      `synthetic` with split 'test' uses held-out photos and random streams.
+      `synthetic` with split 'test' uses held-out photos and random streams;
+      `synthetic` also has 'val', photos in neither of the other two.
     synthetic_size: default side of synthetic images (training passes its patch
       size); `size=` in the spec wins.
     synthetic_count: default number of synthetic images; `count=` wins.
@@ -115,8 +117,10 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
   """
   kind, path, options = parse_spec(spec)
   split = options.get('split', split)
-  if kind in ('reloblur', 'gopro', 'synthetic') and split not in ('train', 'test'):
+  if kind in ('reloblur', 'gopro') and split not in ('train', 'test'):
     raise ValueError(f'split must be train or test, got {split!r} in {spec!r}.')
+  if kind == 'synthetic' and split not in synthetic.SPLITS:
+    raise ValueError(f'split must be one of {synthetic.SPLITS}, got {split!r} in {spec!r}.')
   threshold = _number(options, 'threshold', float, DEFAULT_MASK_THRESHOLD, spec)
   if kind == 'npy':
     return readers.NpySource(path, threshold)

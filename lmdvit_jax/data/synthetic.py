@@ -15,8 +15,9 @@ Sources of sharp photographs: a named set of the RGB and grey photographs
 shipped inside PyPI packages (`PHOTO_SETS`: scikit-image's, the default, or
 those and more from scikit-learn, matplotlib, mahotas and PyWavelets; read as
 files from the installed packages, never downloaded), or a folder of the user's
-own photographs. Both split into disjoint train and test photos so a held-out
-test set never shows a training photo.
+own photographs. Both split into disjoint train, val and test photos so
+neither a validation set (for choosing weights) nor a held-out test set shows a
+training photo.
 """
 
 from __future__ import annotations
@@ -67,15 +68,20 @@ PACKAGE_PHOTOS = {
 _DISTRIBUTIONS = {'skimage': 'scikit-image', 'sklearn': 'scikit-learn',
                   'matplotlib': 'matplotlib', 'mahotas': 'mahotas', 'pywt': 'PyWavelets'}
 TEST_PHOTOS = ('chelsea', 'coins', 'gravel')
-# Named photo sets of the `photos` option: 'skimage' (scikit-image's 14 photos)
-# and 'packages' (those and 7 more from other packages; the same test photos).
+# Validation photos: in no set's training split, so that weights are chosen on
+# photos the model never saw (and never on the test photos). The same for every set.
+VAL_PHOTOS = ('flower', 'department_store', 'ascent')
+# Named photo sets of the `photos` option, train and test photos: 'skimage'
+# (scikit-image's 14 photos) and 'packages' (those and 4 more from other
+# packages; the same test photos).
 PHOTO_SETS = {
     'skimage': tuple(n for n, (package, _) in PACKAGE_PHOTOS.items() if package == 'skimage'),
-    'packages': tuple(PACKAGE_PHOTOS),
+    'packages': tuple(n for n in PACKAGE_PHOTOS if n not in VAL_PHOTOS),
 }
 DEFAULT_PHOTO_SET = 'skimage'
 
-_SPLIT_CODES = {'train': 0, 'test': 1}
+_SPLIT_CODES = {'train': 0, 'test': 1, 'val': 2}
+SPLITS = tuple(_SPLIT_CODES)
 
 # ---------------------------------------------------------------------------
 # Colour: sRGB <-> linear light.
@@ -158,14 +164,15 @@ class PhotoPool(Sequence):
 
 
 def package_photos(split: str = 'train', photo_set: str = DEFAULT_PHOTO_SET) -> PhotoPool:
-  """A named set of `PHOTO_SETS`, split into `train`, `test` (`TEST_PHOTOS`) or `all`."""
+  """A named set of `PHOTO_SETS`, split into `train`, `val` (`VAL_PHOTOS`), `test`
+  (`TEST_PHOTOS`) or `all` (train and test)."""
   if photo_set not in PHOTO_SETS:
     raise ValueError(f'Unknown photo set {photo_set!r}; accepted: {sorted(PHOTO_SETS)}')
   every = PHOTO_SETS[photo_set]
-  names = {'train': tuple(n for n in every if n not in TEST_PHOTOS), 'test': TEST_PHOTOS,
-           'all': every}
+  names = {'train': tuple(n for n in every if n not in TEST_PHOTOS + VAL_PHOTOS),
+           'val': VAL_PHOTOS, 'test': TEST_PHOTOS, 'all': every}
   if split not in names:
-    raise ValueError(f'split must be train, test or all, got {split!r}')
+    raise ValueError(f'split must be train, val, test or all, got {split!r}')
   return PhotoPool(names[split], _package_photo, f'{split} photos of the {photo_set!r} set')
 
 
@@ -175,12 +182,14 @@ def _folder_photo(path: str) -> np.ndarray:
 
 
 def folder_photos(folder: str | os.PathLike, split: str = 'train',
-                  test_fraction: float = 0.2) -> PhotoPool:
+                  test_fraction: float = 0.2, val_fraction: float = 0.1) -> PhotoPool:
   """Sharp photographs from a folder (recursive), split by a hash of their names.
 
   A photo's split depends only on its relative path, so adding photos never
-  moves existing ones between splits. With at least two photos each split gets
-  at least one.
+  moves existing ones between splits. With at least two photos train and test
+  get at least one each; val gets the photos whose hash falls in the next
+  `val_fraction` after test's, never the last training photo (a folder too
+  small for one is an error when val is asked for).
   """
   files = image_files.list_images(folder)
   if not files:
@@ -192,10 +201,17 @@ def folder_photos(folder: str | os.PathLike, split: str = 'train',
     test = {min(keys, key=score.get)}
   if len(keys) >= 2 and len(test) == len(keys):
     test.discard(max(keys, key=score.get))
-  chosen = {'train': [k for k in keys if k not in test],
+  val = {k for k in keys if k not in test and score[k] < test_fraction + val_fraction}
+  if val and len(test) + len(val) == len(keys):
+    val.discard(max(val, key=score.get))
+  chosen = {'train': [k for k in keys if k not in test and k not in val],
+            'val': [k for k in keys if k in val],
             'test': [k for k in keys if k in test], 'all': keys}
   if split not in chosen:
-    raise ValueError(f'split must be train, test or all, got {split!r}')
+    raise ValueError(f'split must be train, val, test or all, got {split!r}')
+  if not chosen[split]:
+    raise DataError(f'{folder} has no {split} photos ({len(keys)} photos in all; a photo '
+                    f'goes to {split} by a hash of its path, so add more photos).')
   paths = {k: str(files[k]) for k in keys}
   return PhotoPool(chosen[split], lambda k: _folder_photo(paths[k]),
                    f'{split} photos of {folder}')
@@ -429,16 +445,17 @@ def synthesize(rng: np.random.Generator, photos: Sequence[np.ndarray],
 class SyntheticSource(Source):
   """`count` synthetic triples of a fixed size; example i depends only on (seed, split, i).
 
-  Train and test use disjoint photos and disjoint random streams, so
+  Train, val and test use disjoint photos and disjoint random streams, so
   `SyntheticSource(split='test')` is a held-out set for a model trained on
-  `SyntheticSource(split='train')`, whatever the seeds.
+  `SyntheticSource(split='train')`, whatever the seeds, and `split='val'` one to
+  choose weights by.
   """
 
   def __init__(self, count: int = 100, size: int | tuple[int, int] = 256, seed: int = 0,
                split: str = 'train', photos: str | os.PathLike | None = None,
                settings: BlurSettings = BlurSettings()):
     if split not in _SPLIT_CODES:
-      raise ValueError(f'split must be train or test, got {split!r}')
+      raise ValueError(f'split must be one of {SPLITS}, got {split!r}')
     if count < 1:
       raise ValueError(f'count must be positive, got {count}')
     self.count = int(count)

@@ -175,6 +175,8 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
   assert extreme.settings.blur_length == (8.0, 40.0) and extreme.settings.texture_tries == 1
   wide = specs.open_source('synthetic?size=96x64&count=1')
   assert wide.size == (64, 96) and wide[0]['blur'].shape == (64, 96, 3)
+  val = specs.open_source('synthetic?size=32&count=1&split=val')
+  assert val.split == 'val' and val[0]['blur'].shape == (32, 32, 3)
 
 
 @pytest.mark.parametrize('spec, message', [
@@ -186,6 +188,7 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
     ('synthetic?min_blur=9&max_blur=4', 'min_blur <= max_blur'),
     ('synthetic?max_blur=-1', 'min_blur <= max_blur'),
     ('gopro:/x?split=val', 'split must be train or test'),
+    ('synthetic?split=valid', 'split must be one of'),
     ('pairs:/x?threshold', 'Malformed options'),
     ('synthetic?preset=wild', "Unknown preset 'wild'"),
     ('synthetic?size=3x4x5', 'not S or WxH'),

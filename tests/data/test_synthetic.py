@@ -18,18 +18,20 @@ def test_package_photos_load_from_the_installed_packages():
 
 
 @pytest.mark.parametrize('photo_set', sorted(synthetic.PHOTO_SETS))
-def test_photo_sets_hold_out_the_same_test_photos(photo_set):
-  train = synthetic.package_photos('train', photo_set)
-  test = synthetic.package_photos('test', photo_set)
-  assert set(test.names) == set(synthetic.TEST_PHOTOS)
-  assert not set(train.names) & set(test.names)
-  assert set(train.names) | set(test.names) == set(synthetic.PHOTO_SETS[photo_set])
+def test_photo_sets_hold_out_the_same_val_and_test_photos(photo_set):
+  train = set(synthetic.package_photos('train', photo_set).names)
+  val = set(synthetic.package_photos('val', photo_set).names)
+  test = set(synthetic.package_photos('test', photo_set).names)
+  assert test == set(synthetic.TEST_PHOTOS) and val == set(synthetic.VAL_PHOTOS)
+  assert not train & test and not train & val and not val & test
+  assert train | test == set(synthetic.PHOTO_SETS[photo_set])
+  assert val <= set(synthetic.PACKAGE_PHOTOS)
 
 
 def test_larger_photo_set_adds_photos_of_other_packages():
   skimage = set(synthetic.package_photos('train', 'skimage').names)
   packages = set(synthetic.package_photos('train', 'packages').names)
-  assert len(skimage) == 11 and skimage < packages
+  assert len(skimage) == 11 and skimage < packages and len(packages) == 15
   assert {synthetic.PACKAGE_PHOTOS[n][0] for n in packages - skimage} == {
       'sklearn', 'matplotlib', 'mahotas', 'pywt'}
   with pytest.raises(ValueError, match='photo set'):
@@ -131,8 +133,10 @@ def test_train_and_test_use_disjoint_photos_and_streams():
   assert set(train.photos.names) == set(synthetic.package_photos('train', 'skimage').names)
   assert set(test.photos.names) == set(synthetic.TEST_PHOTOS)
   assert not np.array_equal(train.example(0)['sharp'], test.example(0)['sharp'])
+  val = synthetic.SyntheticSource(count=2, size=32, seed=0, split='val')
+  assert set(val.photos.names) == set(synthetic.VAL_PHOTOS)
   with pytest.raises(ValueError, match='split'):
-    synthetic.SyntheticSource(split='val')
+    synthetic.SyntheticSource(split='validation')
 
 
 def test_folder_of_photos_splits_by_name(tmp_path):
@@ -140,17 +144,34 @@ def test_folder_of_photos_splits_by_name(tmp_path):
   for i in range(10):
     save(tmp_path / 'photos' / f'p{i}.png', rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
   save(tmp_path / 'photos' / 'sub' / 'grey.jpg', rng.integers(0, 256, (60, 40), dtype=np.uint8))
-  train = synthetic.folder_photos(tmp_path / 'photos', 'train')
+  every = {f'p{i}' for i in range(10)} | {'sub/grey'}
+  train = synthetic.folder_photos(tmp_path / 'photos', 'train', val_fraction=0.0)
   test = synthetic.folder_photos(tmp_path / 'photos', 'test')
   assert len(train) >= 1 and len(test) >= 1
   assert not set(train.names) & set(test.names)
-  assert set(train.names) | set(test.names) == {f'p{i}' for i in range(10)} | {'sub/grey'}
+  assert set(train.names) | set(test.names) == every
+  # Val comes out of train only; test stays where it was.
+  train_less = synthetic.folder_photos(tmp_path / 'photos', 'train', val_fraction=0.5)
+  val = synthetic.folder_photos(tmp_path / 'photos', 'val', val_fraction=0.5)
+  assert len(val) >= 1 and len(train_less) >= 1
+  assert set(train_less.names) | set(val.names) == set(train.names)
+  assert not set(train_less.names) & set(val.names)
   assert synthetic.folder_photos(tmp_path / 'photos', 'test').names == test.names
   assert all(p.shape[2] == 3 for p in train)
   src = synthetic.SyntheticSource(count=2, size=32, photos=tmp_path / 'photos')
   assert src.example(1)['blur'].shape == (32, 32, 3)
   with pytest.raises(FileNotFoundError):
     synthetic.folder_photos(tmp_path / 'nope')
+
+
+def test_folder_too_small_for_val_says_so(tmp_path):
+  for name in ('a', 'b'):
+    save(tmp_path / f'{name}.png', np.full((20, 20, 3), 100, np.uint8))
+  # Two photos: one for train and one for test, whatever the fractions.
+  assert len(synthetic.folder_photos(tmp_path, 'train', val_fraction=1.0)) == 1
+  assert len(synthetic.folder_photos(tmp_path, 'test', val_fraction=1.0)) == 1
+  with pytest.raises(synthetic.DataError, match='no val photos'):
+    synthetic.folder_photos(tmp_path, 'val', val_fraction=1.0)
 
 
 def test_generator_is_fast():
