@@ -386,7 +386,8 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
            'crops')
   command = ' '.join(['python demo.py --train --workdir=WORKDIR', *override_flags(workdir)])
   model = 'The small LMD-ViT of `configs/demo.py`'
-  by = '(scikit-image photos) by the project\'s own'
+  sources = (config.get('data') or {}).get('sources') or []
+  by = ''.join(f'(`{"`, `".join(sources)}`) ' if sources else '') + 'by the project\'s own'
   runs = 1 + sum(1 for name in record_files(out_dir) if name.endswith('README.md')
                  and name.startswith(INIT_PREFIX))
   if init_from:

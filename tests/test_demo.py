@@ -158,9 +158,11 @@ def test_the_training_record_names_the_run_it_continued(tmp_path, init):
   (run / 'metrics.jsonl').write_text('{"step": 5}\n')
   (run / 'config.json').write_text(json.dumps(
       {'seed': 1, 'num_train_steps': 5, 'batch_size': 8, 'patch_size': 64,
-       'init_from': str(first) if init else ''}))
+       'init_from': str(first) if init else '',
+       'data': {'sources': ['synthetic?size=128&photos=packages']}}))
   demo.write_training_record(run, out, _summary())
   readme = (out / 'README.md').read_text()
+  assert 'synthetic local blur (`synthetic?size=128&photos=packages`) by' in readme, readme
   assert (out / 'metrics.jsonl').read_text() == '{"step": 5}\n'
   assert not (out / 'init_eval.jsonl').exists()
   if init:
@@ -189,4 +191,5 @@ def test_the_training_record_spells_out_every_override(tmp_path):
   assert ('python demo.py --train --workdir=WORKDIR --config.init_from=FIRST --config.seed=3 '
           '--config.optim.lr=0.0002 --config.data.sources="(\'synthetic?size=96\',)" '
           '--config.loss.sharp=30.0\n') in readme, readme
+  assert 'trained on synthetic local blur by' in readme  # a config without data sources
   assert (out / demo.OVERRIDES_FILE).is_file()
