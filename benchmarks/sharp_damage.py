@@ -3,7 +3,7 @@ r"""Where does a trained model disturb sharp regions, and what does the keep thr
     python benchmarks/sharp_damage.py --checkpoint=workdirs/demo \
         --data='synthetic?size=384x256&count=16'
     python benchmarks/sharp_damage.py --checkpoint=workdirs/demo \
-        --data='synthetic?size=384x256&count=16&seed=1' --split=train
+        --data='synthetic?size=384x256&count=16&seed=1' --split=val
 
 Outside the blur mask the blurred input equals the sharp image, so every error
 there is one the model made. The first table splits the squared error outside

@@ -296,8 +296,10 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   return summary
 
 
-def _f(value: float, digits: int = 2) -> str:
-  return '-' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
+def _f(value: float, digits: int = 2, sign: bool = False) -> str:
+  if value is None or not np.isfinite(value):
+    return '-'
+  return f'{value:+.{digits}f}' if sign else f'{value:.{digits}f}'
 
 
 def report(summary: dict[str, Any], out: Path) -> str:
@@ -381,13 +383,13 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
   for name in LOG_FILES:
     if (workdir / name).is_file():
       shutil.copyfile(workdir / name, out_dir / name)
+  sources = (config.get('data') or {}).get('sources') or []
   steps = (f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
            f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
-           'crops')
+           'crops' + ''.join(f' of `{"`, `".join(sources)}`' if sources else ''))
   command = ' '.join(['python demo.py --train --workdir=WORKDIR', *override_flags(workdir)])
   model = 'The small LMD-ViT of `configs/demo.py`'
-  sources = (config.get('data') or {}).get('sources') or []
-  by = ''.join(f'(`{"`, `".join(sources)}`) ' if sources else '') + 'by the project\'s own'
+  by = 'by the project\'s own'
   runs = 1 + sum(1 for name in record_files(out_dir) if name.endswith('README.md')
                  and name.startswith(INIT_PREFIX))
   if init_from:
@@ -422,8 +424,10 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
       '\nThe keep threshold was chosen at export on validation images (photos in neither '
       'the training nor the held-out split) '
       '(`calibrate_keep_threshold` in `lmdvit_jax/demo.py`):\n\n'
-      '| keep threshold | recall | precision | kept | weighted PSNR gain (dB) | PSNR outside (dB) |\n'
-      '| --- | --- | --- | --- | --- | --- |\n') + ''.join(
+      '| keep threshold | recall | precision | kept | weighted PSNR gain (dB) | '
+      'whole-image PSNR gain (dB) | PSNR outside (dB) |\n'
+      '| --- | --- | --- | --- | --- | --- | --- |\n') + ''.join(
           f'| {r["keep_threshold"]} | {r["recall"]:.3f} | {r["precision"]:.3f} | '
-          f'{r["kept_fraction"]:.3f} | {r["wpsnr_gain"]:+.2f} | {r["sharp_psnr"]:.2f} |\n'
+          f'{r["kept_fraction"]:.3f} | {r["wpsnr_gain"]:+.2f} | '
+          f'{_f(r.get("psnr_gain"), 2, sign=True)} | {r["sharp_psnr"]:.2f} |\n'
           for r in summary['calibration'] or []))

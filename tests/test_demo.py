@@ -162,7 +162,7 @@ def test_the_training_record_names_the_run_it_continued(tmp_path, init):
        'data': {'sources': ['synthetic?size=128&photos=packages']}}))
   demo.write_training_record(run, out, _summary())
   readme = (out / 'README.md').read_text()
-  assert 'synthetic local blur (`synthetic?size=128&photos=packages`) by' in readme, readme
+  assert '64x64 crops of `synthetic?size=128&photos=packages`' in readme, readme
   assert (out / 'metrics.jsonl').read_text() == '{"step": 5}\n'
   assert not (out / 'init_eval.jsonl').exists()
   if init:
@@ -191,5 +191,22 @@ def test_the_training_record_spells_out_every_override(tmp_path):
   assert ('python demo.py --train --workdir=WORKDIR --config.init_from=FIRST --config.seed=3 '
           '--config.optim.lr=0.0002 --config.data.sources="(\'synthetic?size=96\',)" '
           '--config.loss.sharp=30.0\n') in readme, readme
-  assert 'trained on synthetic local blur by' in readme  # a config without data sources
+  assert '64x64 crops.' in readme or '64x64 crops,' in readme  # a config without data sources
   assert (out / demo.OVERRIDES_FILE).is_file()
+
+
+def test_the_training_record_shows_the_keep_threshold_calibration(tmp_path):
+  run, out = tmp_path / 'run', tmp_path / 'out'
+  for d in (run, out):
+    d.mkdir()
+  (run / 'config.json').write_text(json.dumps(
+      {'seed': 3, 'num_train_steps': 7, 'batch_size': 8, 'patch_size': 64, 'init_from': ''}))
+  summary = _summary()
+  summary['calibration'] = [dict(keep_threshold=t, recall=r, precision=0.5, kept_fraction=0.2,
+                                 wpsnr_gain=0.4, psnr_gain=g, sharp_psnr=50.0)
+                            for t, r, g in ((0.5, 0.92, 0.25), (0.6, 0.88, -0.05))]
+  demo.write_training_record(run, out, summary)
+  readme = (out / 'README.md').read_text()
+  assert 'validation images (photos in neither the training nor the held-out split)' in readme
+  assert '| 0.5 | 0.920 | 0.500 | 0.200 | +0.40 | +0.25 | 50.00 |' in readme, readme
+  assert '| 0.6 | 0.880 | 0.500 | 0.200 | +0.40 | -0.05 | 50.00 |' in readme, readme
