@@ -17,7 +17,6 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from lmdvit_jax import cli
@@ -35,8 +34,6 @@ _EXPORT = flags.DEFINE_bool('export_weights', False, "Write the workdir's model 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Quiet: results, not library chatter.
   from lmdvit_jax import compilation_cache, demo  # pylint: disable=g-import-not-at-top
   compilation_cache.enable()
   demo.run(_CONFIG.value, Path(_WORKDIR.value), train=_TRAIN.value, export=_EXPORT.value,
@@ -44,4 +41,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, quiet=True)

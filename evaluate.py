@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 
 from lmdvit_jax import cli, compilation_cache, evaluation
 
@@ -51,8 +51,6 @@ def main(argv: list[str]) -> None:
   for flag in (_CHECKPOINT, _DATA, _OUTPUT):
     if not flag.value:
       raise app.UsageError(f'--{flag.name} is required.')
-  if not flags.FLAGS['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Checkpoint loading logs a lot at INFO.
   compilation_cache.enable()
   summary = evaluation.evaluate(
       _CHECKPOINT.value, _DATA.value, _OUTPUT.value, step=_STEP.value, split=_SPLIT.value,
@@ -69,4 +67,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == '__main__':
-  cli.run(main)
+  cli.run(main, quiet=True)

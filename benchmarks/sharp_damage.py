@@ -111,4 +111,4 @@ def main(argv):
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main)
+  cli.run(main, quiet=True)

@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import NoReturn
 
-from absl import app, flags
+from absl import app, flags, logging
 
 from lmdvit_jax import host_memory
 
@@ -76,12 +76,18 @@ def user_errors() -> tuple[type[BaseException], ...]:
           FileExistsError, DataError, CheckpointError)
 
 
-def run(main: Callable[[list[str]], int | None]) -> None:
+def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
   """`absl.app.run(main)` with one-line errors (see the module docstring), in a
-  process whose large allocations go on huge pages (`host_memory`)."""
+  process whose large allocations go on huge pages (`host_memory`).
+
+  `quiet`: log warnings and errors only, unless `--verbosity` is given (loading
+  a checkpoint logs a lot at INFO; a command that prints results keeps them
+  readable)."""
   host_memory.restart_with_huge_pages()
 
   def guarded(argv: list[str]) -> int | None:
+    if quiet and not flags.FLAGS['verbosity'].present:
+      logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except app.UsageError:

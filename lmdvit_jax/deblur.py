@@ -26,7 +26,7 @@ import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags, logging
+from absl import app, flags
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
@@ -284,8 +284,6 @@ def main(argv: list[str]) -> None:
   if len(argv) < 2:
     raise app.UsageError('Give at least one image file or folder.')
   fl = flags.FLAGS
-  if not fl['verbosity'].present:
-    logging.set_verbosity(logging.WARNING)  # Checkpoint loading logs a lot at INFO.
   compilation_cache.enable()
   try:
     capacity = parse_capacity(fl.capacity)
@@ -297,4 +295,4 @@ def main(argv: list[str]) -> None:
 
 if __name__ == '__main__':
   _define_flags()
-  cli.run(main)
+  cli.run(main, quiet=True)

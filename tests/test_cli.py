@@ -15,7 +15,8 @@ ENTRY_POINTS = [
     ['benchmarks/inference.py'], ['benchmarks/train_step.py'],
     ['benchmarks/linear_headroom.py'], ['benchmarks/pruning_ranking.py'],
     ['benchmarks/blur_cues.py'], ['benchmarks/synthetic_stats.py'],
-    ['benchmarks/train_step_parts.py'],
+    ['benchmarks/train_step_parts.py'], ['benchmarks/sharp_damage.py'],
+    ['benchmarks/blur_detection_ceiling.py'],
 ]
 
 
@@ -32,6 +33,23 @@ def test_help_of_every_entry_point(entry):
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert len(proc.stdout) > 100
+
+
+def test_quiet_commands_log_warnings_only_unless_asked(tmp_path):
+  script = tmp_path / 'quiet_command.py'
+  script.write_text(
+      'from absl import logging\n'
+      'from lmdvit_jax import cli\n'
+      'def main(argv):\n'
+      '  logging.info("chatter")\n'
+      '  logging.warning("worth saying")\n'
+      'if __name__ == "__main__":\n'
+      '  cli.run(main, quiet=True)\n')
+  proc = _run([str(script)], cwd=tmp_path)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  assert 'worth saying' in proc.stderr and 'chatter' not in proc.stderr
+  proc = _run([str(script), '--verbosity=0'], cwd=tmp_path)
+  assert 'worth saying' in proc.stderr and 'chatter' in proc.stderr
 
 
 def test_convert_names_a_damaged_file(tmp_path):
