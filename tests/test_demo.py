@@ -177,12 +177,19 @@ def test_the_training_record_names_the_run_it_continued(tmp_path, init):
     assert not list(out.glob('init_*'))
 
 
-def test_the_training_record_spells_out_every_override(tmp_path):
+def _run_and_out(tmp_path, init_from=''):
+  """A training workdir (its config.json only) and an empty export folder."""
   run, out = tmp_path / 'run', tmp_path / 'out'
   for d in (run, out):
     d.mkdir()
   (run / 'config.json').write_text(json.dumps(
-      {'seed': 3, 'num_train_steps': 7, 'batch_size': 8, 'patch_size': 64, 'init_from': '/w/e'}))
+      {'seed': 3, 'num_train_steps': 7, 'batch_size': 8, 'patch_size': 64,
+       'init_from': init_from}))
+  return run, out
+
+
+def test_the_training_record_spells_out_every_override(tmp_path):
+  run, out = _run_and_out(tmp_path, init_from='/w/e')
   (run / demo.OVERRIDES_FILE).write_text(json.dumps(
       {'seed': 3, 'optim.lr': 0.0002, 'init_from': '/w/e', 'data.sources': ['synthetic?size=96'],
        'loss.sharp': 30.0}))
@@ -196,11 +203,7 @@ def test_the_training_record_spells_out_every_override(tmp_path):
 
 
 def test_the_training_record_shows_the_keep_threshold_calibration(tmp_path):
-  run, out = tmp_path / 'run', tmp_path / 'out'
-  for d in (run, out):
-    d.mkdir()
-  (run / 'config.json').write_text(json.dumps(
-      {'seed': 3, 'num_train_steps': 7, 'batch_size': 8, 'patch_size': 64, 'init_from': ''}))
+  run, out = _run_and_out(tmp_path)
   summary = _summary()
   summary['calibration'] = [dict(keep_threshold=t, recall=r, precision=0.5, kept_fraction=0.2,
                                  wpsnr_gain=0.4, psnr_gain=g, sharp_psnr=50.0)
