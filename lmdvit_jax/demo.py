@@ -169,9 +169,15 @@ def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
                      precision=m['prune_precision'], kept_fraction=m['kept_fraction'],
                      wpsnr_gain=m['wpsnr'] - m['input_wpsnr'], psnr_gain=m['psnr'] - m['input_psnr'],
                      sharp_psnr=m['sharp_psnr']))
+  return choose_keep_threshold(rows, recall), rows
+
+
+def choose_keep_threshold(rows: list[dict[str, float]], recall: float) -> float:
+  """The highest `keep_threshold` of `rows` whose recall is at least `recall`,
+  else the one with the highest recall."""
   good = [r for r in rows if r['recall'] >= recall]
   best = max(good, key=lambda r: r['keep_threshold']) if good else max(rows, key=lambda r: r['recall'])
-  return best['keep_threshold'], rows
+  return best['keep_threshold']
 
 
 # ---------------------------------------------------------------------------
@@ -296,10 +302,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   return summary
 
 
-def _f(value: float, digits: int = 2, sign: bool = False) -> str:
-  if value is None or not np.isfinite(value):
-    return '-'
-  return f'{value:+.{digits}f}' if sign else f'{value:.{digits}f}'
+def _f(value: float, digits: int = 2) -> str:
+  return '-' if value is None or not np.isfinite(value) else f'{value:.{digits}f}'
 
 
 def report(summary: dict[str, Any], out: Path) -> str:
@@ -386,7 +390,7 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
   sources = (config.get('data') or {}).get('sources') or []
   steps = (f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
            f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
-           'crops' + ''.join(f' of `{"`, `".join(sources)}`' if sources else ''))
+           'crops' + (f' of `{"`, `".join(sources)}`' if sources else ''))
   command = ' '.join(['python demo.py --train --workdir=WORKDIR', *override_flags(workdir)])
   model = 'The small LMD-ViT of `configs/demo.py`'
   by = 'by the project\'s own'
@@ -428,6 +432,6 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
       'whole-image PSNR gain (dB) | PSNR outside (dB) |\n'
       '| --- | --- | --- | --- | --- | --- | --- |\n') + ''.join(
           f'| {r["keep_threshold"]} | {r["recall"]:.3f} | {r["precision"]:.3f} | '
-          f'{r["kept_fraction"]:.3f} | {r["wpsnr_gain"]:+.2f} | '
-          f'{_f(r.get("psnr_gain"), 2, sign=True)} | {r["sharp_psnr"]:.2f} |\n'
+          f'{r["kept_fraction"]:.3f} | {r["wpsnr_gain"]:+.2f} | {r["psnr_gain"]:+.2f} | '
+          f'{r["sharp_psnr"]:.2f} |\n'
           for r in summary['calibration'] or []))

@@ -132,9 +132,14 @@ def test_keep_threshold_is_calibrated_on_validation_photos(checkpoint, monkeypat
   for r in rows:
     assert {'recall', 'precision', 'kept_fraction', 'wpsnr_gain', 'psnr_gain',
             'sharp_psnr'} <= r.keys()
-  threshold, _ = demo.calibrate_keep_threshold(checkpoint, 'synthetic?size=64&count=2',
-                                               recall=1.01, candidates=(0.3, 0.6))
-  assert threshold == max(rows, key=lambda r: r['recall'])['keep_threshold']
+
+
+def test_keep_threshold_choice_keeps_the_recall_or_falls_back_to_the_best_recall():
+  rows = [dict(keep_threshold=0.3, recall=0.95), dict(keep_threshold=0.5, recall=0.91),
+          dict(keep_threshold=0.7, recall=0.80)]
+  assert demo.choose_keep_threshold(rows, 0.9) == 0.5
+  assert demo.choose_keep_threshold(rows, 0.5) == 0.7
+  assert demo.choose_keep_threshold(rows, 0.99) == 0.3
 
 
 def _summary():

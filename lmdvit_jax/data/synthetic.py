@@ -169,7 +169,7 @@ def package_photos(split: str = 'train', photo_set: str = DEFAULT_PHOTO_SET) -> 
   if photo_set not in PHOTO_SETS:
     raise ValueError(f'Unknown photo set {photo_set!r}; accepted: {sorted(PHOTO_SETS)}')
   every = PHOTO_SETS[photo_set]
-  names = {'train': tuple(n for n in every if n not in TEST_PHOTOS + VAL_PHOTOS),
+  names = {'train': tuple(n for n in every if n not in TEST_PHOTOS),
            'val': VAL_PHOTOS, 'test': TEST_PHOTOS, 'all': every}
   if split not in names:
     raise ValueError(f'split must be train, val, test or all, got {split!r}')
