@@ -39,6 +39,9 @@ _SAVE_IMAGES = flags.DEFINE_bool('save_images', False, 'Write the restored image
 _WARMUP = flags.DEFINE_bool('warmup', True, 'Run each new input size once untimed first.')
 _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: '
                            "the checkpoint's model.json, else float32); params stay float32.")
+_SELF_ENSEMBLE = flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per '
+                                   'image, flipped and transposed, averaged (default: the '
+                                   "checkpoint's model.json, else 1).")
 _SKIP_BAD = flags.DEFINE_bool('skip_bad', False, 'Leave out unreadable or invalid files (listed '
                               'in metrics.json) instead of stopping before any work.')
 _QUANTIZE = flags.DEFINE_bool('quantize', True, 'Score the output as saved to uint8; '
@@ -57,7 +60,8 @@ def main(argv: list[str]) -> None:
       capacity=_CAPACITY.value, keep_threshold=_KEEP_THRESHOLD.value,
       num_panels=_NUM_PANELS.value, panel_height=_PANEL_HEIGHT.value,
       max_images=_MAX_IMAGES.value, save_images=_SAVE_IMAGES.value, warmup=_WARMUP.value,
-      quantize_output=_QUANTIZE.value, skip_bad=_SKIP_BAD.value, dtype=_DTYPE.value)
+      quantize_output=_QUANTIZE.value, skip_bad=_SKIP_BAD.value, dtype=_DTYPE.value,
+      self_ensemble=None if _SELF_ENSEMBLE.value is None else int(_SELF_ENSEMBLE.value))
   m = summary['mean']
   print(f'{summary["count"]} images: PSNR {m["psnr"]:.2f}  SSIM {m["ssim"]:.4f}  '
         f'PSNR_w {m["wpsnr"]:.2f}  SSIM_w {m["wssim"]:.4f}  '

@@ -65,5 +65,8 @@ def get_config() -> ml_collections.ConfigDict:
         # photos in neither the training nor the held-out split (split `val`): the
         # highest that keeps recall there at least calibration_recall. ('' keeps the
         # checkpoint's; on training photos recall never reached 0.9, docs/demo_training.md.)
-        calibration_data='synthetic?size=384x256&count=16&seed=1', calibration_recall=0.9))
+        calibration_data='synthetic?size=384x256&count=16&seed=1', calibration_recall=0.9,
+        # Passes per image at evaluation, flipped and transposed copies averaged
+        # (inference.Deblurrer); --export_weights records it in model.json.
+        self_ensemble=8))
   return config

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from lmdvit_jax import checkpointing, cli, compilation_cache, files, panels
 from lmdvit_jax.data import DataError
 from lmdvit_jax.data import image_files
-from lmdvit_jax.inference import Deblurrer, parse_capacity, to_uint8
+from lmdvit_jax.inference import Deblurrer, checkpoint_overrides, parse_capacity, to_uint8
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # PNG colour type by channel count: grey, grey + alpha, RGB, RGBA.
@@ -223,7 +223,8 @@ def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output
 
 def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None = None,
         capacity: str | float = 'exact', keep_threshold: float | None = None,
-        overlays: bool = False, dtype: str | None = None, progress: bool = True) -> int:
+        overlays: bool = False, dtype: str | None = None, self_ensemble: int | None = None,
+        progress: bool = True) -> int:
   """Deblurs `inputs` (files or folders) into `output`; returns the exit status.
 
   0 when every file was deblurred; 1 when some input was missing or unreadable
@@ -242,12 +243,8 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
     print(f'error: {e}', file=sys.stderr)
   if not jobs:
     return 1
-  overrides: dict[str, object] = {'capacity': parse_capacity(capacity)}
-  if keep_threshold is not None:
-    overrides['keep_threshold'] = float(keep_threshold)
-  if dtype is not None:
-    overrides['dtype'] = dtype
   try:
+    overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
     if not Path(checkpoint).is_dir():
       raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
     # No warm-up: timings here are informative only, and it would double the
@@ -276,6 +273,8 @@ def _define_flags() -> None:
   flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.')
   flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: the '
                     "checkpoint's model.json, else float32); params stay float32.")
+  flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
+                    "transposed, averaged (default: the checkpoint's model.json, else 1).")
   flags.DEFINE_bool('overlays', False, 'Also write NAME.decisions.png with the windows '
                     'kept by each pruning stage.')
 
@@ -290,7 +289,8 @@ def main(argv: list[str]) -> None:
   except ValueError as e:
     raise app.UsageError(str(e)) from None
   sys.exit(run(fl.checkpoint, argv[1:], fl.output, step=fl.step, capacity=capacity,
-               keep_threshold=fl.keep_threshold, overlays=fl.overlays, dtype=fl.dtype))
+               keep_threshold=fl.keep_threshold, overlays=fl.overlays, dtype=fl.dtype,
+               self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble)))
 
 
 if __name__ == '__main__':

@@ -31,7 +31,6 @@ import numpy as np
 
 from lmdvit_jax import checkpointing, evaluation, files, panels
 from lmdvit_jax.data import open_source
-from lmdvit_jax.models import LMDViT
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'demo_weights'
 PARAMS_FILE = 'params.npz'
@@ -142,8 +141,8 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
 
 
 def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
-                             candidates=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-                             ) -> tuple[float, list[dict[str, float]]]:
+                             candidates=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9),
+                             self_ensemble: int = 1) -> tuple[float, list[dict[str, float]]]:
   """Chooses the inference keep threshold on validation data.
 
   The class-balanced pruning loss shifts the predictors' probabilities, so 0.5
@@ -151,7 +150,8 @@ def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
   This picks the highest candidate whose pruning recall on `data` (split
   'val': photos in neither the training nor the held-out split) is at least
   `recall` (the best precision that still keeps the blurred windows), or the
-  candidate with the highest recall if none reaches it.
+  candidate with the highest recall if none reaches it. Scored as the demo
+  then runs: with `self_ensemble` passes per image.
 
   Returns:
     The threshold and one row per candidate (recall, precision, kept fraction,
@@ -162,8 +162,9 @@ def calibrate_keep_threshold(checkpoint: str | Path, data: str, recall: float,
   kwargs, params = checkpointing.load_model(checkpoint)
   rows = []
   for t in candidates:
-    model_kwargs = {**kwargs, 'keep_threshold': float(t), 'capacity': 'masked'}
-    deblurrer = Deblurrer(LMDViT(**model_kwargs), params, warmup=False)
+    deblurrer = Deblurrer.from_kwargs(
+        {**kwargs, 'keep_threshold': float(t), 'capacity': 'masked',
+         'self_ensemble': self_ensemble}, params, warmup=False)
     m = evaluation.run(deblurrer, source)['mean']
     rows.append(dict(keep_threshold=float(t), recall=m['prune_recall'],
                      precision=m['prune_precision'], kept_fraction=m['kept_fraction'],
@@ -247,10 +248,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
     origin = f'the checkpoint already in {workdir}'
   seconds_model = time.perf_counter() - start
 
+  self_ensemble = int(config.demo.self_ensemble)
   keep_threshold, calibration = None, None
   if export and config.demo.calibration_data:
     keep_threshold, calibration = calibrate_keep_threshold(
-        workdir, config.demo.calibration_data, float(config.demo.calibration_recall))
+        workdir, config.demo.calibration_data, float(config.demo.calibration_recall),
+        self_ensemble=self_ensemble)
     print(f'Keep threshold {keep_threshold} chosen on {config.demo.calibration_data} '
           '(validation photos): ' + '; '.join(
               f'{r["keep_threshold"]}: recall {r["recall"]:.3f} precision {r["precision"]:.3f}'
@@ -260,15 +263,14 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   n_panels = int(config.demo.num_panels)
   result = evaluation.evaluate(str(workdir), config.demo.data, str(out), split='test',
                                capacity='exact', keep_threshold=keep_threshold,
+                               self_ensemble=self_ensemble,
                                num_panels=n_panels, progress=progress)
   mean, records = result['mean'], result['images']
   rows = targets(mean)
 
   # The overview picture: the first few images, restored again for their maps.
-  from lmdvit_jax.inference import Deblurrer, quantize  # pylint: disable=g-import-not-at-top
-  overrides = {'capacity': 'exact'}
-  if keep_threshold is not None:
-    overrides['keep_threshold'] = keep_threshold
+  from lmdvit_jax.inference import Deblurrer, checkpoint_overrides, quantize  # pylint: disable=g-import-not-at-top
+  overrides = checkpoint_overrides('exact', keep_threshold, self_ensemble=self_ensemble)
   deblurrer = Deblurrer.from_checkpoint(workdir, overrides=overrides, warmup=False)
   source = open_source(config.demo.data, split='test')
   shown = list(range(min(n_panels, len(source))))
@@ -283,6 +285,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
       'data': config.demo.data, 'count': result['count'], 'model': origin,
       'seconds_to_model': seconds_model, 'seconds_total': time.perf_counter() - start,
       'targets': rows, 'mean': mean, 'keep_threshold': deblurrer.model.keep_threshold,
+      'self_ensemble': self_ensemble,
       'calibration': calibration,
       'kept_fraction_per_block': [b['kept_fraction'] for b in result['blocks']],
       'images': [{k: r[k] for k in ('name', 'input_psnr', 'psnr', 'input_wpsnr', 'wpsnr',
@@ -295,7 +298,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
     if not (workdir / 'metrics.jsonl').is_file():
       raise FileNotFoundError(f'{workdir} has no training log (metrics.jsonl): export the '
                               'workdir of a `python demo.py --train` run')
-    export_weights(workdir, weights_dir,
+    export_weights(workdir, weights_dir, self_ensemble=self_ensemble,
                    **({} if keep_threshold is None else {'keep_threshold': keep_threshold}))
     write_training_record(workdir, weights_dir, summary)
     print(f'Exported the model of {workdir} to {weights_dir}')
@@ -308,8 +311,11 @@ def _f(value: float, digits: int = 2) -> str:
 
 def report(summary: dict[str, Any], out: Path) -> str:
   """The text a person reads at the end of the demo."""
+  passes = summary.get('self_ensemble', 1)
+  ensemble = (f'; {passes} passes per image (flipped and transposed copies, averaged)'
+              if passes > 1 else '')
   lines = [f'\nHeld-out set: {summary["count"]} images of {summary["data"]} '
-           f'(photos never seen in training); model: {summary["model"]}.', '',
+           f'(photos never seen in training); model: {summary["model"]}{ensemble}.', '',
            '| image | PSNR in -> out | weighted PSNR in -> out | PSNR outside mask | kept | s |',
            '| --- | --- | --- | --- | --- | --- |']
   for r in summary['images']:
@@ -423,7 +429,10 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
       f'PSNR {m["input_psnr"]:.2f} -> {m["psnr"]:.2f} dB, weighted PSNR '
       f'{m["input_wpsnr"]:.2f} -> {m["wpsnr"]:.2f} dB, PSNR outside the mask '
       f'{m["sharp_psnr"]:.2f} dB, pruning recall {m["prune_recall"]:.3f}, precision '
-      f'{m["prune_precision"]:.3f}, keep threshold {summary["keep_threshold"]}.\n' + (
+      f'{m["prune_precision"]:.3f}, keep threshold {summary["keep_threshold"]}' + (
+      '' if summary.get('self_ensemble', 1) == 1 else
+      f', with {summary["self_ensemble"]} passes per image (`self_ensemble` in `model.json`: '
+      'flipped and transposed copies, outputs averaged)') + '.\n' + (
       '' if not summary['calibration'] else
       '\nThe keep threshold was chosen at export on validation images (photos in neither '
       'the training nor the held-out split) '

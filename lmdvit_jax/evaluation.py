@@ -27,7 +27,7 @@ from tqdm import tqdm
 
 from lmdvit_jax import files, metrics, panels
 from lmdvit_jax.data import DataError, open_source
-from lmdvit_jax.inference import Deblurrer, DeblurResult, parse_capacity, quantize, to_uint8
+from lmdvit_jax.inference import Deblurrer, DeblurResult, checkpoint_overrides, quantize, to_uint8
 from lmdvit_jax.models import count_params
 
 # The released model in the paper's Table 1 (ReLoBlur test set, full resolution).
@@ -146,6 +146,11 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
       'PSNR_w / SSIM_w: weighted by the blur mask. Paper row: the released model on a '
       'GPU, quoted from the paper.',
   ]
+  passes = summary.get('self_ensemble', 1)
+  if passes > 1:
+    notes.append(f'Self-ensemble: the model ran on {passes} flipped and transposed copies of '
+                 'each image, outputs averaged; time and FLOPs are of all passes, kept windows, '
+                 'precision and recall their mean over the passes.')
   return ''.join(lines) + '\n'.join(notes) + '\n'
 
 
@@ -253,9 +258,13 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
              keep_threshold: float | None = None, num_panels: int = 4,
              panel_height: int = 192, max_images: int = 0, save_images: bool = False,
              warmup: bool = True, quantize_output: bool = True, skip_bad: bool = False,
-             dtype: str | None = None, progress: bool = True) -> dict[str, Any]:
+             dtype: str | None = None, self_ensemble: int | None = None,
+             progress: bool = True) -> dict[str, Any]:
   """Evaluates a checkpoint directory on a data spec; writes metrics.json,
   table.md and panels under `output`.
+
+  `keep_threshold`, `dtype` and `self_ensemble` (see `inference.Deblurrer`)
+  default to the checkpoint's model.json.
 
   Every file is opened and validated first (keys, dtypes, sizes, finite
   values): a bad one stops the run before any forward pass, with one message
@@ -281,11 +290,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
                     + ' | '.join(bad))
   if not good:
     raise DataError(f'no usable images in {data}')
-  overrides: dict[str, Any] = {'capacity': parse_capacity(capacity)}
-  if keep_threshold is not None:
-    overrides['keep_threshold'] = float(keep_threshold)
-  if dtype is not None:
-    overrides['dtype'] = dtype
+  overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
   deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=warmup)
   out_dir.mkdir(parents=True, exist_ok=True)
   scored = run(deblurrer, source, indices=good, quantize_output=quantize_output,
@@ -299,7 +304,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
       'model': {k: getattr(model, k) for k in (
           'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator',
           'prune_loc', 'keep_threshold', 'capacity', 'capacity_chunks')},
-      'dtype': np.dtype(model.dtype).name,
+      'dtype': np.dtype(model.dtype).name, 'self_ensemble': deblurrer.self_ensemble,
       'params': count_params(deblurrer.params),
       'device': f'{device.platform} ({device.device_kind}) x{jax.device_count()}',
       'sizes': scored['sizes'], 'mean': scored['mean'], 'blocks': scored['blocks'],

@@ -13,6 +13,10 @@ as the official evaluation does. One XLA executable is compiled per
 (model, padded batch shape) and kept for the life of the process, so images of
 equal padded size (ReLoBlur: all of them) compile once; params are arguments of
 the executable, never baked in as constants.
+
+`self_ensemble=N` (2, 4 or 8) runs the model on N flipped and transposed copies
+of each image and averages the outputs (a geometric self-ensemble: N times the
+work, less noise in the restoration); a checkpoint's model.json may record it.
 """
 
 from __future__ import annotations
@@ -170,6 +174,70 @@ def compiled_flops(executable: jax.stages.Compiled) -> float:
 
 
 # ----------------------------------------------------------------------------
+# Self-ensemble: the eight flips and transposes of the image plane.
+
+SELF_ENSEMBLES = (1, 2, 4, 8)
+
+
+def dihedral(x: np.ndarray, t: int) -> np.ndarray:
+  """Transform `t` (0-7) of `x` [N, H, W, ...]: bit 0 flips W, bit 1 flips H,
+  then bit 2 swaps H and W. Transforms 0-3 keep the shape, 4-7 transpose it."""
+  if t & 1:
+    x = x[:, :, ::-1]
+  if t & 2:
+    x = x[:, ::-1]
+  if t & 4:
+    x = np.swapaxes(x, 1, 2)
+  return x
+
+
+def undo_dihedral(x: np.ndarray, t: int) -> np.ndarray:
+  """The inverse of `dihedral(., t)`."""
+  if t & 4:
+    x = np.swapaxes(x, 1, 2)
+  if t & 2:
+    x = x[:, ::-1]
+  if t & 1:
+    x = x[:, :, ::-1]
+  return x
+
+
+def undo_dihedral_windows(decision: np.ndarray, t: int, shifted: bool) -> np.ndarray:
+  """`undo_dihedral` of a keep map [N, gh, gw] over the window grid of a pass
+  on `dihedral(image, t)`.
+
+  A shifted grid's windows start half a window in; mirrored, they end half a
+  window from the other side, which is the same grid one window further on
+  (win_size is even): so a flip of a shifted map is also rolled by one window.
+  """
+  roll = -1 if shifted else 0
+  if t & 4:
+    decision = np.swapaxes(decision, 1, 2)
+  if t & 2:
+    decision = np.roll(decision[:, ::-1], roll, axis=1)
+  if t & 1:
+    decision = np.roll(decision[:, :, ::-1], roll, axis=2)
+  return decision
+
+
+
+def checkpoint_overrides(capacity: str | float = 'exact', keep_threshold: float | None = None,
+                         dtype: str | None = None,
+                         self_ensemble: int | None = None) -> dict[str, Any]:
+  """What evaluate and deblur change in a checkpoint's model.json; None keeps
+  the recorded value (the default where it records none)."""
+  overrides: dict[str, Any] = {'capacity': parse_capacity(capacity)}
+  if keep_threshold is not None:
+    overrides['keep_threshold'] = float(keep_threshold)
+  if dtype is not None:
+    overrides['dtype'] = dtype
+  if self_ensemble is not None:
+    if self_ensemble not in SELF_ENSEMBLES:
+      raise ValueError(f'self_ensemble must be one of {SELF_ENSEMBLES}, got {self_ensemble!r}')
+    overrides['self_ensemble'] = int(self_ensemble)
+  return overrides
+
+# ----------------------------------------------------------------------------
 # Results.
 
 
@@ -181,12 +249,14 @@ class BatchResult:
     restored: [B, H, W, 3] float32 in [0, 1].
     decisions: per predicting block, [B, gh, gw] uint8 keep maps over the
       window grid of the PADDED canvas (see `geometry`; `blocks` says which
-      block and whether its grid is shifted).
-    dropped: per predicting block, [B] kept windows a fixed capacity dropped.
+      block and whether its grid is shifted); with a self-ensemble, float32
+      maps of the share of passes that kept each window.
+    dropped: per predicting block, [B] kept windows a fixed capacity dropped
+      (summed over the passes of a self-ensemble).
     blocks: the predicting blocks, in the order of `decisions`.
     geometry: where the images sit in the padded canvas.
-    seconds: wall time of the call (compilation excluded).
-    flops: XLA FLOPs of the batch call (see `compiled_flops`); NaN in
+    seconds: wall time of the call, all passes (compilation excluded).
+    flops: XLA FLOPs of the batch call, all passes (see `compiled_flops`); NaN in
       `'exact'` mode, whose loop trip counts are known only at run time.
   """
 
@@ -222,7 +292,8 @@ class DeblurResult:
   flops: float
 
   def kept_maps(self) -> list[np.ndarray]:
-    """Per predicting block, [H, W] bool: pixels whose window the block kept.
+    """Per predicting block, [H, W] bool: pixels whose window the block kept
+    (in any pass of a self-ensemble).
 
     Up-sampled on the padded canvas (shifted grids rolled back onto the image
     content) and cropped to the image.
@@ -241,32 +312,47 @@ class Deblurrer:
     params: the params pytree, on the default device.
     warmup: run each new executable once untimed before the first timed call,
       as the official script does (first calls pay for allocation).
+    self_ensemble: passes per image, one of `SELF_ENSEMBLES`: the model runs on
+      `dihedral(image, t)` for t < self_ensemble (1: the image alone; 2: and
+      its mirror image; 4: all flips; 8: flips and transposes), and the
+      outputs, turned back, are averaged.
   """
 
-  def __init__(self, model: LMDViT, params: Any, warmup: bool = True):
+  def __init__(self, model: LMDViT, params: Any, warmup: bool = True, self_ensemble: int = 1):
     model.check_config()
+    if self_ensemble not in SELF_ENSEMBLES:
+      raise ValueError(f'self_ensemble must be one of {SELF_ENSEMBLES}, got {self_ensemble!r}')
     self.model = model
     self.params = jax.device_put(params)
     self.warmup = warmup
+    self.self_ensemble = int(self_ensemble)
     self._warm: set[tuple[int, ...]] = set()
 
   @classmethod
-  def from_checkpoint(cls, directory: str | Path, step: int | None = None,
-                      overrides: Mapping[str, Any] | None = None,
-                      warmup: bool = True) -> 'Deblurrer':
-    """Loads a checkpoint directory; `overrides` replace model attributes
-    (e.g. {'capacity': 'masked', 'keep_threshold': 0.6, 'dtype': 'bfloat16'}).
-    A `dtype` recorded in model.json is the compute dtype by name."""
-    # Imported here: orbax is only needed to read checkpoints.
-    from lmdvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
-    kwargs, params = checkpointing.load_model(directory, step)
-    kwargs = {**kwargs, **(overrides or {})}
+  def from_kwargs(cls, kwargs: Mapping[str, Any], params: Any,
+                  warmup: bool = True) -> 'Deblurrer':
+    """From model.json's keyword arguments: `LMDViT`'s (a `dtype` by name) and
+    `self_ensemble`, the one entry that sets up inference around the model."""
+    kwargs = dict(kwargs)
+    self_ensemble = int(kwargs.pop('self_ensemble', 1))
     dtype = kwargs.get('dtype', 'float32')
     if isinstance(dtype, str):  # model.json and flags name it
       if dtype not in COMPUTE_DTYPES:
         raise ValueError(f'dtype must be one of {sorted(COMPUTE_DTYPES)}, got {dtype!r}')
       kwargs['dtype'] = COMPUTE_DTYPES[dtype]
-    return cls(LMDViT(**kwargs), params, warmup)
+    return cls(LMDViT(**kwargs), params, warmup, self_ensemble)
+
+  @classmethod
+  def from_checkpoint(cls, directory: str | Path, step: int | None = None,
+                      overrides: Mapping[str, Any] | None = None,
+                      warmup: bool = True) -> 'Deblurrer':
+    """Loads a checkpoint directory; `overrides` replace its model.json entries
+    (e.g. {'capacity': 'masked', 'keep_threshold': 0.6, 'dtype': 'bfloat16',
+    'self_ensemble': 1})."""
+    # Imported here: orbax is only needed to read checkpoints.
+    from lmdvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
+    kwargs, params = checkpointing.load_model(directory, step)
+    return cls.from_kwargs({**kwargs, **(overrides or {})}, params, warmup)
 
   @property
   def blocks(self) -> tuple[DecisionBlock, ...]:
@@ -275,20 +361,33 @@ class Deblurrer:
   def geometry(self, height: int, width: int) -> PadGeometry:
     return pad_geometry(height, width, self.model.multiple)
 
+  def _pass_groups(self) -> list[tuple[int, ...]]:
+    """The self-ensemble's transforms, grouped by output shape (plain, transposed)."""
+    passes = range(self.self_ensemble)
+    return [g for g in (tuple(t for t in passes if t < 4), tuple(t for t in passes if t >= 4))
+            if g]
+
+  def _executables(self, batch: int, height: int, width: int) -> list[jax.stages.Compiled]:
+    hp, wp = self.geometry(height, width).padded_shape
+    return [compiled_forward(self.model, self.params,
+                             (batch * len(g), *((wp, hp) if g[0] >= 4 else (hp, wp)), 3))
+            for g in self._pass_groups()]
+
   def executable(self, batch: int, height: int, width: int) -> jax.stages.Compiled:
     """Compiled forward pass for `batch` images of `height` x `width` (any size)."""
     g = self.geometry(height, width)
     return compiled_forward(self.model, self.params, (batch, *g.padded_shape, 3))
 
   def flops(self, height: int, width: int, batch: int = 1) -> float:
-    """XLA FLOPs of one call on `batch` images of this size (compiles if needed).
+    """XLA FLOPs of one call on `batch` images of this size, all passes
+    (compiles if needed).
 
     NaN in `'exact'` mode: XLA cannot count loops whose trip counts depend on
     the kept windows; a fixed `capacity` fraction counts that budget.
     """
     if self.model.capacity == 'exact':
       return float('nan')
-    return compiled_flops(self.executable(batch, height, width))
+    return sum(compiled_flops(e) for e in self._executables(batch, height, width))
 
   def deblur_batch(self, images: np.ndarray) -> BatchResult:
     """Deblurs equal-size images.
@@ -304,21 +403,45 @@ class Deblurrer:
       raise ValueError(f'expected images [B, H, W, 3], got shape {images.shape}')
     b, h, w, _ = images.shape
     g = self.geometry(h, w)
-    fn = self.executable(b, h, w)
     x = g.pad(images)
-    key = x.shape
-    if self.warmup and key not in self._warm:
-      jax.block_until_ready(fn(self.params, x))
-      self._warm.add(key)
+    groups = self._pass_groups()
+    inputs = [np.ascontiguousarray(np.concatenate([dihedral(x, t) for t in ts]))
+              for ts in groups]
+    fns = self._executables(b, h, w)
+    for fn, xs in zip(fns, inputs):
+      if self.warmup and xs.shape not in self._warm:
+        jax.block_until_ready(fn(self.params, xs))
+        self._warm.add(xs.shape)
     start = time.perf_counter()
-    restored, decisions, dropped = jax.device_get(fn(self.params, x))
+    outs = jax.device_get([fn(self.params, xs) for fn, xs in zip(fns, inputs)])
     seconds = time.perf_counter() - start
+    if self.self_ensemble == 1:
+      restored, decisions, dropped = outs[0]
+      decisions = tuple(np.asarray(d).astype(np.uint8) for d in decisions)
+      dropped = tuple(np.asarray(d) for d in dropped)
+    else:
+      restored, decisions, dropped = self._average(groups, outs, b)
     return BatchResult(
         restored=np.asarray(g.crop(restored), np.float32),
-        decisions=tuple(np.asarray(d).astype(np.uint8) for d in decisions),
-        dropped=tuple(np.asarray(d) for d in dropped),
+        decisions=decisions, dropped=dropped,
         blocks=self.blocks, geometry=g, seconds=seconds,
         flops=self.flops(h, w, b))
+
+  def _average(self, groups, outs, b: int):
+    """The passes' outputs turned back and combined: the mean restored canvas,
+    the share of passes that kept each window, the summed dropped counts."""
+    n = self.self_ensemble
+    restored, decisions, dropped = 0.0, [0.0] * len(self.blocks), [0] * len(self.blocks)
+    for ts, (r, ds, drs) in zip(groups, outs):
+      for i, t in enumerate(ts):
+        part = slice(i * b, (i + 1) * b)
+        restored = restored + undo_dihedral(np.asarray(r[part]), t)
+        for k, block in enumerate(self.blocks):
+          decisions[k] = decisions[k] + undo_dihedral_windows(
+              np.asarray(ds[k][part], np.float32), t, block.shifted)
+          dropped[k] = dropped[k] + np.asarray(drs[k][part])
+    return (restored / n, tuple((d / n).astype(np.float32) for d in decisions),
+            tuple(np.asarray(d) for d in dropped))
 
   def __call__(self, image: np.ndarray) -> DeblurResult:
     """Deblurs one [H, W, 3] image (float in [0, 1], uint8 or uint16)."""

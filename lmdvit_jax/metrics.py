@@ -281,7 +281,8 @@ def pruning_confusion(decision: Array, mask: Array, valid: Array | None = None,
   Positive = kept pixel (its window was kept); truth = blurred pixel.
 
   Args:
-    decision: [B, gh, gw] keep map in {0, 1}.
+    decision: [B, gh, gw] keep map in {0, 1}, or in [0, 1]: a share of passes
+      that kept the window (a self-ensemble), counted as that share of a pixel.
     mask: [B, H, W, 1] blur mask in {0, 1}.
     valid: optional [B, H, W, 1] map of pixels to count (e.g. 0 on the
       padding added to reach a multiple of 128).
@@ -291,19 +292,19 @@ def pruning_confusion(decision: Array, mask: Array, valid: Array | None = None,
     dict with 'tp', 'fp', 'fn', 'tn', each [B] float32 pixel counts.
   """
   height, width = mask.shape[-3], mask.shape[-2]
-  kept = upsample_decision(decision, height, width, shifted) > 0
-  blurred = mask[..., 0] > 0
+  kept = upsample_decision(jnp.asarray(decision, jnp.float32), height, width, shifted)
+  blurred = (mask[..., 0] > 0).astype(jnp.float32)
   weight = (jnp.ones(blurred.shape, jnp.float32) if valid is None
             else (valid[..., 0] > 0).astype(jnp.float32))
 
   def count(a):
-    return jnp.sum(a.astype(jnp.float32) * weight, axis=(-2, -1))
+    return jnp.sum(a * weight, axis=(-2, -1))
 
   return {
-      'tp': count(kept & blurred),
-      'fp': count(kept & ~blurred),
-      'fn': count(~kept & blurred),
-      'tn': count(~kept & ~blurred),
+      'tp': count(kept * blurred),
+      'fp': count(kept * (1 - blurred)),
+      'fn': count((1 - kept) * blurred),
+      'tn': count((1 - kept) * (1 - blurred)),
   }
 
 
@@ -318,7 +319,8 @@ def pruning_metrics(decisions: Sequence[Array], mask: Array,
   precision and recall are 0 when their denominator is 0.
 
   Args:
-    decisions: the model's tuple of [B, gh_k, gw_k] keep maps, network order.
+    decisions: the model's tuple of [B, gh_k, gw_k] keep maps, network order
+      (values in [0, 1], see `pruning_confusion`).
     mask: [B, H, W, 1] blur mask in {0, 1}, at the resolution of the input.
     valid: optional [B, H, W, 1] map of pixels to count.
     shifted: optional per-block flags, see `upsample_decision`.
@@ -345,6 +347,5 @@ def pruning_metrics(decisions: Sequence[Array], mask: Array,
     out['recall'].append(jnp.where(tp + fn > 0, tp / jnp.maximum(tp + fn, 1),
                                    0.0))
     out['accuracy'].append((tp + tn) / jnp.maximum(tp + fp + fn + tn, 1))
-    out['kept_fraction'].append(
-        jnp.mean((d > 0).astype(jnp.float32), axis=(-2, -1)))
+    out['kept_fraction'].append(jnp.mean(jnp.asarray(d, jnp.float32), axis=(-2, -1)))
   return {k: jnp.stack(v, axis=-1) for k, v in out.items()}

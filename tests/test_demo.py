@@ -37,6 +37,9 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
   assert mean['wpsnr'] > mean['input_wpsnr'] and mean['psnr'] > mean['input_psnr'], mean
   assert mean['sharp_psnr'] > 40, mean
   assert summary['model'].startswith('shipped weights')
+  # The shipped model.json sets the demo's inference: an 8-pass self-ensemble.
+  assert summary['self_ensemble'] == 8 == demo.load_weights()[0]['self_ensemble']
+  assert '8 passes per image' in out
   assert (workdir / 'demo_eval' / 'overview.png').is_file()
   # The weights' whole record, the runs they continued included, comes with them.
   for name in demo.record_files(demo.WEIGHTS_DIR):

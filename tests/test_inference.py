@@ -152,3 +152,70 @@ def test_rejects_bad_shapes(deblurrer):
     deblurrer(np.zeros((64, 64), np.float32))
   with pytest.raises(ValueError):
     deblurrer.deblur_batch(np.zeros((1, 64, 64, 4), np.float32))
+
+
+# ---------------------------------------------------------------------------
+# Self-ensemble.
+
+
+@pytest.mark.parametrize('t', range(8))
+def test_dihedral_round_trip(t):
+  x = np.arange(2 * 3 * 4 * 2).reshape(2, 3, 4, 2)
+  y = inference.dihedral(x, t)
+  assert y.shape == ((2, 4, 3, 2) if t >= 4 else x.shape)
+  np.testing.assert_array_equal(inference.undo_dihedral(y, t), x)
+  assert len({inference.dihedral(x, s).tobytes() + bytes(s >= 4) for s in range(8)}) == 8
+
+
+@pytest.mark.parametrize('shifted', [False, True])
+@pytest.mark.parametrize('t', range(8))
+def test_window_maps_turn_back_like_their_pixels(t, shifted):
+  # A keep map of a pass on a transformed canvas, turned back at window level,
+  # covers the same pixels as its up-sampled pixel map turned back.
+  from lmdvit_jax import metrics
+  gh, gw, f = (4, 6, 8) if t < 4 else (6, 4, 8)  # the pass's grid
+  d = np.random.default_rng(t).integers(0, 2, (1, gh, gw)).astype(np.float32)
+  pixels = np.asarray(metrics.upsample_decision(d, gh * f, gw * f, shifted))
+  back = inference.undo_dihedral_windows(d, t, shifted)
+  assert back.shape == (1, 4, 6)
+  np.testing.assert_array_equal(
+      np.asarray(metrics.upsample_decision(back, 4 * f, 6 * f, shifted)),
+      inference.undo_dihedral(pixels, t))
+
+
+def test_self_ensemble_is_equivariant_and_averages(deblurrer):
+  ensemble = Deblurrer(deblurrer.model, deblurrer.params, warmup=False, self_ensemble=8)
+  x = np.random.default_rng(3).uniform(size=(1, 128, 256, 3)).astype(np.float32)
+  out = ensemble.deblur_batch(x)
+  assert out.restored.shape == x.shape
+  assert all(d.dtype == np.float32 and d.min() >= 0 and d.max() <= 1 for d in out.decisions)
+  # The mean of the eight passes, each turned back by hand.
+  passes = [inference.undo_dihedral(deblurrer.deblur_batch(inference.dihedral(x, t)).restored, t)
+            for t in range(8)]
+  np.testing.assert_allclose(out.restored, np.mean(passes, 0), atol=1e-5)
+  assert np.abs(passes[0] - passes[5]).max() > 1e-3  # the passes do differ
+  # The whole ensemble commutes with the transforms, its keep maps too.
+  for t in (1, 2, 6):
+    turned = ensemble.deblur_batch(np.ascontiguousarray(inference.dihedral(x, t)))
+    np.testing.assert_allclose(inference.undo_dihedral(turned.restored, t), out.restored,
+                               atol=1e-5)
+    for block, a, b in zip(ensemble.blocks, turned.decisions, out.decisions):
+      np.testing.assert_allclose(inference.undo_dihedral_windows(a, t, block.shifted), b)
+  assert np.isnan(out.flops) or out.flops > 0
+  fixed = Deblurrer(deblurrer.model.clone(capacity=0.5), deblurrer.params, self_ensemble=2)
+  single = Deblurrer(deblurrer.model.clone(capacity=0.5), deblurrer.params)
+  # Both passes counted (XLA counts a batch of two a little differently from two calls).
+  np.testing.assert_allclose(fixed.flops(128, 256), 2 * single.flops(128, 256), rtol=1e-2)
+
+
+def test_self_ensemble_setting_comes_from_the_checkpoint(tmp_path, deblurrer):
+  from lmdvit_jax import checkpointing
+  kwargs = dict(TINY, self_ensemble=4)
+  checkpointing.save_model(tmp_path, deblurrer.params, kwargs)
+  assert Deblurrer.from_checkpoint(tmp_path).self_ensemble == 4
+  assert Deblurrer.from_checkpoint(tmp_path, overrides={'self_ensemble': 1}).self_ensemble == 1
+  assert inference.checkpoint_overrides(self_ensemble=2)['self_ensemble'] == 2
+  with pytest.raises(ValueError, match='self_ensemble'):
+    inference.checkpoint_overrides(self_ensemble=3)
+  with pytest.raises(ValueError, match='self_ensemble'):
+    Deblurrer(deblurrer.model, deblurrer.params, self_ensemble=16)

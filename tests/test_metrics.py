@@ -261,6 +261,24 @@ def test_pruning_confusion_shift_and_valid():
                              [16, 0, 0, 16])
 
 
+def test_pruning_metrics_of_a_share_of_passes():
+  # A self-ensemble's map: the share of passes that kept each window counts as
+  # that share of its pixels, so the scores are those of the passes pooled.
+  mask = _quadrant_mask()  # 16 blurred pixels, the top-left window of a 2x2 grid
+  kept_by_one = np.array([[[1, 0], [1, 0]]], np.float32)
+  kept_by_other = np.array([[[1, 1], [0, 0]]], np.float32)
+  mean = (kept_by_one + kept_by_other) / 2
+  pooled = {k: sum(metrics.pruning_confusion(d, mask)[k] for d in (kept_by_one, kept_by_other))
+            for k in ('tp', 'fp', 'fn', 'tn')}
+  c = metrics.pruning_confusion(mean, mask)
+  for k in pooled:
+    np.testing.assert_allclose(2 * c[k], pooled[k])
+  out = metrics.pruning_metrics([mean], mask)
+  np.testing.assert_allclose(out['precision'][0], [0.5])
+  np.testing.assert_allclose(out['recall'][0], [1.0])
+  np.testing.assert_allclose(out['kept_fraction'][0], [0.5])
+
+
 def test_pruning_metrics_batch_and_errors():
   mask = np.concatenate([_quadrant_mask(), np.ones((1, 8, 8, 1), np.float32)])
   d = np.array([[[1, 1], [0, 0]], [[1, 1], [0, 0]]], np.float32)
