@@ -12,7 +12,8 @@ blocks kept the pixel's window, the second by the pixel's distance to the mask.
 The third scores the whole set (`evaluation.run`, capacity 'exact') at each
 keep threshold of `--thresholds`: gains over the input, PSNR outside the mask,
 pruning recall and precision, kept windows. Gains are means over images, as
-the demo reports them.
+the demo reports them. With a self-ensemble (the checkpoint's, or
+`--self_ensemble`), a block kept a pixel if it did in any pass.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from scipy import ndimage
 
 from lmdvit_jax import cli, evaluation
 from lmdvit_jax.data.specs import open_source
-from lmdvit_jax.inference import Deblurrer, quantize
+from lmdvit_jax.inference import Deblurrer, checkpoint_overrides, quantize
 
 FLAGS = flags.FLAGS
 
@@ -35,6 +36,8 @@ def _define_flags() -> None:
   flags.DEFINE_string('checkpoint', None, 'checkpoint directory', required=True)
   flags.DEFINE_string('data', 'synthetic?size=384x256&count=16', 'data spec')
   flags.DEFINE_string('split', 'test', 'split of the data spec')
+  flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'],
+                    "passes per image (default: the checkpoint's model.json, else 1)")
   flags.DEFINE_list('thresholds', ['0.5', '0.6', '0.7', '0.8', '0.9'], 'keep thresholds to score')
 
 
@@ -69,7 +72,9 @@ def _psnr(error: np.ndarray, count: np.ndarray) -> list[str]:
 
 def main(argv):
   del argv
-  deblurrer = Deblurrer.from_checkpoint(FLAGS.checkpoint, overrides={'capacity': 'exact'})
+  passes = None if FLAGS.self_ensemble is None else int(FLAGS.self_ensemble)
+  deblurrer = Deblurrer.from_checkpoint(
+      FLAGS.checkpoint, overrides=checkpoint_overrides('exact', self_ensemble=passes))
   source = open_source(FLAGS.data, split=FLAGS.split)
   n_blocks, n_bins = len(deblurrer.blocks), len(DISTANCE_BINS) - 1
   by_kept = np.zeros((2, n_blocks + 1))
@@ -85,7 +90,8 @@ def main(argv):
     by_distance += error_split(error, ~mask, distance_group(mask), n_bins)
 
   print(f'{len(source)} images of {FLAGS.data} ({FLAGS.split}), {FLAGS.checkpoint}, keep '
-        f'threshold {deblurrer.model.keep_threshold}: squared error outside the blur mask\n')
+        f'threshold {deblurrer.model.keep_threshold}, {deblurrer.self_ensemble} pass(es) per '
+        'image: squared error outside the blur mask\n')
   print('| blocks that kept the pixel | share of pixels | share of error | PSNR (dB) |')
   print('| --- | --- | --- | --- |')
   for k, (e, c, p) in enumerate(zip(*by_kept, _psnr(*by_kept))):
@@ -102,7 +108,7 @@ def main(argv):
   print('| --- | --- | --- | --- | --- | --- | --- |')
   for t in FLAGS.thresholds:
     scored = Deblurrer.from_checkpoint(
-        FLAGS.checkpoint, overrides={'capacity': 'exact', 'keep_threshold': float(t)})
+        FLAGS.checkpoint, overrides=checkpoint_overrides('exact', float(t), self_ensemble=passes))
     m = evaluation.run(scored, source)['mean']
     print(f'| {t} | {m["wpsnr"] - m["input_wpsnr"]:+.3f} | {m["psnr"] - m["input_psnr"]:+.3f} | '
           f'{m["sharp_psnr"]:.2f} | {m["prune_recall"]:.3f} | {m["prune_precision"]:.3f} | '
