@@ -41,7 +41,7 @@ _DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtyp
                            "the checkpoint's model.json, else float32); params stay float32.")
 _SELF_ENSEMBLE = flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per '
                                    'image, flipped and transposed, averaged (default: the '
-                                   "checkpoint's model.json, else 1).")
+                                   "checkpoint's inference.json, else 1).")
 _SKIP_BAD = flags.DEFINE_bool('skip_bad', False, 'Leave out unreadable or invalid files (listed '
                               'in metrics.json) instead of stopping before any work.')
 _QUANTIZE = flags.DEFINE_bool('quantize', True, 'Score the output as saved to uint8; '

@@ -37,7 +37,7 @@ def _define_flags() -> None:
   flags.DEFINE_string('data', 'synthetic?size=384x256&count=16', 'data spec')
   flags.DEFINE_string('split', 'test', 'split of the data spec')
   flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'],
-                    "passes per image (default: the checkpoint's model.json, else 1)")
+                    "passes per image (default: the checkpoint's inference.json, else 1)")
   flags.DEFINE_list('thresholds', ['0.5', '0.6', '0.7', '0.8', '0.9'], 'keep thresholds to score')
 
 

@@ -69,6 +69,6 @@ def get_config() -> ml_collections.ConfigDict:
         # checkpoint's; on training photos recall never reached 0.9, docs/demo_training.md.)
         calibration_data='synthetic?size=384x256&count=16&seed=1', calibration_recall=0.9,
         # Passes per image at evaluation, flipped and transposed copies averaged
-        # (inference.Deblurrer); --export_weights records it in model.json.
+        # (inference.Deblurrer); --export_weights records it in inference.json.
         self_ensemble=8))
   return config

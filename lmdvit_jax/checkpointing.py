@@ -3,6 +3,7 @@
 One layout serves converted weights and training runs alike:
 
     DIR/model.json                   LMDViT keyword arguments
+    DIR/inference.json               optional: how to run it (`self_ensemble`)
     DIR/checkpoints/<step>/params/   orbax PyTree checkpoint of the params
     DIR/checkpoints/<step>/...       further items written by training
 
@@ -36,6 +37,8 @@ import orbax.checkpoint as ocp
 from lmdvit_jax.files import write_json_atomic
 
 MODEL_FILE = 'model.json'
+INFERENCE_FILE = 'inference.json'
+INFERENCE_KEYS = ('self_ensemble',)
 CHECKPOINTS = 'checkpoints'
 TRAIN_ITEMS = ('params', 'opt_state', 'meta', 'data')
 BEST_DIR = 'best'
@@ -142,6 +145,30 @@ def read_model_kwargs(directory: str | Path) -> dict[str, Any]:
                             f'directory{hint}')
   with open(path) as f:
     return json.load(f)
+
+
+def read_inference_settings(directory: str | Path) -> dict[str, Any]:
+  """`inference.json` of a checkpoint directory ({} where there is none):
+  settings of `inference.Deblurrer` that are not `LMDViT` arguments."""
+  path = Path(directory) / INFERENCE_FILE
+  if not path.is_file():
+    return {}
+  with open(path) as f:
+    settings = json.load(f)
+  if not isinstance(settings, dict):
+    raise ValueError(f'{path} must hold a JSON object, got {type(settings).__name__}')
+  unknown = sorted(set(settings) - set(INFERENCE_KEYS))
+  if unknown:
+    raise ValueError(f'{path}: unknown settings {unknown}; known: {list(INFERENCE_KEYS)}')
+  return settings
+
+
+def write_inference_settings(directory: str | Path, settings: Mapping[str, Any]) -> None:
+  """Writes `directory/inference.json` (see `read_inference_settings`)."""
+  unknown = sorted(set(settings) - set(INFERENCE_KEYS))
+  if unknown:
+    raise ValueError(f'unknown inference settings {unknown}; known: {list(INFERENCE_KEYS)}')
+  write_json_atomic(Path(directory) / INFERENCE_FILE, _jsonable(settings))
 
 
 def all_steps(directory: str | Path) -> list[int]:

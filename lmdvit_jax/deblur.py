@@ -274,7 +274,7 @@ def _define_flags() -> None:
   flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: the '
                     "checkpoint's model.json, else float32); params stay float32.")
   flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
-                    "transposed, averaged (default: the checkpoint's model.json, else 1).")
+                    "transposed, averaged (default: the checkpoint's inference.json, else 1).")
   flags.DEFINE_bool('overlays', False, 'Also write NAME.decisions.png with the windows '
                     'kept by each pruning stage.')
 

@@ -88,9 +88,10 @@ def targets(mean: dict[str, float]) -> list[dict[str, Any]]:
 
 
 def export_weights(checkpoint: str | Path, out_dir: str | Path = WEIGHTS_DIR,
-                   **overrides: Any) -> Path:
+                   self_ensemble: int = 1, **overrides: Any) -> Path:
   """Writes a checkpoint's params as `out_dir/params.npz` beside its model.json
-  (with `overrides` of the model's keyword arguments, e.g. keep_threshold).
+  (with `overrides` of the model's keyword arguments, e.g. keep_threshold) and
+  an inference.json with `self_ensemble`.
 
   Used once to ship the demo weights: `install_weights` reads them back.
   """
@@ -104,6 +105,7 @@ def export_weights(checkpoint: str | Path, out_dir: str | Path = WEIGHTS_DIR,
   np.savez(buffer, **flat)
   files.write_bytes_atomic(out_dir / PARAMS_FILE, buffer.getvalue())
   files.write_json_atomic(out_dir / checkpointing.MODEL_FILE, kwargs)
+  checkpointing.write_inference_settings(out_dir, {'self_ensemble': int(self_ensemble)})
   return out_dir
 
 
@@ -132,9 +134,12 @@ def load_weights(weights_dir: str | Path = WEIGHTS_DIR) -> tuple[dict[str, Any],
 
 
 def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) -> Path:
-  """Makes `workdir` a checkpoint directory holding the shipped weights."""
+  """Makes `workdir` a checkpoint directory holding the shipped weights (and
+  their inference.json)."""
   kwargs, params = load_weights(weights_dir)
   checkpointing.save_model(workdir, params, kwargs)
+  checkpointing.write_inference_settings(
+      workdir, checkpointing.read_inference_settings(weights_dir))
   for name in record_files(Path(weights_dir)):
     shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'{INSTALLED_PREFIX}{name}')
   return Path(workdir)
@@ -431,7 +436,7 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
       f'{m["sharp_psnr"]:.2f} dB, pruning recall {m["prune_recall"]:.3f}, precision '
       f'{m["prune_precision"]:.3f}, keep threshold {summary["keep_threshold"]}' + (
       '' if summary.get('self_ensemble', 1) == 1 else
-      f', with {summary["self_ensemble"]} passes per image (`self_ensemble` in `model.json`: '
+      f', with {summary["self_ensemble"]} passes per image (`self_ensemble` in `inference.json`: '
       'flipped and transposed copies, outputs averaged)') + '.\n' + (
       '' if not summary['calibration'] else
       '\nThe keep threshold was chosen at export on validation images (photos in neither '

@@ -264,7 +264,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
   table.md and panels under `output`.
 
   `keep_threshold`, `dtype` and `self_ensemble` (see `inference.Deblurrer`)
-  default to the checkpoint's model.json.
+  default to the checkpoint's model.json and inference.json.
 
   Every file is opened and validated first (keys, dtypes, sizes, finite
   values): a bad one stops the run before any forward pass, with one message

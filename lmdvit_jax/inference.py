@@ -16,7 +16,7 @@ the executable, never baked in as constants.
 
 `self_ensemble=N` (2, 4 or 8) runs the model on N flipped and transposed copies
 of each image and averages the outputs (a geometric self-ensemble: N times the
-work, less noise in the restoration); a checkpoint's model.json may record it.
+work, less noise in the restoration); a checkpoint's inference.json may record it.
 """
 
 from __future__ import annotations
@@ -224,8 +224,9 @@ def undo_dihedral_windows(decision: np.ndarray, t: int, shifted: bool) -> np.nda
 def checkpoint_overrides(capacity: str | float = 'exact', keep_threshold: float | None = None,
                          dtype: str | None = None,
                          self_ensemble: int | None = None) -> dict[str, Any]:
-  """What evaluate and deblur change in a checkpoint's model.json; None keeps
-  the recorded value (the default where it records none)."""
+  """What evaluate and deblur change in a checkpoint's model.json and
+  inference.json; None keeps the recorded value (the default where it records
+  none)."""
   overrides: dict[str, Any] = {'capacity': parse_capacity(capacity)}
   if keep_threshold is not None:
     overrides['keep_threshold'] = float(keep_threshold)
@@ -331,8 +332,8 @@ class Deblurrer:
   @classmethod
   def from_kwargs(cls, kwargs: Mapping[str, Any], params: Any,
                   warmup: bool = True) -> 'Deblurrer':
-    """From model.json's keyword arguments: `LMDViT`'s (a `dtype` by name) and
-    `self_ensemble`, the one entry that sets up inference around the model."""
+    """From `LMDViT`'s keyword arguments (a `dtype` by name) and, among them,
+    `self_ensemble`, which sets up inference around the model."""
     kwargs = dict(kwargs)
     self_ensemble = int(kwargs.pop('self_ensemble', 1))
     dtype = kwargs.get('dtype', 'float32')
@@ -346,13 +347,14 @@ class Deblurrer:
   def from_checkpoint(cls, directory: str | Path, step: int | None = None,
                       overrides: Mapping[str, Any] | None = None,
                       warmup: bool = True) -> 'Deblurrer':
-    """Loads a checkpoint directory; `overrides` replace its model.json entries
-    (e.g. {'capacity': 'masked', 'keep_threshold': 0.6, 'dtype': 'bfloat16',
-    'self_ensemble': 1})."""
+    """Loads a checkpoint directory; `overrides` replace its model.json and
+    inference.json entries (e.g. {'capacity': 'masked', 'keep_threshold': 0.6,
+    'dtype': 'bfloat16', 'self_ensemble': 1})."""
     # Imported here: orbax is only needed to read checkpoints.
     from lmdvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
     kwargs, params = checkpointing.load_model(directory, step)
-    return cls.from_kwargs({**kwargs, **(overrides or {})}, params, warmup)
+    settings = checkpointing.read_inference_settings(directory)
+    return cls.from_kwargs({**kwargs, **settings, **(overrides or {})}, params, warmup)
 
   @property
   def blocks(self) -> tuple[DecisionBlock, ...]:

@@ -38,7 +38,9 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
   assert mean['sharp_psnr'] > 40, mean
   assert summary['model'].startswith('shipped weights')
   # The shipped model.json sets the demo's inference: an 8-pass self-ensemble.
-  assert summary['self_ensemble'] == 8 == demo.load_weights()[0]['self_ensemble']
+  assert summary['self_ensemble'] == 8
+  assert checkpointing.read_inference_settings(workdir) == {'self_ensemble': 8}
+  assert checkpointing.read_inference_settings(demo.WEIGHTS_DIR) == {'self_ensemble': 8}
   assert '8 passes per image' in out
   assert (workdir / 'demo_eval' / 'overview.png').is_file()
   # The weights' whole record, the runs they continued included, comes with them.
@@ -109,7 +111,7 @@ def test_train_path_end_to_end(tmp_path):
 
 
 def test_export_weights_round_trips_and_leaves_no_temporary_files(checkpoint, tmp_path):
-  out = demo.export_weights(checkpoint, tmp_path / 'weights', keep_threshold=0.3)
+  out = demo.export_weights(checkpoint, tmp_path / 'weights', self_ensemble=4, keep_threshold=0.3)
   kwargs, params = demo.load_weights(out)
   want_kwargs, want = checkpointing.load_model(checkpoint)
   assert kwargs == {**want_kwargs, 'keep_threshold': 0.3}
@@ -119,7 +121,9 @@ def test_export_weights_round_trips_and_leaves_no_temporary_files(checkpoint, tm
   assert got.keys() == expected.keys()
   for name, value in expected.items():
     np.testing.assert_array_equal(got[name], value)
-  assert sorted(p.name for p in out.iterdir()) == [checkpointing.MODEL_FILE, demo.PARAMS_FILE]
+  assert checkpointing.read_inference_settings(out) == {'self_ensemble': 4}
+  assert sorted(p.name for p in out.iterdir()) == sorted(
+      [checkpointing.INFERENCE_FILE, checkpointing.MODEL_FILE, demo.PARAMS_FILE])
 
 
 def test_keep_threshold_is_calibrated_on_validation_photos(checkpoint, monkeypatch):

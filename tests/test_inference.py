@@ -210,12 +210,19 @@ def test_self_ensemble_is_equivariant_and_averages(deblurrer):
 
 def test_self_ensemble_setting_comes_from_the_checkpoint(tmp_path, deblurrer):
   from lmdvit_jax import checkpointing
-  kwargs = dict(TINY, self_ensemble=4)
-  checkpointing.save_model(tmp_path, deblurrer.params, kwargs)
+  checkpointing.save_model(tmp_path, deblurrer.params, TINY)
+  assert Deblurrer.from_checkpoint(tmp_path).self_ensemble == 1
+  checkpointing.write_inference_settings(tmp_path, {'self_ensemble': 4})
   assert Deblurrer.from_checkpoint(tmp_path).self_ensemble == 4
+  assert 'self_ensemble' not in checkpointing.read_model_kwargs(tmp_path)  # LMDViT's only
   assert Deblurrer.from_checkpoint(tmp_path, overrides={'self_ensemble': 1}).self_ensemble == 1
   assert inference.checkpoint_overrides(self_ensemble=2)['self_ensemble'] == 2
   with pytest.raises(ValueError, match='self_ensemble'):
     inference.checkpoint_overrides(self_ensemble=3)
   with pytest.raises(ValueError, match='self_ensemble'):
     Deblurrer(deblurrer.model, deblurrer.params, self_ensemble=16)
+  with pytest.raises(ValueError, match='unknown'):
+    checkpointing.write_inference_settings(tmp_path, {'self_ensembel': 8})  # a typo
+  (tmp_path / checkpointing.INFERENCE_FILE).write_text('{"passes": 8}')
+  with pytest.raises(ValueError, match='unknown'):
+    Deblurrer.from_checkpoint(tmp_path)
