@@ -220,7 +220,6 @@ def undo_dihedral_windows(decision: np.ndarray, t: int, shifted: bool) -> np.nda
   return decision
 
 
-
 def checkpoint_overrides(capacity: str | float = 'exact', keep_threshold: float | None = None,
                          dtype: str | None = None,
                          self_ensemble: int | None = None) -> dict[str, Any]:
@@ -237,6 +236,7 @@ def checkpoint_overrides(capacity: str | float = 'exact', keep_threshold: float 
       raise ValueError(f'self_ensemble must be one of {SELF_ENSEMBLES}, got {self_ensemble!r}')
     overrides['self_ensemble'] = int(self_ensemble)
   return overrides
+
 
 # ----------------------------------------------------------------------------
 # Results.
@@ -370,15 +370,12 @@ class Deblurrer:
             if g]
 
   def _executables(self, batch: int, height: int, width: int) -> list[jax.stages.Compiled]:
+    """One compiled forward pass per group of `_pass_groups` for `batch`
+    images of `height` x `width` (any size)."""
     hp, wp = self.geometry(height, width).padded_shape
     return [compiled_forward(self.model, self.params,
                              (batch * len(g), *((wp, hp) if g[0] >= 4 else (hp, wp)), 3))
             for g in self._pass_groups()]
-
-  def executable(self, batch: int, height: int, width: int) -> jax.stages.Compiled:
-    """Compiled forward pass for `batch` images of `height` x `width` (any size)."""
-    g = self.geometry(height, width)
-    return compiled_forward(self.model, self.params, (batch, *g.padded_shape, 3))
 
   def flops(self, height: int, width: int, batch: int = 1) -> float:
     """XLA FLOPs of one call on `batch` images of this size, all passes
