@@ -17,7 +17,12 @@ backward, AdamW. After one warm-up step each, the two steps alternate,
 `--steps` rounds, and the table gives the median s/step of each, images/s,
 the step's memory (the most resident memory a step added to the process,
 sampled every 5 ms: "step RSS"), its minor page faults (fresh pages the
-kernel mapped and zeroed) and our time over theirs. Our step's loss has more terms
+kernel mapped and zeroed), the CPU time the kernel spent meanwhile and our
+time over theirs. With `--steps_per_turn=N` each framework runs N steps per
+turn; the first of each turn, which follows the other framework's and starts
+with the C library's free memory handed back to the kernel (for the step RSS
+column), is printed apart, and the other columns give the later steps, run as
+in a training loop (README, "Training speed"). Our step's loss has more terms
 (L1, SSIM and FFT over the blur mask, the pruning cross-entropy): 5% of its
 time, per `benchmarks/train_step_parts.py`.
 """
@@ -52,6 +57,10 @@ def _define_flags() -> None:
   flags.DEFINE_integer('patch', 256, 'square patch side')
   flags.DEFINE_integer('batch', 2, 'batch size')
   flags.DEFINE_integer('steps', 3, 'timed steps (rounds, when alternating)')
+  flags.DEFINE_integer('steps_per_turn', 1,
+                       'steps each framework runs in a row before the other takes its turn; '
+                       'above 1, the first of each turn is timed apart and s/step is the '
+                       'median of the others')
   flags.DEFINE_enum('dtype', 'float32', sorted(train_lib.COMPUTE_DTYPES), 'compute dtype')
   flags.DEFINE_enum('remat', 'none', sorted(train_lib.REMAT_POLICIES), 'rematerialisation')
   flags.DEFINE_string('official_repo', None,
@@ -123,7 +132,8 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
     holder['state'], metrics = compiled(holder['state'], data)
     jax.block_until_ready(metrics)
 
-  return run, dict(params=count_params(state.params), compile_s=compile_s, xla_gib=xla_gib)
+  return run, dict(params=count_params(state.params), compile_s=compile_s, xla_gib=xla_gib,
+                   gflops=compiled.cost_analysis()['flops'] / 1e9)
 
 
 def _import_official(repo: str):
@@ -195,20 +205,31 @@ def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[
   return run, dict(params=sum(p.numel() for p in net.parameters()), version=torch.__version__)
 
 
-def timed(run: Callable[[], None]) -> tuple[float, int, int]:
-  """Seconds of one `run()`, the resident memory it added at its peak (bytes) and
-  the minor page faults it took (fresh pages the kernel had to map and zero)."""
-  # Free memory the C library still holds would hide the step's own demand.
-  if platform.libc_ver()[0] == 'glibc':
+def timed(run: Callable[[], None], trim: bool = True) -> tuple[float, int, int, float]:
+  """Seconds of one `run()`, the resident memory it added at its peak (bytes), the
+  minor page faults it took (fresh pages the kernel had to map and zero) and the
+  CPU seconds the kernel spent for the process meanwhile (system time).
+
+  `trim`: first hand the C library's free memory back to the kernel, which the
+  memory figure needs (memory the library still holds would hide the step's own
+  demand) but which makes the step fetch it again.
+  """
+  if trim and platform.libc_ver()[0] == 'glibc':
     ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim(0)
   before = PeakRSS.now()
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+  usage = resource.getrusage(resource.RUSAGE_SELF)
   with PeakRSS() as rss:
     t0 = time.perf_counter()
     run()
     seconds = time.perf_counter() - t0
-  faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults
-  return seconds, rss.peak - before, faults
+  after = resource.getrusage(resource.RUSAGE_SELF)
+  return (seconds, rss.peak - before, after.ru_minflt - usage.ru_minflt,
+          after.ru_stime - usage.ru_stime)
+
+
+def format_seconds(times: list[float]) -> str:
+  """'1.23, 4.56 s'."""
+  return ', '.join(f'{t:.2f}' for t in times) + ' s'
 
 
 def bench(name: str, args) -> list[dict]:
@@ -218,16 +239,26 @@ def bench(name: str, args) -> list[dict]:
   if args.official_repo:
     runs['official'] = official(args.official_repo, config, host)
   times = {k: [] for k in runs}
+  firsts = {k: [] for k in runs}  # the first step of each turn, with several per turn
   peaks = {k: 0 for k in runs}
   faults = {k: [] for k in runs}
+  kernel = {k: [] for k in runs}  # system CPU seconds of the steps in `times`
+  first_kernel = {k: [] for k in runs}
   for k, (run, _) in runs.items():  # warm-up
     run()
   for _ in range(args.steps):  # alternate
     for k, (run, _) in runs.items():
-      seconds, peak, fault_count = timed(run)
-      times[k].append(seconds)
-      faults[k].append(fault_count)
-      peaks[k] = max(peaks[k], peak)
+      for position in range(args.steps_per_turn):
+        # With several steps per turn, memory is measured on the first of each and
+        # the others run as in a training loop, on the memory the one before left.
+        seconds, peak, fault_count, system = timed(run, trim=position == 0)
+        first = position == 0 and args.steps_per_turn > 1
+        (firsts[k] if first else times[k]).append(seconds)
+        (first_kernel[k] if first else kernel[k]).append(system)
+        if not first:
+          faults[k].append(fault_count)
+        if position == 0:
+          peaks[k] = max(peaks[k], peak)
   rows = []
   for k, (_, facts) in runs.items():
     s = statistics.median(times[k])
@@ -235,7 +266,12 @@ def bench(name: str, args) -> list[dict]:
                      dtype=args.dtype if k == 'ours' else 'float32',
                      remat=args.remat if k == 'ours' else 'none', s_per_step=s,
                      images_per_s=args.batch / s, step_rss_gib=peaks[k] / 2**30,
-                     faults=statistics.median(faults[k]), **facts))
+                     faults=statistics.median(faults[k]),
+                     kernel_s=statistics.median(kernel[k]), **facts))
+    if firsts[k]:
+      print(f'{name}, {k}: first step of each turn {format_seconds(firsts[k])} '
+            f'(kernel CPU {format_seconds(first_kernel[k])}), the others {format_seconds(times[k])} '
+            f'(kernel CPU {format_seconds(kernel[k])})', flush=True)
   if 'official' in times:
     ratio = statistics.median(times['ours']) / statistics.median(times['official'])
     rows[0]['ratio'] = ratio
@@ -249,8 +285,8 @@ def main(argv):
     raise FileNotFoundError(f'no model_hw.py in --official_repo={args.official_repo}')
   print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}')
   header = ('| config | framework | params | patch | batch | dtype | remat | compile s '
-            '| XLA buffers GiB | step RSS GiB | page faults/step | s/step | images/s '
-            '| ours / official |')
+            '| XLA buffers GiB | step RSS GiB | page faults/step | kernel CPU s/step | s/step '
+            '| images/s | ours / official |')
   rows = []
   for name in args.configs:
     for r in bench(name, args):
@@ -260,10 +296,11 @@ def main(argv):
       ratio = f"{r['ratio']:.2f}" if 'ratio' in r else '-'
       rows.append(f"| {r['config']} | {framework} | {r['params'] / 1e6:.2f} M | {r['patch']} "
                   f"| {r['batch']} | {r['dtype']} | {r['remat']} | {compile_s} | {xla} "
-                  f"| {r['step_rss_gib']:.1f} | {r['faults'] / 1e6:.2f} M | {r['s_per_step']:.2f} "
+                  f"| {r['step_rss_gib']:.1f} | {r['faults'] / 1e6:.2f} M | {r['kernel_s']:.2f} "
+                  f"| {r['s_per_step']:.2f} "
                   f"| {r['images_per_s']:.3f} | {ratio} |")
       print(rows[-1].replace('|', ' ').strip(), flush=True)
-  print('\n' + header + '\n|' + ' --- |' * 14 + '\n' + '\n'.join(rows))
+  print('\n' + header + '\n|' + ' --- |' * 15 + '\n' + '\n'.join(rows))
 
 
 if __name__ == '__main__':

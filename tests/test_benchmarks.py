@@ -4,6 +4,7 @@ import sys
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from scipy import ndimage, stats
 
@@ -15,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / 'benchmarks'))
 import blur_detection_ceiling  # pylint: disable=g-import-not-at-top,wrong-import-position
 import inference as inference_benchmark  # pylint: disable=g-import-not-at-top,wrong-import-position
 import linear_headroom  # pylint: disable=g-import-not-at-top,wrong-import-position
+import matmul_floor  # pylint: disable=g-import-not-at-top,wrong-import-position
 import pruning_ranking  # pylint: disable=g-import-not-at-top,wrong-import-position
 import sharp_damage  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -131,3 +133,18 @@ def test_blur_detector_maps_images_to_pixel_logits():
   x = np.zeros((2, 16, 24, 3), np.float32)
   params = model.init(jax.random.PRNGKey(0), x)
   assert model.apply(params, x).shape == (2, 16, 24)
+
+
+def test_dot_shapes_reads_every_product_of_a_program():
+  def program(x, w, q, k):
+    # A linear layer over tokens, attention scores with two batch dimensions, and
+    # the weight's gradient (contracting over batch and tokens).
+    scores = jnp.einsum('bhqd,bhkd->bhqk', q, k)
+    y = x @ w
+    return y.sum() + scores.sum(), jnp.einsum('btc,bto->co', x, y)
+
+  args = (jnp.ones((2, 10, 3)), jnp.ones((3, 5)), jnp.ones((2, 4, 6, 8)), jnp.ones((2, 4, 7, 8)))
+  counts = matmul_floor.dot_shapes(jax.jit(program).lower(*args).as_text(dialect='hlo'))
+  assert counts == {(1, 20, 3, 5): 1, (8, 6, 8, 7): 1, (1, 3, 20, 5): 1}
+  assert sum(matmul_floor.flops(s) * c for s, c in counts.items()) == 2 * (
+      20 * 3 * 5 + 8 * 6 * 8 * 7 + 3 * 20 * 5)

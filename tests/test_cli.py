@@ -16,7 +16,7 @@ ENTRY_POINTS = [
     ['benchmarks/linear_headroom.py'], ['benchmarks/pruning_ranking.py'],
     ['benchmarks/blur_cues.py'], ['benchmarks/synthetic_stats.py'],
     ['benchmarks/train_step_parts.py'], ['benchmarks/sharp_damage.py'],
-    ['benchmarks/blur_detection_ceiling.py'],
+    ['benchmarks/blur_detection_ceiling.py'], ['benchmarks/matmul_floor.py'],
 ]
 
 
