@@ -46,8 +46,9 @@ def _define_flags() -> None:
   flags.DEFINE_integer('patch', 256, 'square patch side')
   flags.DEFINE_integer('batch', 2, 'batch size')
   flags.DEFINE_integer('repeats', 5, 'timed calls per shape (median)')
-  flags.DEFINE_integer('rounds', 3, 'rounds of: one official step (with --official_repo), '
-                       'then the step\'s dots in each library; medians are reported')
+  flags.DEFINE_integer('rounds', 3, 'rounds of: our step, the official step (with '
+                       '--official_repo), then the step\'s dots in each library; medians '
+                       'are reported')
   flags.DEFINE_string('official_repo', None,
                       'checkout of LeiaLi/LMD-ViT: also time its train step')
 
