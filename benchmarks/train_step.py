@@ -113,7 +113,8 @@ def random_batch(batch: int, patch: int) -> dict[str, np.ndarray]:
 
 
 def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
-  """Compiles our train step; returns a function running one step (blocking) and facts."""
+  """Compiles our train step; returns a function running one step (blocking) and facts
+  (among them `lowered`, the step before compilation)."""
   mesh = train_lib.make_mesh()
   model = train_lib.build_model(config)
   tx = train_lib.make_optimizer(config)
@@ -121,7 +122,8 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
   data = train_lib.put_batch(host, mesh)
   step = train_lib.make_train_step(model, tx, config, mesh)
   t0 = time.perf_counter()
-  compiled = step.lower(state, data).compile()
+  lowered = step.lower(state, data)
+  compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
   mem = compiled.memory_analysis()
   xla_gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
@@ -133,7 +135,7 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
     jax.block_until_ready(metrics)
 
   return run, dict(params=count_params(state.params), compile_s=compile_s, xla_gib=xla_gib,
-                   gflops=compiled.cost_analysis()['flops'] / 1e9)
+                   gflops=compiled.cost_analysis()['flops'] / 1e9, lowered=lowered)
 
 
 def _import_official(repo: str):
@@ -238,12 +240,7 @@ def bench(name: str, args) -> list[dict]:
   runs = {'ours': ours(config, host)}
   if args.official_repo:
     runs['official'] = official(args.official_repo, config, host)
-  times = {k: [] for k in runs}
-  firsts = {k: [] for k in runs}  # the first step of each turn, with several per turn
-  peaks = {k: 0 for k in runs}
-  faults = {k: [] for k in runs}
-  kernel = {k: [] for k in runs}  # system CPU seconds of the steps in `times`
-  first_kernel = {k: [] for k in runs}
+  steps = {k: [] for k in runs}  # (position in its turn, timed(...)) of every step
   for k, (run, _) in runs.items():  # warm-up
     run()
   for _ in range(args.steps):  # alternate
@@ -251,30 +248,27 @@ def bench(name: str, args) -> list[dict]:
       for position in range(args.steps_per_turn):
         # With several steps per turn, memory is measured on the first of each and
         # the others run as in a training loop, on the memory the one before left.
-        seconds, peak, fault_count, system = timed(run, trim=position == 0)
-        first = position == 0 and args.steps_per_turn > 1
-        (firsts[k] if first else times[k]).append(seconds)
-        (first_kernel[k] if first else kernel[k]).append(system)
-        if not first:
-          faults[k].append(fault_count)
-        if position == 0:
-          peaks[k] = max(peaks[k], peak)
-  rows = []
+        steps[k].append((position, timed(run, trim=position == 0)))
+  rows, s_per_step = [], {}
   for k, (_, facts) in runs.items():
-    s = statistics.median(times[k])
+    # Columns: (seconds, peak, faults, kernel CPU) of the steps the table gives.
+    table = [r for p, r in steps[k] if p > 0 or args.steps_per_turn == 1]
+    seconds, _, faults, kernel = (statistics.median(column) for column in zip(*table))
+    peak = max(r[1] for p, r in steps[k] if p == 0)
+    s_per_step[k] = seconds
     rows.append(dict(config=name, framework=k, patch=args.patch, batch=args.batch,
                      dtype=args.dtype if k == 'ours' else 'float32',
-                     remat=args.remat if k == 'ours' else 'none', s_per_step=s,
-                     images_per_s=args.batch / s, step_rss_gib=peaks[k] / 2**30,
-                     faults=statistics.median(faults[k]),
-                     kernel_s=statistics.median(kernel[k]), **facts))
-    if firsts[k]:
-      print(f'{name}, {k}: first step of each turn {format_seconds(firsts[k])} '
-            f'(kernel CPU {format_seconds(first_kernel[k])}), the others {format_seconds(times[k])} '
-            f'(kernel CPU {format_seconds(kernel[k])})', flush=True)
-  if 'official' in times:
-    ratio = statistics.median(times['ours']) / statistics.median(times['official'])
-    rows[0]['ratio'] = ratio
+                     remat=args.remat if k == 'ours' else 'none', s_per_step=seconds,
+                     images_per_s=args.batch / seconds, step_rss_gib=peak / 2**30,
+                     faults=faults, kernel_s=kernel, **facts))
+    if args.steps_per_turn > 1:
+      firsts = [r for p, r in steps[k] if p == 0]
+      print(f'{name}, {k}: first step of each turn {format_seconds([r[0] for r in firsts])} '
+            f'(kernel CPU {format_seconds([r[3] for r in firsts])}), the others '
+            f'{format_seconds([r[0] for r in table])} '
+            f'(kernel CPU {format_seconds([r[3] for r in table])})', flush=True)
+  if 'official' in s_per_step:
+    rows[0]['ratio'] = s_per_step['ours'] / s_per_step['official']
   return rows
 
 
