@@ -22,46 +22,35 @@ from absl import app, flags
 
 from lmdvit_jax import cli, compilation_cache, evaluation
 
-_CHECKPOINT = flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (convert or train.py).')
+cli.define_inference_flags()
 _DATA = flags.DEFINE_string('data', None, 'Data spec: npy:FOLDER, reloblur:DIR, gopro:DIR, '
                             'pairs:DIR, synthetic[?count=N&size=S], tfds:NAME.')
 _OUTPUT = flags.DEFINE_string('output', None, 'Output folder.')
-_STEP = flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
 _SPLIT = flags.DEFINE_string('split', 'test', 'Split for reloblur/gopro/synthetic/tfds specs.')
-_CAPACITY = flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window "
-                                'fraction in (0, 1] (fixed budget).')
-_KEEP_THRESHOLD = flags.DEFINE_float('keep_threshold', None, 'Override the keep '
-                                     'probability threshold of the checkpoint.')
 _NUM_PANELS = flags.DEFINE_integer('num_panels', 4, 'Panels for the first N images.')
 _PANEL_HEIGHT = flags.DEFINE_integer('panel_height', 192, 'Tile height of the panels (pixels).')
 _MAX_IMAGES = flags.DEFINE_integer('max_images', 0, 'Evaluate the first N images only (0: all).')
 _SAVE_IMAGES = flags.DEFINE_bool('save_images', False, 'Write the restored images as PNG.')
 _WARMUP = flags.DEFINE_bool('warmup', True, 'Run each new input size once untimed first.')
-_DTYPE = flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: '
-                           "the checkpoint's model.json, else float32); params stay float32.")
-_SELF_ENSEMBLE = flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per '
-                                   'image, flipped and transposed, averaged (default: the '
-                                   "checkpoint's inference.json, else 1).")
 _SKIP_BAD = flags.DEFINE_bool('skip_bad', False, 'Leave out unreadable or invalid files (listed '
                               'in metrics.json) instead of stopping before any work.')
 _QUANTIZE = flags.DEFINE_bool('quantize', True, 'Score the output as saved to uint8; '
                               '--noquantize scores the clamped float output as test.py does.')
+FLAGS = flags.FLAGS
 
 
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  for flag in (_CHECKPOINT, _DATA, _OUTPUT):
-    if not flag.value:
-      raise app.UsageError(f'--{flag.name} is required.')
+  for name in ('checkpoint', 'data', 'output'):
+    if not FLAGS[name].value:
+      raise app.UsageError(f'--{name} is required.')
   compilation_cache.enable()
   summary = evaluation.evaluate(
-      _CHECKPOINT.value, _DATA.value, _OUTPUT.value, step=_STEP.value, split=_SPLIT.value,
-      capacity=_CAPACITY.value, keep_threshold=_KEEP_THRESHOLD.value,
+      FLAGS.checkpoint, _DATA.value, _OUTPUT.value, step=FLAGS.step, split=_SPLIT.value,
       num_panels=_NUM_PANELS.value, panel_height=_PANEL_HEIGHT.value,
       max_images=_MAX_IMAGES.value, save_images=_SAVE_IMAGES.value, warmup=_WARMUP.value,
-      quantize_output=_QUANTIZE.value, skip_bad=_SKIP_BAD.value, dtype=_DTYPE.value,
-      self_ensemble=None if _SELF_ENSEMBLE.value is None else int(_SELF_ENSEMBLE.value))
+      quantize_output=_QUANTIZE.value, skip_bad=_SKIP_BAD.value, **cli.inference_settings())
   m = summary['mean']
   print(f'{summary["count"]} images: PSNR {m["psnr"]:.2f}  SSIM {m["ssim"]:.4f}  '
         f'PSNR_w {m["wpsnr"]:.2f}  SSIM_w {m["wssim"]:.4f}  '

@@ -34,6 +34,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from lmdvit_jax.errors import CheckpointError  # pylint: disable=unused-import (re-exported)
 from lmdvit_jax.files import write_json_atomic
 
 MODEL_FILE = 'model.json'
@@ -43,10 +44,6 @@ CHECKPOINTS = 'checkpoints'
 TRAIN_ITEMS = ('params', 'opt_state', 'meta', 'data')
 BEST_DIR = 'best'
 BEST_FILE = 'best.json'
-
-
-class CheckpointError(RuntimeError):
-  """No intact checkpoint could be read from a directory."""
 
 
 def _first_line(error: BaseException) -> str:

@@ -13,25 +13,31 @@ Exit codes: 0 success; 1 some inputs failed (named on stderr, the rest done);
 
 from __future__ import annotations
 
+import re
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from absl import app, flags, logging
 
-from lmdvit_jax import host_memory
+from lmdvit_jax import errors, host_memory
 
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
 _HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
-def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
-  """Prints `PROG: error: message` (one line) to stderr and exits with `code`."""
+def error(message: str) -> None:
+  """Prints `PROG: error: message` (one line) to stderr."""
   prog = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else 'lmdvit_jax'
   text = ' '.join(str(message).split())
   print(f'{prog}: error: {text}', file=sys.stderr)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+  """Prints `PROG: error: message` (one line) to stderr and exits with `code`."""
+  error(message)
   sys.exit(code)
 
 
@@ -67,13 +73,51 @@ def parse_flags(argv: Sequence[str]) -> list[str]:
     fail(_message(e, argv))
 
 
-def user_errors() -> tuple[type[BaseException], ...]:
-  """Exceptions that mean a bad input, not a bug: reported in one line, exit 2."""
-  # Imported here: the data and checkpoint modules are heavy, flags are not.
-  from lmdvit_jax.checkpointing import CheckpointError  # pylint: disable=g-import-not-at-top
-  from lmdvit_jax.data import DataError  # pylint: disable=g-import-not-at-top
-  return (ValueError, TypeError, ImportError, FileNotFoundError, NotADirectoryError,
-          FileExistsError, DataError, CheckpointError)
+_UNITS = {'': 1, 'k': 2**10, 'm': 2**20, 'g': 2**30, 't': 2**40}
+
+
+def parse_bytes(text: str) -> int:
+  """'3G', '512M', '2.5GiB', '3e9' -> bytes (K, M, G, T are powers of 1024)."""
+  match = re.fullmatch(r'\s*([0-9.]+(?:e[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*', str(text).lower())
+  if not match:
+    raise ValueError(f"expected a size such as '3G' or '512M', got {text!r}")
+  value = float(match.group(1)) * _UNITS[match.group(2)]
+  if value < 1:
+    raise ValueError(f'a memory size must be positive, got {text!r}')
+  return int(value)
+
+
+def define_inference_flags() -> None:
+  """The flags of every command that runs a checkpoint (evaluate.py, deblur,
+  the benchmarks that load one): one definition, read by `inference_settings`."""
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (convert or train.py).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
+  flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window fraction in (0, 1] "
+                      '(a fixed budget).')
+  flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.')
+  flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: the '
+                    "checkpoint's model.json, else float32); params stay float32.")
+  flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
+                    "transposed, averaged (default: the checkpoint's inference.json, else 1).")
+  flags.DEFINE_integer('tile', None, 'Tile side in pixels, a multiple of 16 x win_size; 0: '
+                       'always the whole image (default: tiles only for images that need more '
+                       'than --max_memory, as large as it allows).')
+  flags.DEFINE_integer('tile_overlap', None, 'Pixels shared by neighbouring tiles, a multiple '
+                       'of 16 x win_size (default: 16 x win_size).')
+  flags.DEFINE_string('max_memory', None, "Memory one compiled call may use, e.g. '3G' or "
+                      "'800M' (default: 3G on a CPU, or a quarter of its memory if less; 80% of "
+                      "an accelerator's free memory).")
+
+
+def inference_settings() -> dict[str, Any]:
+  """The values of `define_inference_flags` but `checkpoint` and `step`, as
+  keyword arguments of `evaluation.evaluate` and `deblur.run`."""
+  fl = flags.FLAGS
+  return dict(
+      capacity=fl.capacity, keep_threshold=fl.keep_threshold, dtype=fl.dtype,
+      self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble),
+      tile=fl.tile, tile_overlap=fl.tile_overlap,
+      max_memory=None if fl.max_memory is None else parse_bytes(fl.max_memory))
 
 
 def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
@@ -90,10 +134,10 @@ def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
       logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
-    except app.UsageError:
-      raise
+    except app.UsageError as e:  # absl would print the whole --help first
+      fail(str(e))
     except Exception as e:  # pylint: disable=broad-except
-      if isinstance(e, user_errors()) and flags.FLAGS['verbosity'].value < 1:
+      if isinstance(e, errors.USER_ERRORS) and flags.FLAGS['verbosity'].value < 1:
         fail(_message(e))
       raise
 

@@ -32,9 +32,9 @@ from PIL import Image, ImageOps
 from tqdm import tqdm
 
 from lmdvit_jax import checkpointing, cli, compilation_cache, files, panels
-from lmdvit_jax.data import DataError
+from lmdvit_jax.errors import DataError, OutOfMemoryError
 from lmdvit_jax.data import image_files
-from lmdvit_jax.inference import Deblurrer, checkpoint_overrides, parse_capacity, to_uint8
+from lmdvit_jax.inference import Deblurrer, checkpoint_overrides, to_uint8
 
 PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
 # PNG colour type by channel count: grey, grey + alpha, RGB, RGBA.
@@ -213,45 +213,58 @@ def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output
       if overlays:
         panels.save_png(output / rel.with_suffix('.decisions.png'),
                         panels.decision_panel(loaded.rgb, result), compress_level=6)
-    except (DataError, OSError, ValueError, Image.DecompressionBombError) as e:
+    except (DataError, OSError, ValueError, OutOfMemoryError, Image.DecompressionBombError) as e:
       # DataError messages already name the file; OSError ones usually do too.
       msg = str(e) if str(src) in str(e) else f'{src}: {e}'
       errors.append(msg)
-      tqdm.write(f'error: {msg}', file=sys.stderr)
+      with tqdm.external_write_mode(file=sys.stderr):
+        cli.error(msg)
   return errors, seconds
 
 
 def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None = None,
         capacity: str | float = 'exact', keep_threshold: float | None = None,
         overlays: bool = False, dtype: str | None = None, self_ensemble: int | None = None,
-        progress: bool = True) -> int:
+        tile: int | None = None, tile_overlap: int | None = None,
+        max_memory: int | None = None, progress: bool = True) -> int:
   """Deblurs `inputs` (files or folders) into `output`; returns the exit status.
 
-  0 when every file was deblurred; 1 when some input was missing or unreadable
-  (the others are still written); 2 when the checkpoint cannot be loaded.
+  0 when every file was deblurred; 1 when some input was missing, unreadable
+  or ran out of memory (the others are still written); 2 when nothing was
+  done: a bad setting, an output that is not a writable folder or would mix
+  with the inputs, or a checkpoint that cannot be loaded (all checked before
+  any image is read). Tiling arguments are `inference.Deblurrer`'s.
   """
   out = Path(output)
-  if out.exists() and not out.is_dir():
-    print(f'error: --output {out} is an existing file; give a folder', file=sys.stderr)
+  try:
+    overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
+    if inside := [a for a in inputs if Path(a).is_dir() and (
+        Path(a).resolve() == out.resolve() or out.resolve() in Path(a).resolve().parents)]:
+      raise ValueError(f'--output {out} is the input folder {inside[0]} or holds it: results '
+                       'would mix with the photos; choose another --output')
+    files.check_writable_dir(out)
+  except (OSError, ValueError) as e:
+    cli.error(str(e))
     return 2
   jobs, errors = collect_inputs(inputs, exclude=out.resolve())
   if clash := overwrites(jobs, out, overlays):
-    print(f'error: refusing to write over input files: {"; ".join(clash[:5])}'
-          f'{" ..." if len(clash) > 5 else ""} (choose another --output)', file=sys.stderr)
+    cli.error(f'refusing to write over input files: {"; ".join(clash[:5])}'
+              f'{" ..." if len(clash) > 5 else ""} (choose another --output)')
     return 2
   for e in errors:
-    print(f'error: {e}', file=sys.stderr)
+    cli.error(str(e))
   if not jobs:
     return 1
   try:
-    overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
     if not Path(checkpoint).is_dir():
       raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
     # No warm-up: timings here are informative only, and it would double the
     # work of the first image of every size.
-    deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=False)
+    deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=False, tile=tile,
+                                          tile_overlap=tile_overlap, max_memory=max_memory,
+                                          progress=progress)
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
-    print(f'error: {e}', file=sys.stderr)
+    cli.error(str(e))
     return 2
   failed, seconds = deblur_files(deblurrer, jobs, out, overlays, progress)
   errors += failed
@@ -266,31 +279,22 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
 def _define_flags() -> None:
   # Defined only when run as a program: importing this module (tests,
   # evaluate.py) must not claim flag names.
-  flags.DEFINE_string('checkpoint', None, 'Checkpoint directory.', required=True)
-  flags.DEFINE_string('output', None, 'Output folder.', required=True)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
-  flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window fraction in (0, 1].")
-  flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.')
-  flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: the '
-                    "checkpoint's model.json, else float32); params stay float32.")
-  flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
-                    "transposed, averaged (default: the checkpoint's inference.json, else 1).")
+  cli.define_inference_flags()
+  flags.DEFINE_string('output', None, 'Output folder.')
   flags.DEFINE_bool('overlays', False, 'Also write NAME.decisions.png with the windows '
                     'kept by each pruning stage.')
 
 
 def main(argv: list[str]) -> None:
+  fl = flags.FLAGS
+  for name in ('checkpoint', 'output'):
+    if not fl[name].value:
+      raise app.UsageError(f'--{name} is required.')
   if len(argv) < 2:
     raise app.UsageError('Give at least one image file or folder.')
-  fl = flags.FLAGS
   compilation_cache.enable()
-  try:
-    capacity = parse_capacity(fl.capacity)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from None
-  sys.exit(run(fl.checkpoint, argv[1:], fl.output, step=fl.step, capacity=capacity,
-               keep_threshold=fl.keep_threshold, overlays=fl.overlays, dtype=fl.dtype,
-               self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble)))
+  sys.exit(run(fl.checkpoint, argv[1:], fl.output, step=fl.step, overlays=fl.overlays,
+               **cli.inference_settings()))
 
 
 if __name__ == '__main__':

@@ -127,7 +127,7 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
                summary['params'], flops / 2, flops),
            row('Blurred input', m['input_psnr'], m['input_ssim'], m['input_wpsnr'],
                m['input_wssim'], None, None, None, None)]
-  sizes = ', '.join(f'{k} ({v["count"]} images, padded {v["padded"]})'
+  sizes = ', '.join(f'{k} ({v["count"]} images, padded {v["padded"]}, {v.get("tiles", "whole")})'
                     for k, v in summary['sizes'].items())
   notes = [
       '',
@@ -226,7 +226,9 @@ def run(deblurrer: Deblurrer, source: Sequence[Mapping[str, Any]], *, count: int
     key = f'{blur.shape[0]}x{blur.shape[1]}'
     g = result.geometry
     sizes.setdefault(key, {'count': 0, 'padded': f'{g.padded_height}x{g.padded_width}',
-                           'flops': result.flops})['count'] += 1
+                           'flops': result.flops,
+                           'tiles': result.tiles.describe() if result.tiles else 'whole'}
+                     )['count'] += 1
     bar.set_postfix(psnr=f'{record["psnr"]:.2f}', wpsnr=f'{record["wpsnr"]:.2f}')
 
     if n < num_panels and panel_dir is not None:
@@ -259,12 +261,14 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
              panel_height: int = 192, max_images: int = 0, save_images: bool = False,
              warmup: bool = True, quantize_output: bool = True, skip_bad: bool = False,
              dtype: str | None = None, self_ensemble: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
+             tile: int | None = None, tile_overlap: int | None = None,
+             max_memory: int | None = None, progress: bool = True) -> dict[str, Any]:
   """Evaluates a checkpoint directory on a data spec; writes metrics.json,
   table.md and panels under `output`.
 
   `keep_threshold`, `dtype` and `self_ensemble` (see `inference.Deblurrer`)
-  default to the checkpoint's model.json and inference.json.
+  default to the checkpoint's model.json and inference.json; `tile`,
+  `tile_overlap` and `max_memory` are `Deblurrer`'s.
 
   Every file is opened and validated first (keys, dtypes, sizes, finite
   values): a bad one stops the run before any forward pass, with one message
@@ -283,15 +287,18 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
     raise NotADirectoryError(f'--output {out_dir} is an existing file; give a folder')
   if not Path(checkpoint).is_dir():
     raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
+  overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
   source = open_source(data, split=split)
+  # Loading the model checks the tiling flags against its grid before any data is read.
+  deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=warmup, tile=tile,
+                                        tile_overlap=tile_overlap, max_memory=max_memory,
+                                        progress=progress)
   good, bad = check_source(source, max_images)
   if bad and not skip_bad:
     raise DataError(f'{len(bad)} bad file(s), nothing evaluated (--skip_bad leaves them out): '
                     + ' | '.join(bad))
   if not good:
     raise DataError(f'no usable images in {data}')
-  overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
-  deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=warmup)
   out_dir.mkdir(parents=True, exist_ok=True)
   scored = run(deblurrer, source, indices=good, quantize_output=quantize_output,
                num_panels=num_panels, panel_dir=out_dir / 'panels', panel_height=panel_height,
@@ -305,6 +312,8 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
           'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator',
           'prune_loc', 'keep_threshold', 'capacity', 'capacity_chunks')},
       'dtype': np.dtype(model.dtype).name, 'self_ensemble': deblurrer.self_ensemble,
+      'tiling': {'tile': deblurrer.tile, 'tile_overlap': deblurrer.tile_overlap,
+                 'max_memory': deblurrer.max_memory},
       'params': count_params(deblurrer.params),
       'device': f'{device.platform} ({device.device_kind}) x{jax.device_count()}',
       'sizes': scored['sizes'], 'mean': scored['mean'], 'blocks': scored['blocks'],

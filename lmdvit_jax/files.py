@@ -43,3 +43,24 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   """Writes `obj` as indented JSON (sorted keys), atomically."""
   write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+
+
+def check_writable_dir(path: str | os.PathLike, what: str = '--output') -> Path:
+  """Creates folder `path` if needed and checks a file can be written in it,
+  so a command fails before its work, not after.
+
+  Raises:
+    NotADirectoryError: `path` is an existing file.
+    PermissionError: the folder cannot be created or written (names `what`).
+  """
+  path = Path(path)
+  if path.exists() and not path.is_dir():
+    raise NotADirectoryError(f'{what} {path} is an existing file; give a folder')
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    fd, probe = tempfile.mkstemp(dir=path, prefix='.write_check.')
+    os.close(fd)
+    os.unlink(probe)
+  except OSError as e:
+    raise PermissionError(f'{what} {path} is not writable ({e.strerror or e})') from None
+  return path

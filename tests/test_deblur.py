@@ -207,3 +207,63 @@ def test_non_finite_and_multi_frame_images_are_named_and_skipped(checkpoint, tmp
   bad[0, 0, 0] = np.inf
   with pytest.raises(ValueError, match='non-finite'):
     deblurrer(bad)
+
+
+# ---------------------------------------------------------------------------
+# Tiles, and what they get wrong.
+
+
+def test_tiled_photo_matches_whole_and_keeps_its_overlays(checkpoint, tmp_path):
+  photos = tmp_path / 'in'
+  photos.mkdir()
+  rgb = np.random.default_rng(3).integers(0, 256, (200, 300, 3), np.uint8)  # pads to 256 x 384
+  Image.fromarray(rgb).save(photos / 'wide.png')
+  outs = {}
+  for tile in (0, 256):
+    out = tmp_path / f'out{tile}'
+    assert deblur.run(str(checkpoint), [str(photos)], str(out), capacity='masked', tile=tile,
+                      tile_overlap=128, overlays=True, progress=False) == 0
+    with Image.open(out / 'wide.png') as im:
+      outs[tile] = np.asarray(im, np.float64) / 255
+    assert (out / 'wide.decisions.png').is_file()
+  mse = np.mean((outs[0] - outs[256]) ** 2)
+  assert mse == 0 or 10 * np.log10(1 / mse) > 40
+
+
+def test_bad_tile_flags_and_an_output_that_is_the_input_folder_stop_before_work(
+    checkpoint, tmp_path, capsys):
+  photos = tmp_path / 'photos'
+  photos.mkdir()
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photos / 'one.png')
+  assert deblur.run(str(checkpoint), [str(photos)], str(tmp_path / 'o'), tile=200,
+                    progress=False) == 2
+  err = capsys.readouterr().err
+  assert 'tile must be a multiple of the model' in err and len(err.strip().splitlines()) == 1
+  assert deblur.run(str(checkpoint), [str(photos)], str(photos), progress=False) == 2
+  err = capsys.readouterr().err
+  assert 'is the input folder' in err and 'no image files' not in err
+
+
+def test_out_of_memory_on_one_photo_names_it_and_the_rest_are_written(checkpoint, tmp_path,
+                                                                     capsys, monkeypatch):
+  from lmdvit_jax.errors import OutOfMemoryError
+  photos = tmp_path / 'in'
+  photos.mkdir()
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photos / 'small.png')
+  Image.fromarray(np.zeros((200, 200, 3), np.uint8)).save(photos / 'large.png')
+  real_call = deblur.Deblurrer.__call__
+
+  def call(self, image):
+    if image.shape[0] > 100:
+      raise OutOfMemoryError('out of memory deblurring 1 image(s) of 200x200: use a smaller '
+                             '--tile or --max_memory')
+    return real_call(self, image)
+
+  monkeypatch.setattr(deblur.Deblurrer, '__call__', call)
+  out = tmp_path / 'out'
+  assert deblur.run(str(checkpoint), [str(photos)], str(out), capacity='masked',
+                    progress=False) == 1
+  err = capsys.readouterr().err
+  assert 'large.png' in err and 'smaller --tile' in err and 'Traceback' not in err
+  assert (out / 'small.png').is_file() and not (out / 'large.png').exists()
+  assert not list(out.glob('.*.tmp'))

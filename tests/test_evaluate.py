@@ -202,3 +202,23 @@ def test_output_that_is_a_file_fails_before_work(checkpoint, tmp_path):
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1].startswith('evaluate.py: error:')
   assert 'existing file' in run.stderr and 'Traceback' not in run.stderr
+
+
+def test_tiled_evaluation_scores_the_whole_image(checkpoint, evaluated, tmp_path):
+  """Forced tiles (a 384x384 canvas as 2x2 tiles of 256x256) score every metric,
+  pruning ones included, for the whole image."""
+  from lmdvit_jax.data import open_source
+  data = 'synthetic?size=300x260&count=2'
+  whole = evaluation.evaluate(str(checkpoint), data, str(tmp_path / 'whole'), capacity='masked',
+                              num_panels=0, tile=0, progress=False)
+  tiled = evaluation.evaluate(str(checkpoint), data, str(tmp_path / 'tiled'), capacity='masked',
+                              num_panels=1, tile=256, tile_overlap=128, progress=False)
+  written = json.loads((tmp_path / 'tiled' / 'metrics.json').read_text())
+  assert written['sizes']['260x300']['tiles'].startswith('4 tiles of 256x256 (2x2')
+  assert whole['sizes']['260x300']['tiles'] == 'whole'
+  for key in ('psnr', 'wpsnr', 'sharp_psnr'):
+    assert abs(tiled['mean'][key] - whole['mean'][key]) < 0.5, key
+  for key in ('prune_precision', 'prune_recall', 'kept_fraction'):
+    assert 0 <= tiled['mean'][key] <= 1, key
+  assert list((tmp_path / 'tiled' / 'panels').glob('*.png'))
+  assert len(open_source(data)) == tiled['count'] == 2

@@ -16,14 +16,12 @@ from typing import Any
 
 import numpy as np
 
+from lmdvit_jax.errors import DataError  # pylint: disable=unused-import (re-exported)
+
 Example = dict[str, Any]
 Sample = dict[str, Any]
 
 IMAGE_KEYS = ('blur', 'sharp', 'mask')
-
-
-class DataError(ValueError):
-  """A dataset on disk is not what its reader expects (pairs, sizes, files)."""
 
 
 def check_example(example: Example, where: str = '') -> Example:
