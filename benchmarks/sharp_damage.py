@@ -9,7 +9,7 @@ Outside the blur mask the blurred input equals the sharp image, so every error
 there is one the model made. The first table splits the squared error outside
 the mask (output quantised to uint8, as evaluated) by how many predicting
 blocks kept the pixel's window, the second by the pixel's distance to the mask.
-The third scores the whole set (`evaluation.run`, capacity 'exact') at each
+The third scores the whole set (`evaluation.run`, `--capacity`, 'exact' by default) at each
 keep threshold of `--thresholds`: gains over the input, PSNR outside the mask,
 pruning recall and precision, kept windows. Gains are means over images, as
 the demo reports them. With a self-ensemble (the checkpoint's, or
@@ -33,11 +33,10 @@ DISTANCE_BINS = (0, 2, 4, 8, 16, np.inf)  # pixels, (low, high]
 
 def _define_flags() -> None:
   # Only when run as a program, so that importing the module claims no flag names.
-  flags.DEFINE_string('checkpoint', None, 'checkpoint directory', required=True)
+  cli.define_inference_flags()
+  flags.mark_flag_as_required('checkpoint')
   flags.DEFINE_string('data', 'synthetic?size=384x256&count=16', 'data spec')
   flags.DEFINE_string('split', 'test', 'split of the data spec')
-  flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'],
-                    "passes per image (default: the checkpoint's inference.json, else 1)")
   flags.DEFINE_list('thresholds', ['0.5', '0.6', '0.7', '0.8', '0.9'], 'keep thresholds to score')
 
 
@@ -72,9 +71,14 @@ def _psnr(error: np.ndarray, count: np.ndarray) -> list[str]:
 
 def main(argv):
   del argv
-  passes = None if FLAGS.self_ensemble is None else int(FLAGS.self_ensemble)
-  deblurrer = Deblurrer.from_checkpoint(
-      FLAGS.checkpoint, overrides=checkpoint_overrides('exact', self_ensemble=passes))
+  settings = cli.inference_settings()
+  tiles = {k: settings.pop(k) for k in ('tile', 'tile_overlap', 'max_memory')}
+
+  def load(**changes):
+    return Deblurrer.from_checkpoint(FLAGS.checkpoint, FLAGS.step,
+                                     checkpoint_overrides(**{**settings, **changes}), **tiles)
+
+  deblurrer = load()
   source = open_source(FLAGS.data, split=FLAGS.split)
   n_blocks, n_bins = len(deblurrer.blocks), len(DISTANCE_BINS) - 1
   by_kept = np.zeros((2, n_blocks + 1))
@@ -107,9 +111,7 @@ def main(argv):
         'PSNR outside (dB) | recall | precision | kept |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
   for t in FLAGS.thresholds:
-    scored = Deblurrer.from_checkpoint(
-        FLAGS.checkpoint, overrides=checkpoint_overrides('exact', float(t), self_ensemble=passes))
-    m = evaluation.run(scored, source)['mean']
+    m = evaluation.run(load(keep_threshold=float(t)), source)['mean']
     print(f'| {t} | {m["wpsnr"] - m["input_wpsnr"]:+.3f} | {m["psnr"] - m["input_psnr"]:+.3f} | '
           f'{m["sharp_psnr"]:.2f} | {m["prune_recall"]:.3f} | {m["prune_precision"]:.3f} | '
           f'{m["kept_fraction"]:.3f} |', flush=True)
