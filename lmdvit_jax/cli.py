@@ -87,9 +87,10 @@ def parse_bytes(text: str) -> int:
   return int(value)
 
 
-def define_inference_flags() -> None:
+def define_inference_flags(tiling: bool = True) -> None:
   """The flags of every command that runs a checkpoint (evaluate.py, deblur,
-  the benchmarks that load one): one definition, read by `inference_settings`."""
+  export, the benchmarks that load one): one definition, read by
+  `inference_settings`; `tiling=False` leaves out the tiling flags."""
   flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (convert or train.py).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
   flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window fraction in (0, 1] "
@@ -99,6 +100,8 @@ def define_inference_flags() -> None:
                     "checkpoint's model.json, else float32); params stay float32.")
   flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
                     "transposed, averaged (default: the checkpoint's inference.json, else 1).")
+  if not tiling:
+    return
   flags.DEFINE_integer('tile', None, 'Tile side in pixels, a multiple of 16 x win_size; 0: '
                        'always the whole image (default: tiles only for images that need more '
                        'than --max_memory, as large as it allows).')
@@ -113,11 +116,13 @@ def inference_settings() -> dict[str, Any]:
   """The values of `define_inference_flags` but `checkpoint` and `step`, as
   keyword arguments of `evaluation.evaluate` and `deblur.run`."""
   fl = flags.FLAGS
-  return dict(
+  settings = dict(
       capacity=fl.capacity, keep_threshold=fl.keep_threshold, dtype=fl.dtype,
-      self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble),
-      tile=fl.tile, tile_overlap=fl.tile_overlap,
-      max_memory=None if fl.max_memory is None else parse_bytes(fl.max_memory))
+      self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble))
+  if 'tile' in fl:
+    settings.update(tile=fl.tile, tile_overlap=fl.tile_overlap,
+                    max_memory=None if fl.max_memory is None else parse_bytes(fl.max_memory))
+  return settings
 
 
 def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:

@@ -201,14 +201,18 @@ def overwrites(jobs: Sequence[tuple[Path, Path]], output: Path, overlays: bool) 
 
 
 def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output: Path,
-                 overlays: bool = False, progress: bool = True) -> tuple[list[str], list[float]]:
-  """Deblurs each (input, relative output) pair; returns (errors, seconds per image)."""
-  errors, seconds = [], []
+                 overlays: bool = False, progress: bool = True
+                 ) -> tuple[list[str], list[float], list[str]]:
+  """Deblurs each (input, relative output) pair; returns (errors, seconds per
+  image, how each tiled image was split)."""
+  errors, seconds, tiled = [], [], []
   for src, rel in tqdm(jobs, desc='deblur', unit='img', disable=not progress):
     try:
       loaded = read_image(src)
       result = deblurrer(loaded.rgb)
       seconds.append(result.seconds)
+      if result.tiles is not None:
+        tiled.append(result.tiles.describe())
       files.write_bytes_atomic(output / rel, encode_result(result.restored, loaded))
       if overlays:
         panels.save_png(output / rel.with_suffix('.decisions.png'),
@@ -219,7 +223,7 @@ def deblur_files(deblurrer: Deblurrer, jobs: Sequence[tuple[Path, Path]], output
       errors.append(msg)
       with tqdm.external_write_mode(file=sys.stderr):
         cli.error(msg)
-  return errors, seconds
+  return errors, seconds, tiled
 
 
 def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None = None,
@@ -266,10 +270,11 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     cli.error(str(e))
     return 2
-  failed, seconds = deblur_files(deblurrer, jobs, out, overlays, progress)
+  failed, seconds, tiled = deblur_files(deblurrer, jobs, out, overlays, progress)
   errors += failed
   mean = f', {np.mean(seconds):.3f} s per image' if seconds else ''
-  print(f'Deblurred {len(jobs) - len(failed)} of {len(jobs)} images into {out}{mean}.')
+  split = f'; {len(tiled)} ran as tiles ({tiled[-1]})' if tiled else ''
+  print(f'Deblurred {len(jobs) - len(failed)} of {len(jobs)} images into {out}{mean}{split}.')
   if errors:
     print(f'{len(errors)} error(s), listed above.', file=sys.stderr)
     return 1

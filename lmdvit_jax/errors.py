@@ -24,4 +24,4 @@ class OutOfMemoryError(RuntimeError):
 # Exceptions that mean a bad input or setting, not a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, TypeError, ImportError, FileNotFoundError, NotADirectoryError,
-    FileExistsError, PermissionError, DataError, CheckpointError, OutOfMemoryError)
+    IsADirectoryError, FileExistsError, PermissionError, DataError, CheckpointError, OutOfMemoryError)

@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,8 @@ from lmdvit_jax.errors import OutOfMemoryError
 from lmdvit_jax.models import LMDViT, pruning
 from lmdvit_jax.models.pruning import DecisionBlock, parse_capacity  # pylint: disable=unused-import
 from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES, STAGE_NAMES
+
+Array = TypeVar('Array', np.ndarray, jax.Array)
 
 # ----------------------------------------------------------------------------
 # Padding geometry (pure numpy, no model needed).
@@ -80,6 +82,18 @@ class PadGeometry:
       raise ValueError(f'expected [..., {self.padded_height}, {self.padded_width}, C], '
                        f'got {x.shape}')
     return x[..., self.top:self.top + self.height, self.left:self.left + self.width, :]
+
+  def pad_window(self, x: np.ndarray, top: int, left: int, height: int,
+                 width: int) -> np.ndarray:
+    """[H, W, C] -> the [height, width, C] window at (top, left) of `pad(x)`,
+    without building the padded canvas (a tile of a large photo)."""
+    out = np.zeros((height, width, x.shape[-1]), np.float32)
+    y0, y1 = max(top, self.top), min(top + height, self.top + self.height)
+    x0, x1 = max(left, self.left), min(left + width, self.left + self.width)
+    if y0 < y1 and x0 < x1:
+      out[y0 - top:y1 - top, x0 - left:x1 - left] = x[y0 - self.top:y1 - self.top,
+                                                     x0 - self.left:x1 - self.left]
+    return out
 
   def valid(self) -> np.ndarray:
     """[Hp, Wp, 1] float32: 1 on image pixels, 0 on padding."""
@@ -134,31 +148,59 @@ def decision_blocks(model: LMDViT) -> tuple[DecisionBlock, ...]:
 # Compiled forward passes, shared by every Deblurrer of the process.
 
 
-def _forward(model: LMDViT, params: Any, x: jax.Array):
-  out = model.apply({'params': params}, x, train=False)
-  # Scores and gate are large and unused here: leaving them out of the outputs
-  # lets XLA skip materialising them.
-  return jnp.clip(out.restored, 0.0, 1.0), out.decisions, out.dropped
+def pass_groups(passes: int) -> list[tuple[int, ...]]:
+  """The first `passes` dihedral transforms grouped by output shape: those
+  that keep the image's shape (0-3), then the transposing ones (4-7)."""
+  return [g for g in (tuple(range(min(passes, 4))), tuple(range(4, passes))) if g]
 
 
-_EXECUTABLES: dict[tuple[LMDViT, tuple[int, ...]], jax.stages.Compiled] = {}
+def _forward(model: LMDViT, params: Any, x: jax.Array, passes: int = 1):
+  """`model` on canvases `x` [B, Hp, Wp, 3], averaged over `dihedral(x, t)`
+  for t < `passes` (each pass turned back first).
+
+  Returns:
+    (restored [B, Hp, Wp, 3] clamped to [0, 1], per predicting block the
+    share of passes that kept each window [B, gh, gw] (float32; in {0, 1}
+    for one pass), per block the kept windows a fixed capacity dropped [B],
+    summed over the passes).
+  """
+  b = x.shape[0]
+  shifted = [block.shifted for block in decision_blocks(model)]
+  restored, decisions, dropped = 0.0, [0.0] * len(shifted), [0] * len(shifted)
+  for group in pass_groups(passes):
+    # Passes of one shape run as one batch; scores and gate are large and
+    # unused here, so leaving them out lets XLA skip materialising them.
+    out = model.apply({'params': params}, jnp.concatenate([dihedral(x, t) for t in group]),
+                      train=False)
+    turned = jnp.clip(out.restored, 0.0, 1.0)
+    for i, t in enumerate(group):
+      part = slice(i * b, (i + 1) * b)
+      restored = restored + undo_dihedral(turned[part], t)
+      for k, s in enumerate(shifted):
+        decisions[k] = decisions[k] + undo_dihedral_windows(
+            out.decisions[k][part].astype(jnp.float32), t, s)
+        dropped[k] = dropped[k] + out.dropped[k][part]
+  return restored / passes, tuple(d / passes for d in decisions), tuple(dropped)
+
+
+_EXECUTABLES: dict[tuple[LMDViT, tuple[int, ...], int], jax.stages.Compiled] = {}
 _LOCK = threading.Lock()
 
 
-def compiled_forward(model: LMDViT, params: Any,
-                     shape: tuple[int, int, int, int]) -> jax.stages.Compiled:
-  """The executable of `model` for float32 inputs of `shape` [B, Hp, Wp, 3].
+def compiled_forward(model: LMDViT, params: Any, shape: tuple[int, int, int, int],
+                     passes: int = 1) -> jax.stages.Compiled:
+  """The executable of `_forward` for float32 canvases of `shape` [B, Hp, Wp, 3].
 
-  Cached per (model attributes, shape) for the process; `params` only supply
-  their shapes and dtypes.
+  Cached per (model attributes, shape, passes) for the process; `params` only
+  supply their shapes and dtypes.
   """
-  key = (model, tuple(int(s) for s in shape))
+  key = (model, tuple(int(s) for s in shape), int(passes))
   with _LOCK:
     if key not in _EXECUTABLES:
       x = jax.ShapeDtypeStruct(key[1], jnp.float32)
       p = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-      fn = jax.jit(_forward, static_argnums=0)
-      _EXECUTABLES[key] = fn.lower(model, p, x).compile()
+      fn = jax.jit(_forward, static_argnums=(0, 3))
+      _EXECUTABLES[key] = fn.lower(model, p, x, passes).compile()
     return _EXECUTABLES[key]
 
 
@@ -223,22 +265,23 @@ def is_out_of_memory(error: BaseException) -> bool:
 SELF_ENSEMBLES = (1, 2, 4, 8)
 
 
-def dihedral(x: np.ndarray, t: int) -> np.ndarray:
-  """Transform `t` (0-7) of `x` [N, H, W, ...]: bit 0 flips W, bit 1 flips H,
-  then bit 2 swaps H and W. Transforms 0-3 keep the shape, 4-7 transpose it."""
+def dihedral(x: Array, t: int) -> Array:
+  """Transform `t` (0-7) of `x` [N, H, W, ...] (numpy or jax): bit 0 flips W,
+  bit 1 flips H, then bit 2 swaps H and W. Transforms 0-3 keep the shape, 4-7
+  transpose it."""
   if t & 1:
     x = x[:, :, ::-1]
   if t & 2:
     x = x[:, ::-1]
   if t & 4:
-    x = np.swapaxes(x, 1, 2)
+    x = x.swapaxes(1, 2)
   return x
 
 
-def undo_dihedral(x: np.ndarray, t: int) -> np.ndarray:
+def undo_dihedral(x: Array, t: int) -> Array:
   """The inverse of `dihedral(., t)`."""
   if t & 4:
-    x = np.swapaxes(x, 1, 2)
+    x = x.swapaxes(1, 2)
   if t & 2:
     x = x[:, ::-1]
   if t & 1:
@@ -246,7 +289,7 @@ def undo_dihedral(x: np.ndarray, t: int) -> np.ndarray:
   return x
 
 
-def undo_dihedral_windows(decision: np.ndarray, t: int, shifted: bool) -> np.ndarray:
+def undo_dihedral_windows(decision: Array, t: int, shifted: bool) -> Array:
   """`undo_dihedral` of a keep map [N, gh, gw] over the window grid of a pass
   on `dihedral(image, t)`.
 
@@ -255,12 +298,13 @@ def undo_dihedral_windows(decision: np.ndarray, t: int, shifted: bool) -> np.nda
   (win_size is even): so a flip of a shifted map is also rolled by one window.
   """
   roll = -1 if shifted else 0
+  xp = np if isinstance(decision, np.ndarray) else jnp
   if t & 4:
-    decision = np.swapaxes(decision, 1, 2)
+    decision = decision.swapaxes(1, 2)
   if t & 2:
-    decision = np.roll(decision[:, ::-1], roll, axis=1)
+    decision = xp.roll(decision[:, ::-1], roll, axis=1)
   if t & 1:
-    decision = np.roll(decision[:, :, ::-1], roll, axis=2)
+    decision = xp.roll(decision[:, :, ::-1], roll, axis=2)
   return decision
 
 
@@ -452,31 +496,18 @@ class Deblurrer:
   def geometry(self, height: int, width: int) -> PadGeometry:
     return pad_geometry(height, width, self.model.multiple)
 
-  def _pass_groups(self) -> list[tuple[int, ...]]:
-    """The self-ensemble's transforms, grouped by output shape (plain, transposed)."""
-    passes = range(self.self_ensemble)
-    return [g for g in (tuple(t for t in passes if t < 4), tuple(t for t in passes if t >= 4))
-            if g]
-
-  def _executables(self, batch: int, height: int, width: int) -> list[jax.stages.Compiled]:
-    """One compiled forward pass per group of `_pass_groups` for `batch`
-    canvases of `height` x `width` (multiples of the grid)."""
-    return [compiled_forward(self.model, self.params,
-                             (batch * len(g), *((width, height) if g[0] >= 4 else (height, width)),
-                              3))
-            for g in self._pass_groups()]
+  def _executable(self, batch: int, height: int, width: int) -> jax.stages.Compiled:
+    """The compiled forward pass, all passes, for `batch` canvases of
+    `height` x `width` (multiples of the grid)."""
+    return compiled_forward(self.model, self.params, (batch, height, width, 3),
+                            self.self_ensemble)
 
   def _bytes_per_pixel(self, height: int, width: int) -> float | None:
-    """Memory per canvas pixel and pass of a call, beyond the params, read off
-    the compiled programs for one `height` x `width` canvas (None where the
+    """Memory per canvas pixel of a call, beyond the params, read off the
+    compiled program for one `height` x `width` canvas (None where the
     backend does not say)."""
-    per_pixel = []
-    for group, fn in zip(self._pass_groups(), self._executables(1, height, width)):
-      used = compiled_memory(fn)
-      if used is None:
-        return None
-      per_pixel.append((used - self._params_bytes) / (len(group) * height * width))
-    return max(per_pixel)
+    used = compiled_memory(self._executable(1, height, width))
+    return None if used is None else (used - self._params_bytes) / (height * width)
 
   def plan(self, height: int, width: int, batch: int = 1) -> tiling.TilePlan | None:
     """How `batch` images of `height` x `width` run: None as whole canvases in
@@ -490,7 +521,7 @@ class Deblurrer:
     hp, wp = self.geometry(height, width).padded_shape
     if self.tile == 0:
       return None
-    grid, passes = self.model.multiple, max(len(g) for g in self._pass_groups())
+    grid = self.model.multiple
     room = self.max_memory - self._params_bytes
     if self.tile:
       plan = tiling.plan_tiles(hp, wp, grid, self.tile, self.tile_overlap)
@@ -498,16 +529,16 @@ class Deblurrer:
         return None
       per_pixel = self._bytes_per_pixel(plan.tile_height, plan.tile_width)
       fit = 1 if per_pixel is None else int(
-          room // (per_pixel * passes * plan.tile_height * plan.tile_width))
+          room // (per_pixel * plan.tile_height * plan.tile_width))
       return dataclasses.replace(plan, batch=min(max(fit, 1), len(plan)))
     grid_cells = PROBE_CELLS * grid
     per_pixel = self._bytes_per_pixel(min(hp, grid_cells), min(wp, grid_cells))
-    if per_pixel is None or per_pixel * passes * batch * hp * wp <= room:
+    if per_pixel is None or per_pixel * batch * hp * wp <= room:
       return None
     if room <= 0:
       raise ValueError(f'max_memory ({self.max_memory / 2**30:.2f} GiB) is less than the '
                        f'params alone ({self._params_bytes / 2**30:.2f} GiB)')
-    return tiling.auto_plan(hp, wp, grid, self.tile_overlap, room / (per_pixel * passes))
+    return tiling.auto_plan(hp, wp, grid, self.tile_overlap, room / per_pixel)
 
   def flops(self, height: int, width: int, batch: int = 1) -> float:
     """XLA FLOPs of deblurring `batch` images of this size, all passes and
@@ -520,11 +551,9 @@ class Deblurrer:
       return float('nan')
     plan = self.plan(height, width, batch)
     if plan is None:
-      hp, wp = self.geometry(height, width).padded_shape
-      return sum(compiled_flops(e) for e in self._executables(batch, hp, wp))
+      return compiled_flops(self._executable(batch, *self.geometry(height, width).padded_shape))
     calls = batch * -(-len(plan) // plan.batch)
-    return calls * sum(compiled_flops(e) for e in self._executables(
-        plan.batch, plan.tile_height, plan.tile_width))
+    return calls * compiled_flops(self._executable(plan.batch, plan.tile_height, plan.tile_width))
 
   def _run(self, x: np.ndarray):
     """Every pass of the self-ensemble on canvases `x` [N, Hp, Wp, 3].
@@ -532,29 +561,20 @@ class Deblurrer:
     Returns:
       (restored [N, Hp, Wp, 3], keep maps, dropped counts, seconds, FLOPs).
     """
-    groups = self._pass_groups()
-    inputs = [np.ascontiguousarray(np.concatenate([dihedral(x, t) for t in ts]))
-              for ts in groups]
-    fns = self._executables(*x.shape[:3])
-    for fn, xs in zip(fns, inputs):
-      if self.warmup and xs.shape not in self._warm:
-        jax.block_until_ready(fn(self.params, xs))
-        self._warm.add(xs.shape)
+    fn = self._executable(*x.shape[:3])
+    if self.warmup and x.shape not in self._warm:
+      jax.block_until_ready(fn(self.params, x))
+      self._warm.add(x.shape)
     start = time.perf_counter()
-    outs = jax.device_get([fn(self.params, xs) for fn, xs in zip(fns, inputs)])
+    restored, decisions, dropped = jax.device_get(fn(self.params, x))
     seconds = time.perf_counter() - start
-    flops = (float('nan') if self.model.capacity == 'exact'
-             else sum(compiled_flops(fn) for fn in fns))
-    if self.self_ensemble == 1:
-      restored, decisions, dropped = outs[0]
-      decisions = tuple(np.asarray(d).astype(np.uint8) for d in decisions)
-      dropped = tuple(np.asarray(d) for d in dropped)
-    else:
-      restored, decisions, dropped = self._average(groups, outs, x.shape[0])
-    return np.asarray(restored, np.float32), decisions, dropped, seconds, flops
+    flops = float('nan') if self.model.capacity == 'exact' else compiled_flops(fn)
+    kept = np.uint8 if self.self_ensemble == 1 else np.float32
+    return (np.asarray(restored, np.float32), tuple(np.asarray(d).astype(kept) for d in decisions),
+            tuple(np.asarray(d) for d in dropped), seconds, flops)
 
-  def _run_tiles(self, canvas: np.ndarray, plan: tiling.TilePlan):
-    """`_run` on one canvas [Hp, Wp, 3] as the tiles of `plan`, blended."""
+  def _run_tiles(self, image: np.ndarray, geometry: PadGeometry, plan: tiling.TilePlan):
+    """`_run` on the canvas of one image [H, W, 3] as the tiles of `plan`, blended."""
     stitch = tiling.Stitcher(plan, [b.shifted for b in self.blocks])
     origins, n = plan.origins(), plan.batch
     th, tw = plan.tile_height, plan.tile_width
@@ -565,11 +585,11 @@ class Deblurrer:
         part = origins[start:start + n]
         x = np.zeros((n, th, tw, 3), np.float32)  # a short last batch is padded
         for j, (y, left) in enumerate(part):
-          x[j] = canvas[y:y + th, left:left + tw]
+          x[j] = geometry.pad_window(image, y, left, th, tw)
         restored, decisions, drops, s, f = self._run(x)
         for j, origin in enumerate(part):
           stitch.add(origin, restored[j], [d[j] for d in decisions])
-        dropped += [int(np.sum(d[:len(part)])) for d in drops]
+        dropped += np.array([np.sum(d[:len(part)]) for d in drops], np.int64)
         seconds, flops = seconds + s, flops + f
         bar.update(len(part))
     restored, maps = stitch.result()
@@ -598,8 +618,9 @@ class Deblurrer:
       if plan is None:
         restored, decisions, dropped, seconds, flops = self._run(g.pad(images))
       else:
-        parts = [self._run_tiles(g.pad(images[i]), plan) for i in range(b)]
-        restored = np.stack([p[0] for p in parts])
+        parts = [self._run_tiles(images[i], g, plan) for i in range(b)]
+        # One large photo: no stacked copy of its canvas.
+        restored = parts[0][0][None] if b == 1 else np.stack([p[0] for p in parts])
         decisions = tuple(np.stack(maps) for maps in zip(*(p[1] for p in parts)))
         dropped = tuple(np.asarray(d) for d in zip(*(p[2] for p in parts)))
         seconds, flops = sum(p[3] for p in parts), sum(p[4] for p in parts)
@@ -610,25 +631,9 @@ class Deblurrer:
       raise OutOfMemoryError(
           f'out of memory deblurring {b} image(s) of {h}x{w} ({how}, max_memory '
           f'{self.max_memory / 2**30:.2f} GiB): use a smaller --tile or --max_memory') from None
-    return BatchResult(restored=np.ascontiguousarray(g.crop(restored)), decisions=decisions,
+    return BatchResult(restored=g.crop(restored), decisions=decisions,
                        dropped=dropped, blocks=self.blocks, geometry=g, seconds=seconds,
                        flops=flops, tiles=plan)
-
-  def _average(self, groups, outs, b: int):
-    """The passes' outputs turned back and combined: the mean restored canvas,
-    the share of passes that kept each window, the summed dropped counts."""
-    n = self.self_ensemble
-    restored, decisions, dropped = 0.0, [0.0] * len(self.blocks), [0] * len(self.blocks)
-    for ts, (r, ds, drs) in zip(groups, outs):
-      for i, t in enumerate(ts):
-        part = slice(i * b, (i + 1) * b)
-        restored = restored + undo_dihedral(np.asarray(r[part]), t)
-        for k, block in enumerate(self.blocks):
-          decisions[k] = decisions[k] + undo_dihedral_windows(
-              np.asarray(ds[k][part], np.float32), t, block.shifted)
-          dropped[k] = dropped[k] + np.asarray(drs[k][part])
-    return (restored / n, tuple((d / n).astype(np.float32) for d in decisions),
-            tuple(np.asarray(d) for d in dropped))
 
   def __call__(self, image: np.ndarray) -> DeblurResult:
     """Deblurs one [H, W, 3] image (float in [0, 1], uint8 or uint16)."""

@@ -50,6 +50,16 @@ def test_pad_crop_round_trip_and_zero_border():
     g.crop(np.zeros((37, 50, 3)))
 
 
+def test_pad_window_is_a_window_of_the_padded_canvas():
+  g = inference.pad_geometry(37, 50, 16)  # canvas 48 x 64, image at (5, 7)
+  x = np.random.default_rng(0).uniform(0.1, 1.0, (37, 50, 3)).astype(np.float32)
+  canvas = g.pad(x)
+  for top, left, h, w in [(0, 0, 48, 64), (0, 0, 16, 16), (16, 32, 32, 32), (32, 48, 16, 16),
+                          (0, 0, 4, 4)]:
+    np.testing.assert_array_equal(g.pad_window(x, top, left, h, w),
+                                  canvas[top:top + h, left:left + w])
+
+
 def test_quantise_clamps_and_rounds():
   x = np.array([-0.3, 0.0, 0.5 / 255 - 1e-4, 0.5 / 255 + 1e-4, 1.0, 1.7], np.float32)
   np.testing.assert_array_equal(inference.to_uint8(x), [0, 0, 0, 1, 255, 255])

@@ -137,6 +137,15 @@ def test_forced_tiles_agree_with_the_whole_image(model_params, image):
   assert len(tiled.kept_maps()) == len(whole.blocks)
 
 
+def test_a_network_without_pruning_tiles_too(image):
+  dense = LMDViT(**{**TINY, 'prune_loc': (0,) * 9, 'capacity': 1.0})
+  params = init_params(dense, 0)
+  whole = Deblurrer(dense, params, warmup=False, tile=0)(image)
+  tiled = Deblurrer(dense, params, warmup=False, tile=256)(image)
+  assert tiled.decisions == () and tiled.dropped == ()
+  assert 10 * np.log10(1 / np.mean((tiled.restored - whole.restored) ** 2)) > 45
+
+
 def test_memory_budget_chooses_tiles_and_a_short_last_batch_is_padded(model_params, image):
   model, params = model_params
   roomy = Deblurrer(model, params, warmup=False)
