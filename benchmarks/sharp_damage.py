@@ -72,7 +72,8 @@ def _psnr(error: np.ndarray, count: np.ndarray) -> list[str]:
 def main(argv):
   del argv
   settings = cli.inference_settings()
-  tiles = {k: settings.pop(k) for k in ('tile', 'tile_overlap', 'max_memory')}
+  tiles = {k: settings.pop(k) for k in ('tile', 'tile_overlap', 'max_memory',
+                                        'matmul_precision')}
 
   def load(**changes):
     return Deblurrer.from_checkpoint(FLAGS.checkpoint, FLAGS.step,

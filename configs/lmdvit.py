@@ -56,6 +56,9 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 10_000  # 0: never (best/ is then not written)
   config.compute_dtype = 'float32'  # or 'bfloat16' (params stay float32)
   config.remat = 'none'             # 'none', 'blocks', 'dots', 'dots_no_batch' (train_lib)
+  # Float32 matmuls: 'default' (the backend's choice: TF32-like on NVIDIA GPUs,
+  # bfloat16 passes on TPUs), 'high' or 'highest' (full float32, as PyTorch).
+  config.matmul_precision = 'default'
   config.init_from = ''             # a checkpoint directory (e.g. converted weights)
   config.identity_start = False     # zero the output projection: start as the identity
   config.fan_in_predictors = False  # predictor kernels N(0, 1/fan_in), not the official 0.02

@@ -100,6 +100,9 @@ def define_inference_flags(tiling: bool = True) -> None:
                     "checkpoint's model.json, else float32); params stay float32.")
   flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
                     "transposed, averaged (default: the checkpoint's inference.json, else 1).")
+  flags.DEFINE_enum('matmul_precision', 'default', ['default', 'high', 'highest'], 'Float32 '
+                    "matmul precision: 'default' is the backend's (TF32-like on NVIDIA GPUs); "
+                    "'highest' computes in full float32 as PyTorch does.")
   if not tiling:
     return
   flags.DEFINE_integer('tile', None, 'Tile side in pixels, a multiple of 16 x win_size; 0: '
@@ -118,7 +121,8 @@ def inference_settings() -> dict[str, Any]:
   fl = flags.FLAGS
   settings = dict(
       capacity=fl.capacity, keep_threshold=fl.keep_threshold, dtype=fl.dtype,
-      self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble))
+      self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble),
+      matmul_precision=fl.matmul_precision)
   if 'tile' in fl:
     settings.update(tile=fl.tile, tile_overlap=fl.tile_overlap,
                     max_memory=None if fl.max_memory is None else parse_bytes(fl.max_memory))

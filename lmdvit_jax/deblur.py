@@ -230,7 +230,8 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
         capacity: str | float = 'exact', keep_threshold: float | None = None,
         overlays: bool = False, dtype: str | None = None, self_ensemble: int | None = None,
         tile: int | None = None, tile_overlap: int | None = None,
-        max_memory: int | None = None, progress: bool = True) -> int:
+        max_memory: int | None = None, matmul_precision: str = 'default',
+        progress: bool = True) -> int:
   """Deblurs `inputs` (files or folders) into `output`; returns the exit status.
 
   0 when every file was deblurred; 1 when some input was missing, unreadable
@@ -266,6 +267,7 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
     # work of the first image of every size.
     deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=False, tile=tile,
                                           tile_overlap=tile_overlap, max_memory=max_memory,
+                                          matmul_precision=matmul_precision,
                                           progress=progress)
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     cli.error(str(e))

@@ -262,13 +262,14 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
              warmup: bool = True, quantize_output: bool = True, skip_bad: bool = False,
              dtype: str | None = None, self_ensemble: int | None = None,
              tile: int | None = None, tile_overlap: int | None = None,
-             max_memory: int | None = None, progress: bool = True) -> dict[str, Any]:
+             max_memory: int | None = None, matmul_precision: str = 'default',
+             progress: bool = True) -> dict[str, Any]:
   """Evaluates a checkpoint directory on a data spec; writes metrics.json,
   table.md and panels under `output`.
 
   `keep_threshold`, `dtype` and `self_ensemble` (see `inference.Deblurrer`)
   default to the checkpoint's model.json and inference.json; `tile`,
-  `tile_overlap` and `max_memory` are `Deblurrer`'s.
+  `tile_overlap`, `max_memory` and `matmul_precision` are `Deblurrer`'s.
 
   Every file is opened and validated first (keys, dtypes, sizes, finite
   values): a bad one stops the run before any forward pass, with one message
@@ -292,6 +293,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
   # Loading the model checks the tiling flags against its grid before any data is read.
   deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=warmup, tile=tile,
                                         tile_overlap=tile_overlap, max_memory=max_memory,
+                                        matmul_precision=matmul_precision,
                                         progress=progress)
   good, bad = check_source(source, max_images)
   if bad and not skip_bad:
@@ -312,6 +314,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
           'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator',
           'prune_loc', 'keep_threshold', 'capacity', 'capacity_chunks')},
       'dtype': np.dtype(model.dtype).name, 'self_ensemble': deblurrer.self_ensemble,
+      'matmul_precision': deblurrer.matmul_precision,
       'tiling': {'tile': deblurrer.tile, 'tile_overlap': deblurrer.tile_overlap,
                  'max_memory': deblurrer.max_memory},
       'params': count_params(deblurrer.params),

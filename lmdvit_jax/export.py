@@ -24,8 +24,8 @@ about as large as the params (218 MB for the released model in float32).
 from __future__ import annotations
 
 import functools
-import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -60,13 +60,53 @@ def parse_platforms(text: str | list[str]) -> tuple[str, ...]:
   return names
 
 
+class LoweringError(ValueError):
+  """A program does not lower for a platform; the message names the platform
+  and, where jax says, the operation."""
+
+
+def _what_failed(error: BaseException) -> str:
+  """The operation a lowering error is about, in one line: the custom call
+  jax cannot serialize (and the op it came from), else the error's first line."""
+  text = str(error)
+  target = re.search(r'custom_call @([\w.]+)', text)
+  if target:
+    op = re.search(r'loc\("[^"]*/([\w.\-]+)"', text)
+    return (f'custom call {target.group(1)}{f" (op {op.group(1)})" if op else ""} has no '
+            'compatibility guarantee on this platform')
+  lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
+  return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
+
+
+def lower(fn: Any, *args: Any, platforms: tuple[str, ...]) -> jax.export.Exported:
+  """`jax.export` of `fn` (jitted, shardings and donation as it was built) on
+  `args` (arrays or `jax.ShapeDtypeStruct`s) for every platform at once.
+
+  Raises:
+    LoweringError: naming the first platform that fails and the error's first
+      line (which names the primitive or custom call jax could not lower).
+  """
+  fn = fn if hasattr(fn, 'trace') else jax.jit(fn)
+  try:
+    return jax.export.export(fn, platforms=platforms)(*args)
+  except Exception as e:  # pylint: disable=broad-except
+    error, failing = e, ','.join(platforms)
+    for platform in platforms if len(platforms) > 1 else ():
+      try:
+        jax.export.export(fn, platforms=(platform,))(*args)
+      except Exception as alone:  # pylint: disable=broad-except
+        error, failing = alone, platform
+        break
+    raise LoweringError(f'lowering for {failing} failed: {_what_failed(error)}') from e
+
+
 def _pipeline(deblurrer: inference.Deblurrer, geometry: inference.PadGeometry,
               images: jax.Array) -> dict[str, Any]:
   g = geometry
   x = jnp.pad(images, ((0, 0), (g.top, g.padded_height - g.height - g.top),
                        (g.left, g.padded_width - g.width - g.left), (0, 0)))
   restored, kept, dropped = inference._forward(  # pylint: disable=protected-access
-      deblurrer.model, deblurrer.params, x, deblurrer.self_ensemble)
+      deblurrer.model, deblurrer.params, x, deblurrer.self_ensemble, deblurrer.matmul_precision)
   return {'restored': restored[:, g.top:g.top + g.height, g.left:g.left + g.width],
           'kept': kept, 'dropped': dropped}
 
@@ -77,19 +117,14 @@ def export(deblurrer: inference.Deblurrer, height: int, width: int, batch: int =
   float32 images, its params embedded, lowered for `platforms`.
 
   Raises:
-    ValueError: a bad size, batch or platform, or a lowering that failed
-      (the message names the platform and the first line of the error).
+    ValueError: a bad size, batch or platform. LoweringError: see `lower`.
   """
   if batch < 1:
     raise ValueError(f'--batch must be at least 1, got {batch}')
   platforms = parse_platforms(list(platforms))
   fn = jax.jit(functools.partial(_pipeline, deblurrer, deblurrer.geometry(height, width)))
-  spec = jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32)
-  try:
-    return jax.export.export(fn, platforms=platforms)(spec)
-  except Exception as e:  # pylint: disable=broad-except
-    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ValueError(f'lowering for {",".join(platforms)} failed: {first}') from e
+  return lower(fn, jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32),
+               platforms=platforms)
 
 
 def describe(exported: jax.export.Exported, deblurrer: inference.Deblurrer) -> dict[str, Any]:
@@ -112,6 +147,7 @@ def describe(exported: jax.export.Exported, deblurrer: inference.Deblurrer) -> d
       'platforms': list(exported.platforms),
       'params': 'embedded as constants',
       'self_ensemble': deblurrer.self_ensemble,
+      'matmul_precision': deblurrer.matmul_precision,
       'model': {k: getattr(model, k) for k in (
           'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator', 'prune_loc',
           'keep_threshold', 'decision_rule', 'capacity', 'capacity_chunks')}
@@ -172,8 +208,10 @@ def main(argv: list[str]) -> None:
   if out.is_dir():
     raise IsADirectoryError(f'--output {out} is a folder; give a file name')
   settings = cli.inference_settings()
+  precision = settings.pop('matmul_precision')
   deblurrer = inference.Deblurrer.from_checkpoint(
-      fl.checkpoint, fl.step, inference.checkpoint_overrides(**settings), warmup=False)
+      fl.checkpoint, fl.step, inference.checkpoint_overrides(**settings), warmup=False,
+      matmul_precision=precision)
   exported = export(deblurrer, height, width, fl.batch, platforms)
   write(exported, describe(exported, deblurrer), out)
   print(f'Wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {",".join(platforms)}; '

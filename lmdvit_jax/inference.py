@@ -39,7 +39,8 @@ from lmdvit_jax import metrics, tiling
 from lmdvit_jax.errors import OutOfMemoryError
 from lmdvit_jax.models import LMDViT, pruning
 from lmdvit_jax.models.pruning import DecisionBlock, parse_capacity  # pylint: disable=unused-import
-from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES, STAGE_NAMES
+from lmdvit_jax.models.lmdvit import (COMPUTE_DTYPES, MATMUL_PRECISIONS, STAGE_NAMES,
+                                      matmul_precision)
 
 Array = TypeVar('Array', np.ndarray, jax.Array)
 
@@ -154,9 +155,11 @@ def pass_groups(passes: int) -> list[tuple[int, ...]]:
   return [g for g in (tuple(range(min(passes, 4))), tuple(range(4, passes))) if g]
 
 
-def _forward(model: LMDViT, params: Any, x: jax.Array, passes: int = 1):
+def _forward(model: LMDViT, params: Any, x: jax.Array, passes: int = 1,
+             precision: str = 'default'):
   """`model` on canvases `x` [B, Hp, Wp, 3], averaged over `dihedral(x, t)`
-  for t < `passes` (each pass turned back first).
+  for t < `passes` (each pass turned back first), matmuls at `precision`
+  (`MATMUL_PRECISIONS`).
 
   Returns:
     (restored [B, Hp, Wp, 3] clamped to [0, 1], per predicting block the
@@ -170,8 +173,9 @@ def _forward(model: LMDViT, params: Any, x: jax.Array, passes: int = 1):
   for group in pass_groups(passes):
     # Passes of one shape run as one batch; scores and gate are large and
     # unused here, so leaving them out lets XLA skip materialising them.
-    out = model.apply({'params': params}, jnp.concatenate([dihedral(x, t) for t in group]),
-                      train=False)
+    with matmul_precision(precision):
+      out = model.apply({'params': params}, jnp.concatenate([dihedral(x, t) for t in group]),
+                        train=False)
     turned = jnp.clip(out.restored, 0.0, 1.0)
     for i, t in enumerate(group):
       part = slice(i * b, (i + 1) * b)
@@ -183,24 +187,24 @@ def _forward(model: LMDViT, params: Any, x: jax.Array, passes: int = 1):
   return restored / passes, tuple(d / passes for d in decisions), tuple(dropped)
 
 
-_EXECUTABLES: dict[tuple[LMDViT, tuple[int, ...], int], jax.stages.Compiled] = {}
+_EXECUTABLES: dict[tuple[LMDViT, tuple[int, ...], int, str], jax.stages.Compiled] = {}
 _LOCK = threading.Lock()
 
 
 def compiled_forward(model: LMDViT, params: Any, shape: tuple[int, int, int, int],
-                     passes: int = 1) -> jax.stages.Compiled:
+                     passes: int = 1, precision: str = 'default') -> jax.stages.Compiled:
   """The executable of `_forward` for float32 canvases of `shape` [B, Hp, Wp, 3].
 
-  Cached per (model attributes, shape, passes) for the process; `params` only
-  supply their shapes and dtypes.
+  Cached per (model attributes, shape, passes, precision) for the process;
+  `params` only supply their shapes and dtypes.
   """
-  key = (model, tuple(int(s) for s in shape), int(passes))
+  key = (model, tuple(int(s) for s in shape), int(passes), precision)
   with _LOCK:
     if key not in _EXECUTABLES:
       x = jax.ShapeDtypeStruct(key[1], jnp.float32)
       p = jax.tree_util.tree_map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), params)
-      fn = jax.jit(_forward, static_argnums=(0, 3))
-      _EXECUTABLES[key] = fn.lower(model, p, x, passes).compile()
+      fn = jax.jit(_forward, static_argnums=(0, 3, 4))
+      _EXECUTABLES[key] = fn.lower(model, p, x, passes, precision).compile()
     return _EXECUTABLES[key]
 
 
@@ -431,13 +435,19 @@ class Deblurrer:
     tile_overlap: pixels shared by neighbouring tiles (a multiple of
       `model.multiple`; default one grid cell).
     max_memory: bytes one compiled call may use (default `default_max_memory`).
+    matmul_precision: of float32 matmuls, one of `MATMUL_PRECISIONS`
+      ('highest' to compare with PyTorch on an NVIDIA GPU).
     progress: show a progress bar over the tiles of images that take a while.
   """
 
   def __init__(self, model: LMDViT, params: Any, warmup: bool = True, self_ensemble: int = 1,
                *, tile: int | None = None, tile_overlap: int | None = None,
-               max_memory: int | None = None, progress: bool = False):
+               max_memory: int | None = None, matmul_precision: str = 'default',
+               progress: bool = False):
     model.check_config()
+    if matmul_precision not in MATMUL_PRECISIONS:
+      raise ValueError(f'matmul_precision must be one of {MATMUL_PRECISIONS}, '
+                       f'got {matmul_precision!r}')
     if self_ensemble not in SELF_ENSEMBLES:
       raise ValueError(f'self_ensemble must be one of {SELF_ENSEMBLES}, got {self_ensemble!r}')
     grid = model.multiple
@@ -456,6 +466,7 @@ class Deblurrer:
     self.tile = None if tile is None else int(tile)
     self.tile_overlap = overlap
     self.max_memory = default_max_memory() if max_memory is None else int(max_memory)
+    self.matmul_precision = matmul_precision
     self.progress = progress
     self._params_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(self.params))
     self._warm: set[tuple[int, ...]] = set()
@@ -500,7 +511,7 @@ class Deblurrer:
     """The compiled forward pass, all passes, for `batch` canvases of
     `height` x `width` (multiples of the grid)."""
     return compiled_forward(self.model, self.params, (batch, height, width, 3),
-                            self.self_ensemble)
+                            self.self_ensemble, self.matmul_precision)
 
   def _bytes_per_pixel(self, height: int, width: int) -> float | None:
     """Memory per canvas pixel of a call, beyond the params, read off the

@@ -9,7 +9,7 @@ donated and the batch sharded over the mesh axis `data`:
     model = train_lib.build_model(config)
     tx = train_lib.make_optimizer(config)
     state = train_lib.init_train_state(model, tx, config, mesh)
-    step = train_lib.make_train_step(model, config, mesh)
+    step = train_lib.make_train_step(model, tx, config, mesh)
     state, metrics = step(state, batch)      # `state` is donated
 
 Randomness: the key of step `s` is `fold_in(state.rng, s)`, so a run resumed
@@ -39,7 +39,7 @@ from lmdvit_jax import losses
 from lmdvit_jax.mesh import DATA_AXIS, make_mesh  # pylint: disable=unused-import
 from lmdvit_jax.models import LMDViT, fan_in_predictors, identity_output, init_params
 from lmdvit_jax.models import pruning
-from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES
+from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES, MATMUL_PRECISIONS, matmul_precision
 
 REMAT_POLICIES = {
     'none': None,
@@ -204,6 +204,9 @@ def check_run_config(config) -> LMDViT:
   for name in ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps'):
     if int(config[name]) < 1:
       raise ValueError(f'{name} must be at least 1, got {config[name]}')
+  if config.get('matmul_precision', 'default') not in MATMUL_PRECISIONS:
+    raise ValueError(f'matmul_precision must be one of {MATMUL_PRECISIONS}, got '
+                     f'{config.matmul_precision!r}')
   if config.optim.get('trainable', 'all') not in TRAINABLE:
     raise ValueError(f'optim.trainable must be one of {TRAINABLE}, got {config.optim.trainable!r}')
   if config.batch_size % jax.device_count():
@@ -397,10 +400,13 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
 
 def make_train_step(model: LMDViT, tx: optax.GradientTransformation, config,
                     mesh: jax.sharding.Mesh):
-  """`train_step` jit-compiled: state replicated and donated, batch over `data`."""
+  """`train_step` jit-compiled: state replicated and donated, batch over `data`,
+  float32 matmuls at `config.matmul_precision`."""
+  precision = config.get('matmul_precision', 'default')
 
   def step(state, batch):
-    return train_step(state, batch, model=model, tx=tx, config=config)
+    with matmul_precision(precision):  # applies while the step is traced
+      return train_step(state, batch, model=model, tx=tx, config=config)
 
   rep = replicated(mesh)
   return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),

@@ -100,7 +100,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   eval_model = train_lib.build_model(config, capacity=config.eval.capacity)
 
   def evaluate(params):
-    deblurrer = Deblurrer(eval_model, jax.device_get(params), warmup=False)
+    deblurrer = Deblurrer(eval_model, jax.device_get(params), warmup=False,
+                          matmul_precision=config.get('matmul_precision', 'default'))
     return evaluation.run(deblurrer, eval_samples)['mean']
 
   # 6. The loop.

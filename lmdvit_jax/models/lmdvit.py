@@ -16,6 +16,21 @@ from lmdvit_jax.models.adawpt import AdaWPTStage
 NUM_STAGES = 9  # 4 encoder stages, bottleneck, 4 decoder stages.
 # Compute dtypes by name (params stay float32), as configs and model.json spell them.
 COMPUTE_DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
+# Float32 matmul precision by name (config field and flag `matmul_precision`):
+# 'default' lets the backend choose (TF32-like on NVIDIA GPUs, one bfloat16
+# pass on TPUs, full float32 on CPUs); 'high' (bfloat16_3x / TF32-level) and
+# 'highest' (full float32, PyTorch's default for float32 tensors) ask for more.
+MATMUL_PRECISIONS = ('default', 'high', 'highest')
+
+
+def matmul_precision(name: str):
+  """A context under which traced matmuls and convolutions get precision `name`
+  (one of MATMUL_PRECISIONS); enter it where the program is traced."""
+  if name not in MATMUL_PRECISIONS:
+    raise ValueError(f'matmul_precision must be one of {MATMUL_PRECISIONS}, got {name!r}')
+  return jax.default_matmul_precision(name)
+
+
 STAGE_NAMES = tuple([f'encoder_{i}' for i in range(4)] + ['bottleneck'] +
                     [f'decoder_{i}' for i in range(4)])
 
