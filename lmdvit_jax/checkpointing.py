@@ -232,13 +232,15 @@ def train_manager(workdir: str | Path, max_to_keep: int | None = None,
 
 
 def save_train_state(mngr: ocp.CheckpointManager, state: Any,
-                     data_state: Mapping[str, Any] | None = None) -> int:
+                     data_state: Mapping[str, Any] | None = None, step: int | None = None) -> int:
   """Saves a `train_lib.TrainState` (and iterator position) at its step.
 
-  Returns the step. Arrays may be sharded across processes; orbax writes each
-  shard once.
+  `step`, when the caller knows it, saves reading `state.step` back from the
+  devices. Returns the step. Arrays may be sharded across processes; orbax
+  writes each shard once, in the background (`mngr` saves asynchronously).
   """
-  step = int(jax.device_get(state.step))
+  if step is None:
+    step = int(jax.device_get(state.step))
   meta = {'step': state.step, 'rng': state.rng, 'skipped': state.skipped}
   mngr.save(step, args=ocp.args.Composite(
       params=ocp.args.StandardSave(state.params),

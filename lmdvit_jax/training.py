@@ -31,7 +31,7 @@ import ml_collections
 import tqdm
 from tensorboardX import SummaryWriter
 
-from lmdvit_jax import checkpointing, evaluation, files, train_lib
+from lmdvit_jax import checkpointing, evaluation, files, preemption, train_lib
 from lmdvit_jax.data import open_source, pipeline
 from lmdvit_jax.inference import Deblurrer
 
@@ -117,13 +117,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     with open(workdir / filename, 'a') as f:  # strict JSON: non-finite values as null
       f.write(json.dumps(evaluation.jsonable({'step': step, **values})) + '\n')
 
+  # The next batches are placed on the devices while a step runs; a stop
+  # signal ends the run after the step in flight, with a checkpoint of it.
+  batches = pipeline.prefetch_to_devices(train_iter)
+  stop = preemption.StopRequest()
   try:
     start, num_steps = int(jax.device_get(state.step)), int(config.num_train_steps)
     pending, last = [], {}
     t_window, steps_in_window = time.perf_counter(), 0
     with tqdm.tqdm(total=num_steps, initial=start, disable=not lead, unit='step') as bar:
       for step in range(start + 1, num_steps + 1):
-        state, step_metrics = train_step(state, next(train_iter))
+        batch, data_position = next(batches)
+        state, step_metrics = train_step(state, batch)  # dispatched; runs while we go on
         pending.append(step_metrics)
         bar.update(1)
         if step == start + 1:  # Keep the compilation out of steps/s.
@@ -132,8 +137,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           t_window = time.perf_counter()
         else:
           steps_in_window += 1
+        stopping = stop.reached(step)
 
-        if step % config.log_every_steps == 0 or step == num_steps:
+        if step % config.log_every_steps == 0 or step == num_steps or stopping:
           last = train_lib.summarize(pending)
           if steps_in_window:
             last['steps_per_sec'] = steps_in_window / (time.perf_counter() - t_window)
@@ -142,8 +148,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
           bar.set_postfix(loss=f"{last['loss']:.4f}", lr=f"{last['lr']:.2e}")
           pending, t_window, steps_in_window = [], time.perf_counter(), 0
 
-        if step % config.checkpoint_every_steps == 0 or step == num_steps:
-          checkpointing.save_train_state(mngr, state, train_iter.get_state())
+        if step % config.checkpoint_every_steps == 0 or step == num_steps or stopping:
+          checkpointing.save_train_state(mngr, state, data_position, step)
+        if stopping:
+          logging.warning('Stopped by %s after step %d, checkpoint saved: run the same command '
+                          'to continue', stop.signal, step)
+          break
 
         if eval_samples and (step % config.eval_every_steps == 0 or step == num_steps):
           t0 = time.perf_counter()
@@ -162,6 +172,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       logging.warning('%d of %d steps were skipped (non-finite loss or gradient)', skipped,
                       num_steps)
   finally:
+    stop.close()
     mngr.wait_until_finished()
     mngr.close()
     if writer is not None:

@@ -185,3 +185,133 @@ def test_config_mistakes_fail_in_one_line_before_any_work(tmp_path, config_file,
   assert len(errors) == 1 and errors[0].startswith('train.py: error:') and message in errors[0], output
   assert 'Traceback' not in output
   assert not workdir.exists()
+
+
+# ---------------------------------------------------------------------------
+# Preemption: SIGTERM between periodic checkpoints loses nothing.
+
+
+def _signal_after_first_step(procs, signum, to=None):
+  """Waits for process 0's first step, then sends `signum` to `to` (default
+  all); returns every process's whole output."""
+  lines = [[] for _ in procs]
+  while True:
+    line = procs[0].stdout.readline()
+    assert line, ''.join(lines[0])[-5000:]
+    lines[0].append(line)
+    if 'First step' in line:
+      break
+  for i in (range(len(procs)) if to is None else to):
+    procs[i].send_signal(signum)
+  for i, p in enumerate(procs):
+    out, _ = p.communicate(timeout=600)
+    lines[i].append(out)
+  return [''.join(l) for l in lines]
+
+
+@pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
+def test_a_stop_signal_saves_the_step_reached_and_the_rerun_continues(
+    tmp_path, config_file, uninterrupted, signum):
+  # Periodic checkpoints only at the end: whatever is saved early, the signal saved.
+  args = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=1000')
+  proc = _train(tmp_path, config_file, *args, '--config.num_train_steps=1000', wait=False)
+  [output] = _signal_after_first_step([proc], signum)
+  assert proc.returncode == 0, output[-5000:]
+  stopped = checkpointing.latest_step(tmp_path)
+  assert stopped is not None and 1 <= stopped < NUM_STEPS, output[-3000:]
+  assert f'after step {stopped}, checkpoint saved' in output
+  assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
+  code, output = _train(tmp_path, config_file, *args)
+  assert code == 0, output[-5000:]
+  assert f'Resumed from step {stopped}' in output
+  resumed, reference = _checkpoint_arrays(tmp_path, NUM_STEPS), _checkpoint_arrays(uninterrupted,
+                                                                                  NUM_STEPS)
+  for k in reference:
+    np.testing.assert_allclose(resumed[k], reference[k], rtol=0, atol=1e-6, err_msg=k)
+
+
+def test_two_processes_agree_on_the_step_a_preemption_saves(tmp_path, config_file,
+                                                           uninterrupted):
+  """SIGTERM to one process of two: JAX's preemption service tells the other,
+  both save the same step and exit 0; the rerun continues from it."""
+  args = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=1000')
+
+  def start(*extra):
+    port = _free_port()
+    return [subprocess.Popen(
+        [sys.executable, str(REPO / 'train.py'), f'--config={config_file}',
+         f'--workdir={tmp_path}', *args, *extra],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env=subprocess_env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
+                           JAX_PROCESS_ID=str(i))) for i in range(2)]
+
+  procs = start('--config.num_train_steps=1000')
+  try:
+    outputs = _signal_after_first_step(procs, signal.SIGTERM, to=[1])
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-5000:]
+  stopped = checkpointing.latest_step(tmp_path)
+  assert stopped is not None and stopped < 1000
+  for out in outputs:
+    assert f'after step {stopped}, checkpoint saved' in out, out[-3000:]
+  if stopped >= NUM_STEPS:
+    pytest.skip(f'the notice arrived after step {stopped}: nothing left to resume')
+  procs = start()
+  outputs = [p.communicate(timeout=900)[0] for p in procs]
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 0, out[-5000:]
+    assert f'Resumed from step {stopped}' in out
+  import jax  # pylint: disable=g-import-not-at-top
+  _, both = checkpointing.load_model(tmp_path, NUM_STEPS)  # saved by two, read by one
+  _, reference = checkpointing.load_model(uninterrupted, NUM_STEPS)
+  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(both)[0],
+                          jax.tree_util.tree_leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path))
+
+
+def test_steps_are_issued_while_the_previous_step_still_runs(tmp_path, monkeypatch):
+  """Between logging and checkpoint steps the loop never waits on the devices:
+  each step is dispatched before the one before it has finished (a trace of
+  `is_ready` at dispatch), its batch already placed."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax import train_lib, training  # pylint: disable=g-import-not-at-top
+  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+
+  real = train_lib.make_train_step
+  trace = []  # (step about to be dispatched, was the previous step finished?)
+
+  def make_slow_step(model, tx, config, mesh):
+    step = real(model, tx, config, mesh)
+
+    def slow(state, batch):
+      state, metrics = step(state, batch)
+      # A quarter second of device work that the metrics depend on.
+      x = jnp.full((384, 384), 1e-3) * state.step
+      x = jax.lax.fori_loop(0, 150, lambda _, y: jnp.tanh(y @ y), x)
+      return state, {**metrics, 'burn': jnp.mean(x)}
+
+    slow = jax.jit(slow, donate_argnums=0)
+    previous = []
+
+    def traced(state, batch):
+      if previous:
+        trace.append((len(previous) + 1, previous[-1].is_ready()))
+      state, metrics = slow(state, batch)
+      previous.append(metrics['burn'])
+      return state, metrics
+
+    return traced
+
+  monkeypatch.setattr(train_lib, 'make_train_step', make_slow_step)
+  config = small_config()
+  config.update(num_train_steps=10, log_every_steps=5, checkpoint_every_steps=100,
+                eval_every_steps=0)
+  training.train_and_evaluate(config, tmp_path)
+  # Step 2 follows the compiling first step, step 6 a logging step: both wait.
+  free = [ready for step, ready in trace if step not in (2, 6)]
+  assert len(free) == 7 and not any(free), trace

@@ -14,8 +14,9 @@ checkpoint exact and independent of thread timing.
 
 from __future__ import annotations
 
+import collections
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
@@ -193,6 +194,28 @@ class GlobalBatchIterator:
 
   def set_state(self, state: Mapping[str, Any]) -> None:
     self._local.set_state(dict(state))
+
+
+def prefetch_to_devices(iterator: GlobalBatchIterator, size: int = 2
+                        ) -> Iterator[tuple[dict[str, jax.Array], dict[str, Any]]]:
+  """`(batch, position)` pairs of `iterator`, `size` batches ahead.
+
+  Each batch is already on its way to the devices (host work and transfer
+  overlap the steps still running) when the loop takes it; `position` is the
+  iterator state right after that batch, so a checkpoint of the step that
+  used it resumes at the next batch, whatever was fetched ahead.
+  """
+  queue = collections.deque()
+
+  def fetch():
+    batch = next(iterator)
+    queue.append((batch, iterator.get_state()))
+
+  for _ in range(size):
+    fetch()
+  while True:
+    yield queue.popleft()
+    fetch()
 
 
 def make_train_iterator(sources: Sequence[str | Source], weights: Sequence[float] | None = None,
