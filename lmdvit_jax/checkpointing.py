@@ -27,15 +27,18 @@ step and metrics.
 from __future__ import annotations
 
 import json
+import shutil
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
+from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
 from lmdvit_jax.errors import CheckpointError  # pylint: disable=unused-import (re-exported)
-from lmdvit_jax.files import write_json_atomic
+from lmdvit_jax.files import jsonable, write_json_atomic
 
 MODEL_FILE = 'model.json'
 INFERENCE_FILE = 'inference.json'
@@ -51,6 +54,29 @@ def _first_line(error: BaseException) -> str:
   return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
 
 
+def _quiet_abandoned_reads() -> None:
+  """Drops the 'Event loop is closed' reports of a failed restore's other reads.
+
+  When one array of a damaged step fails, orbax abandons the step while its
+  other reads are still in flight; each of them, finishing later, reports to
+  the event loop that orbax has closed meanwhile, and Python prints one
+  traceback per array (hundreds for a train state). Only those reports are
+  dropped, and only once a damaged step was skipped.
+  """
+  previous = sys.unraisablehook
+  if getattr(previous, 'drops_abandoned_reads', False):
+    return
+
+  def hook(unraisable):
+    error = unraisable.exc_value
+    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+      return
+    previous(unraisable)
+
+  hook.drops_abandoned_reads = True
+  sys.unraisablehook = hook
+
+
 def restore_newest_intact(steps, restore, directory: str | Path):
   """`(step, restore(step))` for the newest step whose restore succeeds.
 
@@ -64,23 +90,13 @@ def restore_newest_intact(steps, restore, directory: str | Path):
     try:
       return step, restore(step)
     except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+      _quiet_abandoned_reads()
       skipped.append(f'step {step} ({_first_line(e)})')
       logging.warning('Skipping damaged checkpoint step %d in %s: %s', step, directory,
                       _first_line(e))
   if not skipped:
     raise CheckpointError(f'no checkpoint steps in {directory}')
   raise CheckpointError(f'no intact checkpoint in {directory}: ' + '; '.join(skipped))
-
-
-def _jsonable(kwargs: Mapping[str, Any]) -> dict[str, Any]:
-  out = {}
-  for k, v in kwargs.items():
-    if isinstance(v, (tuple, list)):
-      v = [x.item() if isinstance(x, np.generic) else x for x in v]
-    elif isinstance(v, np.generic):
-      v = v.item()
-    out[k] = v
-  return out
 
 
 def manager(directory: str | Path, max_to_keep: int | None = None,
@@ -101,7 +117,7 @@ def manager(directory: str | Path, max_to_keep: int | None = None,
 def write_model_json(directory: str | Path, model_kwargs: Mapping[str, Any]) -> None:
   """Writes `directory/model.json` (from process 0 only in multi-host runs)."""
   if jax.process_index() == 0:
-    write_json_atomic(Path(directory) / MODEL_FILE, _jsonable(model_kwargs))
+    write_json_atomic(Path(directory) / MODEL_FILE, model_kwargs)
 
 
 def check_model_kwargs(directory: str | Path, model_kwargs: Mapping[str, Any]) -> None:
@@ -110,7 +126,7 @@ def check_model_kwargs(directory: str | Path, model_kwargs: Mapping[str, Any]) -
   if not path.is_file():
     return
   recorded = read_model_kwargs(directory)
-  wanted = json.loads(json.dumps(_jsonable(model_kwargs)))
+  wanted = jsonable(model_kwargs)
   if recorded != wanted:
     diff = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
     details = ', '.join(f'{k}: {recorded.get(k)!r} there, {wanted.get(k)!r} now' for k in diff)
@@ -165,7 +181,7 @@ def write_inference_settings(directory: str | Path, settings: Mapping[str, Any])
   unknown = sorted(set(settings) - set(INFERENCE_KEYS))
   if unknown:
     raise ValueError(f'unknown inference settings {unknown}; known: {list(INFERENCE_KEYS)}')
-  write_json_atomic(Path(directory) / INFERENCE_FILE, _jsonable(settings))
+  write_json_atomic(Path(directory) / INFERENCE_FILE, settings)
 
 
 def all_steps(directory: str | Path) -> list[int]:
@@ -324,6 +340,11 @@ def save_best(workdir: str | Path, params: Any, model_kwargs: Mapping[str, Any],
   if not np.isfinite(value) or (best is not None and not value > best[key]):
     return False
   directory = Path(workdir) / BEST_DIR
+  stale = directory / CHECKPOINTS / str(step)
+  if stale.is_dir():  # saved before this run resumed from an earlier step: replace it
+    if jax.process_index() == 0:
+      shutil.rmtree(stale)
+    multihost_utils.sync_global_devices(f'lmdvit_jax best {step}')
   save_model(directory, params, model_kwargs, step=step, max_to_keep=1)
   if jax.process_index() == 0:
     write_json_atomic(directory / BEST_FILE,

@@ -243,7 +243,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
   if train:
     from lmdvit_jax import training  # pylint: disable=g-import-not-at-top
     workdir.mkdir(parents=True, exist_ok=True)
-    files.write_json_atomic(workdir / OVERRIDES_FILE, evaluation.jsonable(dict(overrides or {})))
+    files.write_json_atomic(workdir / OVERRIDES_FILE, dict(overrides or {}))
     training.train_and_evaluate(config, workdir)
     origin = f'trained here with {config.num_train_steps} steps'
   elif checkpointing.latest_step(workdir) is None:
@@ -297,7 +297,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path, *, train: bool =
                                     'sharp_psnr', 'kept_fraction', 'prune_recall',
                                     'prune_precision', 'seconds')} for r in records],
   }
-  files.write_json_atomic(out / 'summary.json', evaluation.jsonable(summary))
+  files.write_json_atomic(out / 'summary.json', summary)
   print(report(summary, out))
   if export:
     if not (workdir / 'metrics.jsonl').is_file():

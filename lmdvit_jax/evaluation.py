@@ -79,21 +79,6 @@ def nanmean(values: Iterable[float]) -> float:
   return float(a.mean()) if a.size else float('nan')
 
 
-def jsonable(obj: Any) -> Any:
-  """NaN and infinities -> None (JSON has neither); numpy -> Python."""
-  if isinstance(obj, Mapping):
-    return {str(k): jsonable(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [jsonable(v) for v in obj]
-  if isinstance(obj, np.ndarray):
-    return jsonable(obj.tolist())
-  if isinstance(obj, (float, np.floating)):
-    return float(obj) if math.isfinite(obj) else None
-  if isinstance(obj, np.integer):
-    return int(obj)
-  return obj
-
-
 def safe_name(name: str) -> str:
   return name.replace('\\', '/').strip('/').replace('/', '__') or 'image'
 
@@ -322,6 +307,6 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
       'sizes': scored['sizes'], 'mean': scored['mean'], 'blocks': scored['blocks'],
       'images': scored['images'], 'skipped': bad,
   }
-  files.write_json_atomic(out_dir / 'metrics.json', jsonable(summary))
+  files.write_json_atomic(out_dir / 'metrics.json', summary)
   files.write_bytes_atomic(out_dir / 'table.md', table_markdown(summary).encode())
   return summary

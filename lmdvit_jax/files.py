@@ -2,16 +2,21 @@
 
 Every file the project writes beside checkpoints (JSON records, logs rewritten
 on resume, PNG results and panels, tables) goes through a temporary file in
-the same folder, `fsync`, and a rename.
+the same folder, `fsync`, and a rename. Every JSON it writes is strict JSON
+(`jsonable`: no NaN or Infinity).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 
 def _current_umask() -> int:
@@ -40,9 +45,34 @@ def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
     raise
 
 
+def jsonable(obj: Any) -> Any:
+  """`obj` as strict JSON holds it: NaN and infinities -> None (JSON has
+  neither), numpy arrays and scalars -> lists and Python numbers, tuples ->
+  lists, keys -> strings."""
+  if isinstance(obj, Mapping):
+    return {str(k): jsonable(v) for k, v in obj.items()}
+  if isinstance(obj, (list, tuple)):
+    return [jsonable(v) for v in obj]
+  if isinstance(obj, np.ndarray):
+    return jsonable(obj.tolist())
+  if isinstance(obj, (float, np.floating)):
+    return float(obj) if math.isfinite(obj) else None
+  if isinstance(obj, np.integer):
+    return int(obj)
+  if isinstance(obj, np.bool_):
+    return bool(obj)
+  return obj
+
+
+def json_line(obj: Any) -> str:
+  """One line of strict JSON (`jsonable`), as JSON-lines logs hold them."""
+  return json.dumps(jsonable(obj), allow_nan=False)
+
+
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
-  """Writes `obj` as indented JSON (sorted keys), atomically."""
-  write_bytes_atomic(path, json.dumps(obj, indent=1, sort_keys=True).encode())
+  """Writes `obj` as indented strict JSON (`jsonable`, sorted keys), atomically."""
+  write_bytes_atomic(path, json.dumps(jsonable(obj), indent=1, sort_keys=True,
+                                      allow_nan=False).encode())
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = '--output') -> Path:

@@ -115,7 +115,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         writer.add_scalar(k, v, step)
     writer.flush()
     with open(workdir / filename, 'a') as f:  # strict JSON: non-finite values as null
-      f.write(json.dumps(evaluation.jsonable({'step': step, **values})) + '\n')
+      f.write(files.json_line({'step': step, **values}) + '\n')
 
   # The next batches are placed on the devices while a step runs; a stop
   # signal ends the run after the step in flight, with a checkpoint of it.

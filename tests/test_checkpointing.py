@@ -1,6 +1,7 @@
 """Checkpoint directories: training state round trip, load_model on a workdir, best/."""
 
 import json
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -122,6 +123,7 @@ def _damage(step_dir, how):
       f.write_bytes(f.read_bytes()[:max(1, f.stat().st_size // 3)])
 
 
+@pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
 @pytest.mark.parametrize('how', ['truncate', 'delete'])
 def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, how, caplog):
   checkpointing.write_model_json(tmp_path, {'embed_dim': 8})
@@ -154,3 +156,33 @@ def test_damaged_steps_are_set_aside_not_deleted(tmp_path):
     checkpointing.save_train_state(mngr, _state(2), {'i': 2})
   assert checkpointing.all_steps(tmp_path) == [8, 9]
   assert [p.name for p in checkpointing.set_aside_steps_after(tmp_path, 8)] == ['9.damaged2']
+
+
+def test_best_of_a_step_saved_before_a_resume_is_replaced(tmp_path):
+  """A run resumed from step 4 evaluates step 6 again; `best/` may hold step 6
+  from before the resume and is replaced, not an error."""
+  params = _state(1).params
+  assert checkpointing.save_best(tmp_path, params, {'embed_dim': 8}, 6, {'wpsnr': 20.0})
+  better = _state(2).params
+  assert checkpointing.save_best(tmp_path, better, {'embed_dim': 8}, 6, {'wpsnr': 21.0})
+  assert checkpointing.read_best(tmp_path)['wpsnr'] == 21.0
+  _, restored = checkpointing.load_model(tmp_path / 'best')
+  _assert_trees_equal(restored, better)
+
+
+def _strict_json(path):
+  def refuse(constant):
+    raise ValueError(f'{path} holds {constant}, which is not JSON')
+  return json.loads(Path(path).read_text(), parse_constant=refuse)
+
+
+def test_every_json_file_is_strict_json(tmp_path):
+  from lmdvit_jax import files  # pylint: disable=g-import-not-at-top
+  assert files.jsonable({'a': [np.float32(np.nan), np.inf, np.int64(3)], 'b': (np.bool_(True),),
+                         1: np.arange(2)}) == {'a': [None, None, 3], 'b': [True], '1': [0, 1]}
+  # An empty blur mask makes the input's PSNR outside it infinite.
+  assert checkpointing.save_best(tmp_path, _state(1).params, {'embed_dim': 8}, 3,
+                                 {'wpsnr': 20.0, 'input_sharp_psnr': float('inf')})
+  best = _strict_json(tmp_path / 'best' / 'best.json')
+  assert best['metrics']['input_sharp_psnr'] is None
+  assert json.loads(files.json_line({'x': float('nan')})) == {'x': None}

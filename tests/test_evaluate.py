@@ -138,8 +138,7 @@ def test_pruning_scores_ignore_padding():
 def test_nan_handling_helpers():
   assert evaluation.nanmean([1.0, float('nan'), 3.0]) == 2.0
   assert np.isnan(evaluation.nanmean([float('nan')]))
-  assert evaluation.jsonable({'a': [np.float32(np.nan), np.inf, np.int64(3)]}) == {
-      'a': [None, None, 3]}
+  assert np.isnan(evaluation.nanmean([]))
 
 
 def _run_cli(*args):

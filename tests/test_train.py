@@ -132,6 +132,21 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, config_file, uninte
   assert [r['step'] for r in _read_jsonl(tmp_path / 'metrics.jsonl')] == [2, 4, 6]
 
 
+def test_resume_past_a_damaged_step_with_best_from_before_is_clean(tmp_path, config_file,
+                                                                  uninterrupted):
+  import shutil  # pylint: disable=g-import-not-at-top
+  from tests.test_checkpointing import _damage  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / 'run'
+  shutil.copytree(uninterrupted, workdir)
+  _damage(workdir / 'checkpoints' / str(NUM_STEPS), 'truncate')
+  code, output = _train(workdir, config_file, '--config.num_train_steps=9')
+  assert code == 0, output[-5000:]
+  assert 'Resumed from step 4' in output and 'Set the damaged checkpoint aside' in output
+  assert 'Event loop is closed' not in output and 'Traceback' not in output
+  assert checkpointing.latest_step(workdir) == 9
+  json.loads((workdir / 'best' / 'best.json').read_text())
+
+
 def _free_port() -> int:
   with socket.socket() as s:
     s.bind(('127.0.0.1', 0))
