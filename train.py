@@ -15,7 +15,6 @@ from pathlib import Path
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from lmdvit_jax import cli
@@ -29,9 +28,6 @@ flags.mark_flags_as_required(['config', 'workdir'])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  # Orbax reports every file it writes at INFO; keep its warnings only.
-  logging.get_absl_handler().addFilter(
-      lambda r: r.levelno >= logging.converter.STANDARD_WARNING or 'orbax' not in r.pathname)
   # Imported here so that `--help` and config errors come back fast.
   from lmdvit_jax import compilation_cache, training  # pylint: disable=g-import-not-at-top
   compilation_cache.enable()

@@ -13,6 +13,7 @@ Exit codes: 0 success; 1 some inputs failed (named on stderr, the rest done);
 
 from __future__ import annotations
 
+import logging as logging_lib
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -129,22 +130,47 @@ def inference_settings() -> dict[str, Any]:
   return settings
 
 
+def _ours(record: logging_lib.LogRecord) -> bool:
+  """Whether a log record is worth showing at INFO: a warning or worse, or
+  logged by this project (not by an installed library: jax probing for a TPU,
+  orbax describing every file it writes)."""
+  path = record.pathname.replace('\\', '/')
+  return (record.levelno >= logging_lib.WARNING or '/lmdvit_jax/' in path
+          or not ('site-packages/' in path or 'dist-packages/' in path))
+
+
+def _config_file_error(error: OSError) -> str | None:
+  """A one-line message for ml_collections' failure to load `--config`."""
+  text = str(error)
+  if 'Failed loading config file' not in text:
+    return None
+  return f'--config: {text.strip().splitlines()[-1].strip()}'
+
+
 def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
   """`absl.app.run(main)` with one-line errors (see the module docstring), in a
   process whose large allocations go on huge pages (`host_memory`).
 
-  `quiet`: log warnings and errors only, unless `--verbosity` is given (loading
-  a checkpoint logs a lot at INFO; a command that prints results keeps them
+  Libraries' INFO logs are left out unless `--verbosity` is given. `quiet`:
+  log warnings and errors only (a command that prints results keeps them
   readable)."""
   host_memory.restart_with_huge_pages()
 
   def guarded(argv: list[str]) -> int | None:
-    if quiet and not flags.FLAGS['verbosity'].present:
-      logging.set_verbosity(logging.WARNING)
+    if not flags.FLAGS['verbosity'].present:
+      logging.get_absl_handler().addFilter(_ours)
+      if quiet:
+        logging.set_verbosity(logging.WARNING)
     try:
       return main(argv)
     except app.UsageError as e:  # absl would print the whole --help first
       fail(str(e))
+    except OSError as e:
+      if (message := _config_file_error(e)) and flags.FLAGS['verbosity'].value < 1:
+        fail(message)
+      if isinstance(e, errors.USER_ERRORS) and flags.FLAGS['verbosity'].value < 1:
+        fail(_message(e))
+      raise
     except Exception as e:  # pylint: disable=broad-except
       if isinstance(e, errors.USER_ERRORS) and flags.FLAGS['verbosity'].value < 1:
         fail(_message(e))

@@ -229,10 +229,34 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
   raise ValueError(f'unknown state-dict format {path.suffix!r} (expected .pth or .npz)')
 
 
-USAGE = 'python -m lmdvit_jax.convert IN.(pth|npz) OUT_DIR'
+USAGE = 'python -m lmdvit_jax.convert IN.(pth|npz) OUT_DIR [--overwrite]'
 
 
-def main(argv: list[str]) -> int:
+def check_output(directory: str | Path, kwargs: Mapping[str, Any], overwrite: bool) -> None:
+  """Refuses to write into a directory that holds a checkpoint (a training
+  workdir, an earlier conversion) unless `overwrite`, which removes it first.
+
+  Raises:
+    FileExistsError: naming what is there and the flag.
+  """
+  from lmdvit_jax import checkpointing, files  # pylint: disable=import-outside-toplevel
+  directory = Path(directory)
+  files.check_writable_dir(directory, 'OUT_DIR')
+  steps = checkpointing.all_steps(directory)
+  recorded = (checkpointing.read_model_kwargs(directory)
+              if (directory / checkpointing.MODEL_FILE).is_file() else None)
+  if not steps and recorded in (None, files.jsonable(kwargs)):
+    return
+  if not overwrite:
+    what = f'checkpoint steps {steps}' if steps else 'a model.json of another model'
+    raise FileExistsError(f'{directory} already holds {what}; choose another OUT_DIR, or pass '
+                          '--overwrite to replace its checkpoint')
+  import shutil  # pylint: disable=import-outside-toplevel
+  shutil.rmtree(directory / checkpointing.CHECKPOINTS, ignore_errors=True)
+  (directory / checkpointing.MODEL_FILE).unlink(missing_ok=True)
+
+
+def main(argv: list[str], overwrite: bool = False) -> int:
   """Converts IN (argv[1]) into the checkpoint directory OUT_DIR (argv[2])."""
   from lmdvit_jax import checkpointing  # pylint: disable=import-outside-toplevel
 
@@ -244,6 +268,7 @@ def main(argv: list[str]) -> int:
     params = params_from_torch(sd)
   except ConversionError as e:
     raise ConversionError(f'{argv[1]}: {e}') from None
+  check_output(argv[2], kwargs, overwrite)
   checkpointing.save_model(argv[2], params, kwargs)
   from lmdvit_jax.models import count_params  # pylint: disable=import-outside-toplevel
   print(f'wrote {argv[2]}: {count_params(params):,} params, model {kwargs}')
@@ -251,5 +276,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == '__main__':
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from lmdvit_jax import cli  # pylint: disable=g-import-not-at-top
-  cli.run(main)
+  _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a checkpoint already in OUT_DIR.')
+  cli.run(lambda argv: main(argv, _OVERWRITE.value), quiet=True)

@@ -180,9 +180,10 @@ def run(deblurrer: Deblurrer, source: Sequence[Mapping[str, Any]], *, count: int
     progress: show a progress bar.
 
   Returns:
-    {'count', 'mean', 'blocks', 'images', 'sizes'}: means over images (NaN
-    skipped), per predicting block pruning scores, per image records, and the
-    image sizes seen.
+    {'count', 'mean', 'blocks', 'images', 'sizes', 'images_without_blur'}:
+    means over images (NaN skipped: e.g. pruning precision and recall of an
+    image without blurred pixels), per predicting block pruning scores, per
+    image records, the image sizes seen, and how many images had no blur.
   """
   if indices is None:
     indices = range(len(source) if count <= 0 else min(count, len(source)))
@@ -236,8 +237,11 @@ def run(deblurrer: Deblurrer, source: Sequence[Mapping[str, Any]], *, count: int
     entry.update({k: nanmean(r['blocks'][k][j] for r in images)
                   for k in ('precision', 'recall', 'accuracy', 'kept_fraction')})
     blocks.append(entry)
+  # Images without blurred pixels have no pruning precision or recall: left
+  # out of those means, and counted.
+  without_blur = sum(1 for r in images if not r['mask_fraction'] > 0)
   return {'count': len(images), 'mean': mean, 'blocks': blocks, 'images': images,
-          'sizes': sizes}
+          'sizes': sizes, 'images_without_blur': without_blur}
 
 
 def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None,
@@ -269,8 +273,12 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
     DataError: unreadable or inconsistent data files.
   """
   out_dir = Path(output)
-  if out_dir.exists() and not out_dir.is_dir():
-    raise NotADirectoryError(f'--output {out_dir} is an existing file; give a folder')
+  if num_panels < 0 or max_images < 0:
+    raise ValueError(f'--num_panels and --max_images must be >= 0, got {num_panels} and '
+                     f'{max_images}')
+  if num_panels and panel_height < panels.MIN_TILE_HEIGHT:
+    raise ValueError(f'--panel_height must be at least {panels.MIN_TILE_HEIGHT} pixels, '
+                     f'got {panel_height}')
   if not Path(checkpoint).is_dir():
     raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
   overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
@@ -280,6 +288,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
                                         tile_overlap=tile_overlap, max_memory=max_memory,
                                         matmul_precision=matmul_precision,
                                         progress=progress)
+  files.check_writable_dir(out_dir)  # before minutes of evaluation, not after
   good, bad = check_source(source, max_images)
   if bad and not skip_bad:
     raise DataError(f'{len(bad)} bad file(s), nothing evaluated (--skip_bad leaves them out): '
@@ -306,6 +315,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
       'device': f'{device.platform} ({device.device_kind}) x{jax.device_count()}',
       'sizes': scored['sizes'], 'mean': scored['mean'], 'blocks': scored['blocks'],
       'images': scored['images'], 'skipped': bad,
+      'images_without_blur': scored['images_without_blur'],
   }
   files.write_json_atomic(out_dir / 'metrics.json', summary)
   files.write_bytes_atomic(out_dir / 'table.md', table_markdown(summary).encode())

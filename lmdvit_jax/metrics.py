@@ -315,8 +315,9 @@ def pruning_metrics(decisions: Sequence[Array], mask: Array,
 
   precision = TP / (TP + FP): share of kept pixels that are blurred (the
   paper's appendix B.1 measure); recall = TP / (TP + FN): share of blurred
-  pixels kept; accuracy = (TP + TN) / pixels. As in the official code,
-  precision and recall are 0 when their denominator is 0.
+  pixels kept; accuracy = (TP + TN) / pixels. An image without blurred
+  pixels has neither (NaN: nothing to find, left out of means); as in the
+  official code, a block that kept nothing of a blurred image has precision 0.
 
   Args:
     decisions: the model's tuple of [B, gh_k, gw_k] keep maps, network order
@@ -342,10 +343,10 @@ def pruning_metrics(decisions: Sequence[Array], mask: Array,
   for d, s in zip(decisions, shifted):
     c = pruning_confusion(d, mask, valid, s)
     tp, fp, fn, tn = c['tp'], c['fp'], c['fn'], c['tn']
-    out['precision'].append(jnp.where(tp + fp > 0, tp / jnp.maximum(tp + fp, 1),
-                                      0.0))
-    out['recall'].append(jnp.where(tp + fn > 0, tp / jnp.maximum(tp + fn, 1),
-                                   0.0))
+    blurred = tp + fn > 0
+    out['precision'].append(jnp.where(
+        blurred, jnp.where(tp + fp > 0, tp / jnp.maximum(tp + fp, 1), 0.0), jnp.nan))
+    out['recall'].append(jnp.where(blurred, tp / jnp.maximum(tp + fn, 1), jnp.nan))
     out['accuracy'].append((tp + tn) / jnp.maximum(tp + fp + fn + tn, 1))
     out['kept_fraction'].append(jnp.mean(jnp.asarray(d, jnp.float32), axis=(-2, -1)))
   return {k: jnp.stack(v, axis=-1) for k, v in out.items()}

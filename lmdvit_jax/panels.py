@@ -19,6 +19,7 @@ from lmdvit_jax.inference import DeblurResult, to_uint8
 KEPT_TINT = np.array([1.0, 0.85, 0.2], np.float32)  # Amber outline colour.
 MASK_TINT = np.array([1.0, 0.15, 0.1], np.float32)
 PRUNED_DIM = 0.25  # Brightness left to pruned windows.
+MIN_TILE_HEIGHT = 16  # Smaller tiles cannot show a kept window or a label.
 
 
 def save_png(path: str | os.PathLike, image: Image.Image, **options) -> None:

@@ -201,7 +201,8 @@ def check_run_config(config) -> LMDViT:
     raise ValueError(f'patch_size={config.patch_size} is not a multiple of 16 * win_size = '
                      f'{model.multiple}: set --config.patch_size to e.g. '
                      f'{max(1, round(config.patch_size / model.multiple)) * model.multiple}')
-  for name in ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps'):
+  for name in ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps',
+               'keep_checkpoints'):
     if int(config[name]) < 1:
       raise ValueError(f'{name} must be at least 1, got {config[name]}')
   if config.get('matmul_precision', 'default') not in MATMUL_PRECISIONS:

@@ -49,9 +49,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   train_lib.maybe_initialize_distributed(choices[str(config.distributed).lower()])
   # Every config mistake is reported here, before the workdir is touched.
   train_lib.check_run_config(config)
+  workdir = files.check_writable_dir(workdir, '--workdir')
   mesh = train_lib.make_mesh()
   lead = jax.process_index() == 0
-  workdir = Path(workdir)
   logging.info('%d devices (%d processes), mesh %s', jax.device_count(),
                jax.process_count(), dict(mesh.shape))
 

@@ -17,7 +17,18 @@ ENTRY_POINTS = [
     ['benchmarks/blur_cues.py'], ['benchmarks/synthetic_stats.py'],
     ['benchmarks/train_step_parts.py'], ['benchmarks/sharp_damage.py'],
     ['benchmarks/blur_detection_ceiling.py'], ['benchmarks/matmul_floor.py'],
+    ['-m', 'lmdvit_jax.export'], ['-m', 'benchmarks.tiling'],
 ]
+
+
+def _one_error_line(proc, prog, *needles):
+  """The command failed with status 2 and said why in exactly one line."""
+  assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+  lines = proc.stderr.strip().splitlines()
+  assert len(lines) == 1, proc.stderr[-3000:]
+  assert lines[0].startswith(f'{prog}: error:'), lines[0]
+  for needle in needles:
+    assert needle in lines[0], lines[0]
 
 
 def _run(args, cwd=REPO, timeout=180):
@@ -66,3 +77,47 @@ def test_convert_names_a_damaged_file(tmp_path):
   np.savez(other, fc=np.zeros((2, 2)))
   proc = _run(['-m', 'lmdvit_jax.convert', str(other), str(tmp_path / 'out')])
   assert proc.returncode == 2 and str(other) in proc.stderr and 'Traceback' not in proc.stderr
+
+
+REFERENCE = REPO.parent / 'shared' / 'reference' / 'fixture_a_weights.npz'
+
+
+@pytest.mark.skipif(not REFERENCE.is_file(), reason='reference weights not found')
+def test_convert_never_replaces_a_checkpoint_unasked_and_stays_quiet(tmp_path):
+  out = tmp_path / 'converted'
+  first = _run(['-m', 'lmdvit_jax.convert', str(REFERENCE), str(out)])
+  assert first.returncode == 0, first.stderr[-3000:]
+  assert first.stderr.strip() == ''  # no INFO lines from jax or orbax
+  again = _run(['-m', 'lmdvit_jax.convert', str(REFERENCE), str(out)])
+  _one_error_line(again, 'convert.py', 'already holds checkpoint steps [0]', '--overwrite')
+  forced = _run(['-m', 'lmdvit_jax.convert', str(REFERENCE), str(out), '--overwrite'])
+  assert forced.returncode == 0, forced.stderr[-3000:]
+  assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['0']
+
+
+def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
+  """Each row of docs/bad_inputs.md that needs no training run."""
+  a_file = tmp_path / 'a_file'
+  a_file.write_text('')
+  unwritable = a_file / 'out'  # no folder can be made inside a file, root or not
+  photo = REPO.parent / 'shared' / 'data' / 'real'
+  deblur = ['-m', 'lmdvit_jax.deblur', f'--checkpoint={checkpoint}']
+  _one_error_line(_run([*deblur, f'--output={tmp_path}/o', '--capacity=1.5', str(photo)]),
+                  'deblur.py', 'capacity')
+  _one_error_line(_run([*deblur, f'--output={tmp_path}/o']), 'deblur.py',
+                  'at least one image file or folder')
+  _one_error_line(_run([*deblur, f'--output={unwritable}', str(photo)]), 'deblur.py',
+                  'not writable')
+  evaluate = ['evaluate.py', f'--checkpoint={checkpoint}', '--data=synthetic?count=1&size=64']
+  _one_error_line(_run([*evaluate, f'--output={tmp_path}/e', '--panel_height=0']),
+                  'evaluate.py', '--panel_height')
+  _one_error_line(_run([*evaluate, f'--output={unwritable}']), 'evaluate.py', 'not writable')
+  assert not (tmp_path / 'e').exists()
+  train = ['train.py', '--config=configs/tiny.py']
+  _one_error_line(_run([*train, f'--workdir={unwritable}']), 'train.py', '--workdir',
+                  'not writable')
+  _one_error_line(_run(['train.py', '--config=configs/nope.py', f'--workdir={tmp_path}/t']),
+                  'train.py', "No such file or directory: 'configs/nope.py'")
+  _one_error_line(_run([*train, f'--workdir={tmp_path}/t', '--config.keep_checkpoints=0']),
+                  'train.py', 'keep_checkpoints must be at least 1')
+  assert not (tmp_path / 't').exists()

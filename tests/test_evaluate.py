@@ -221,3 +221,18 @@ def test_tiled_evaluation_scores_the_whole_image(checkpoint, evaluated, tmp_path
     assert 0 <= tiled['mean'][key] <= 1, key
   assert list((tmp_path / 'tiled' / 'panels').glob('*.png'))
   assert len(open_source(data)) == tiled['count'] == 2
+
+
+def test_an_image_without_blur_is_left_out_of_recall_and_counted(checkpoint, tmp_path):
+  data = _npy_folder(tmp_path / 'npy')
+  item = np.load(data / 'img_1.npy', allow_pickle=True).item()
+  item['blur_mask'] = np.zeros_like(item['blur_mask'])
+  item['img_blur'] = item['img_gt']
+  np.save(data / 'img_1.npy', item, allow_pickle=True)
+  summary = evaluation.evaluate(str(checkpoint), f'npy:{data}', str(tmp_path / 'out'),
+                                capacity='masked', num_panels=0, progress=False)
+  written = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
+  assert written['images_without_blur'] == 1
+  by_name = {r['name']: r for r in written['images']}
+  assert by_name['img_1']['prune_recall'] is None  # NaN, written as null
+  assert summary['mean']['prune_recall'] == pytest.approx(by_name['img_0']['prune_recall'])

@@ -242,6 +242,17 @@ def test_pruning_metrics_hand_made():
   np.testing.assert_allclose(out['kept_fraction'][0], [0.5, 1 / 16, 0.0, 1.0])
 
 
+def test_an_image_without_blur_has_no_pruning_precision_or_recall():
+  mask = np.zeros((2, 8, 8, 1), np.float32)
+  mask[1, :4, :4] = 1  # the second image has blur, the first none
+  kept = np.ones((2, 2, 2), np.float32)
+  out = metrics.pruning_metrics([kept], mask)
+  assert np.isnan(out['recall'][0, 0]) and np.isnan(out['precision'][0, 0])
+  np.testing.assert_allclose([out['recall'][1, 0], out['precision'][1, 0]], [1.0, 0.25])
+  np.testing.assert_allclose(out['kept_fraction'][:, 0], [1.0, 1.0])
+  np.testing.assert_allclose(out['accuracy'][:, 0], [0.0, 0.25])
+
+
 def test_pruning_confusion_shift_and_valid():
   mask = _quadrant_mask()
   d = np.array([[[1, 0], [0, 0]]], np.float32)
