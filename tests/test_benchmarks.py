@@ -148,3 +148,32 @@ def test_dot_shapes_reads_every_product_of_a_program():
   assert counts == {(1, 20, 3, 5): 1, (8, 6, 8, 7): 1, (1, 3, 20, 5): 1}
   assert sum(matmul_floor.flops(s) * c for s, c in counts.items()) == 2 * (
       20 * 3 * 5 + 8 * 6 * 8 * 7 + 3 * 20 * 5)
+
+
+def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
+  """The one-command device check cannot rot: every part runs at tiny sizes."""
+  import json  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  from tests.helpers import REPO, subprocess_env  # pylint: disable=g-import-not-at-top
+  run = subprocess.run([sys.executable, '-m', 'benchmarks.accelerator', '--smoke',
+                        f'--output={tmp_path}'], cwd=REPO, env=subprocess_env(),
+                       capture_output=True, text=True, timeout=900)
+  assert run.returncode == 0, run.stderr[-3000:]
+  report = json.loads((tmp_path / 'accelerator.json').read_text())
+  parts = report['parts']
+  assert set(parts) == {'devices', 'parity', 'inference', 'train', 'demo', 'official'}
+  assert parts['devices']['rows'][0]['platform'] == 'cpu'
+  assert [r['precision'] for r in parts['parity']['rows']] == ['highest', 'default']
+  assert all(r['decisions_equal'] and r['restored_max_abs'] < 1e-4
+             for r in parts['parity']['rows'])
+  assert {(r['mode'], r['dtype']) for r in parts['inference']['rows']} == {
+      (m, d) for m in ('dense', 'exact', 'budget 0.25') for d in ('float32', 'bfloat16')}
+  assert all(r['seconds'] > 0 for r in parts['inference']['rows'])
+  assert len(parts['train']['rows']) == 2 and all(r['images_per_s'] > 0
+                                                  for r in parts['train']['rows'])
+  demo = parts['demo']['rows'][0]
+  assert demo['last_step'] > demo['first_step']
+  assert 'no --official_repo' in parts['official']['notes'][0]
+  table = (tmp_path / 'accelerator.md').read_text()
+  assert '## inference' in table and '| mode | dtype |' in table
