@@ -32,6 +32,7 @@ NVIDIA GPUs), as users run; parity reports both.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import platform
@@ -49,11 +50,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import lmdvit as lmdvit_config
 from lmdvit_jax import cli, convert, files, inference, train_lib
 from lmdvit_jax.models import LMDViT, init_params
-from benchmarks.inference import calibrate, keep_all
-from benchmarks.train_step import load_config, random_batch
+from benchmarks.common import calibrate, import_official, keep_all, load_config, random_batch
 
 FLAGS = flags.FLAGS
 REPO = Path(__file__).resolve().parents[1]
@@ -263,12 +262,9 @@ def demo(sizes: dict) -> dict:
 def official(sizes: dict) -> dict:
   if not FLAGS.official_repo:
     return {'rows': [], 'notes': ['no --official_repo: the official model was not timed']}
-  try:
-    import torch  # pylint: disable=g-import-not-at-top,import-error
-  except ImportError:
+  if importlib.util.find_spec('torch') is None:
     return {'rows': [], 'notes': ['torch is not installed: the official model was not timed']}
-  from benchmarks.train_step import _import_official  # pylint: disable=g-import-not-at-top
-  torch, model_hw = _import_official(FLAGS.official_repo)
+  torch, model_hw = import_official(FLAGS.official_repo)
   device = 'cuda' if torch.cuda.is_available() else 'cpu'
   m = _config(sizes).model
   net = model_hw.LMD(img_size=512, embed_dim=m.embed_dim, win_size=m.win_size,

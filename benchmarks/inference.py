@@ -1,7 +1,7 @@
 """Pruned inference speed, FLOPs and memory of the released configuration.
 
-    python benchmarks/inference.py                       # 512 and 1024, all modes
-    python benchmarks/inference.py --sizes=2176x1536 --modes=dense,exact
+    python -m benchmarks.inference                       # 512 and 1024, all modes
+    python -m benchmarks.inference --sizes=2176x1536 --modes=dense,exact
 
 Modes:
   dense      pruning off (`prune_loc` all 0, every window computed);
@@ -30,8 +30,8 @@ import numpy as np
 
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax.models import LMDViT, init_params, pruning
-from lmdvit_jax.models import windows as win
-from lmdvit_jax import cli, inference
+from benchmarks.common import calibrate, keep_all
+from lmdvit_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -44,43 +44,6 @@ def _define_flags() -> None:
   flags.DEFINE_float('exact_keep', 0.25, 'kept fraction targeted in exact mode')
   flags.DEFINE_integer('embed_dim', 32, '32 released, 16 small')
   flags.DEFINE_integer('chunks', pruning.DEFAULT_CHUNKS, "capacity_chunks of 'exact' mode")
-
-
-def predictor_paths(model: LMDViT) -> list[tuple[str, str]]:
-  """(stage, predictor) names in network order."""
-  return [(b.stage, f'predictor_{b.block}') for b in inference.decision_blocks(model)]
-
-
-def keep_all(model: LMDViT, params):
-  params = jax.tree_util.tree_map(np.array, params)
-  for stage, pred in predictor_paths(model):
-    params[stage][pred]['out_linear3']['kernel'][:] = 0
-    params[stage][pred]['out_linear3']['bias'][:] = [50.0, -50.0]
-  return params
-
-
-def calibrate(model: LMDViT, params, x, fraction: float):
-  """Sets each predictor's last layer so that it keeps about `fraction` of windows.
-
-  Predictors are set in network order, each after the ones upstream of it
-  (their decisions change its input), so every block keeps about `fraction`.
-  """
-  params = jax.tree_util.tree_map(np.array, params)
-  masked = model.clone(capacity='masked')
-  apply = jax.jit(lambda p, x: masked.apply({'params': p}, x))
-  for k, (stage, pred) in enumerate(predictor_paths(model)):
-    out = apply(params, x)
-    shift = model.win_size // 2 if pred.endswith('_1') else 0
-    logits = win.window_mean(win.roll(out.scores[k], -shift), model.win_size)
-    diff = np.asarray(logits[..., 0] - logits[..., 1]).ravel()
-    # Scale the last layer to logit differences of order 1 first: with random
-    # weights they are about 1e-6, where float32 softmax rounds ties to 0.5.
-    scale = 1.0 / max(float(np.std(diff)), 1e-12)
-    last = params[stage][pred]['out_linear3']
-    last['kernel'] *= scale
-    last['bias'] *= scale
-    last['bias'][0] -= np.quantile(diff * scale, 1 - fraction)
-  return params
 
 
 def parse_size(s: str) -> tuple[int, int]:

@@ -1,8 +1,8 @@
 r"""How fast can the train step be on this machine? The time of its matrix multiplies.
 
-  python benchmarks/matmul_floor.py                    # lmdvit_small, 256x256, batch 2
-  python benchmarks/matmul_floor.py --configs=tiny --patch=128
-  python benchmarks/matmul_floor.py --official_repo=/path/to/LMD-ViT   # and the goal
+  python -m benchmarks.matmul_floor                    # lmdvit_small, 256x256, batch 2
+  python -m benchmarks.matmul_floor --configs=tiny --patch=128
+  python -m benchmarks.matmul_floor --official_repo=/path/to/LMD-ViT   # and the goal
 
 Every `dot` of our compiled train step (forward, backward, losses, AdamW) is read
 from its HLO before optimisation, as a batched product [b, m, k] @ [b, k, n]. Each
@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmdvit_jax import cli
-import train_step  # benchmarks/, on the path when run as a script
+from benchmarks import train_step
 
 FLAGS = flags.FLAGS
 

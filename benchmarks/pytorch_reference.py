@@ -4,7 +4,7 @@ Needs a checkout of the official repository (LeiaLi/LMD-ViT) and, in a
 separate environment, torch, timm and einops (not project requirements):
 
     python -m venv /tmp/torchenv && /tmp/torchenv/bin/pip install torch timm einops
-    /tmp/torchenv/bin/python benchmarks/pytorch_reference.py \
+    /tmp/torchenv/bin/python -m benchmarks.pytorch_reference \
         --official_repo=/path/to/LMD-ViT --size=512 --kept=1.0,0.25
 
 Released configuration, random weights, batch 1, eval mode, no autograd,
@@ -21,22 +21,11 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import sys
 import time
-import types
 
 import numpy as np
 
-
-def _load_official(repo: str):
-  # model_hw.py imports a module the repository does not ship and never uses.
-  stub = types.ModuleType('mimo_modules.MIMOUNet')
-  stub.EBlock = stub.DBlock = None
-  sys.modules.setdefault('mimo_modules', types.ModuleType('mimo_modules'))
-  sys.modules.setdefault('mimo_modules.MIMOUNet', stub)
-  sys.path.insert(0, repo)
-  import model_hw  # pylint: disable=import-outside-toplevel,import-error
-  return model_hw
+from benchmarks.common import import_official
 
 
 def main() -> None:
@@ -49,8 +38,7 @@ def main() -> None:
   if not os.path.isfile(os.path.join(args.official_repo, 'model_hw.py')):
     parser.error(f'no model_hw.py in {args.official_repo}')
 
-  import torch  # pylint: disable=import-outside-toplevel,import-error
-  model_hw = _load_official(args.official_repo)
+  torch, model_hw = import_official(args.official_repo)
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
   net = model_hw.LMD(img_size=512, embed_dim=32, win_size=8, token_projection='linear',

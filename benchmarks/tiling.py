@@ -39,7 +39,7 @@ from PIL import Image
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax import checkpointing, cli, inference
 from lmdvit_jax.models import LMDViT, init_params
-from benchmarks.inference import calibrate
+from benchmarks.common import calibrate
 
 FLAGS = flags.FLAGS
 REAL = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'real'

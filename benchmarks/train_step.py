@@ -1,8 +1,8 @@
 r"""Training speed: our jitted train step, and the official PyTorch step beside it.
 
-  python benchmarks/train_step.py                      # released and small, 256x256, batch 2
-  python benchmarks/train_step.py --configs=tiny --patch=128 --steps=10
-  python benchmarks/train_step.py --configs=lmdvit_small \
+  python -m benchmarks.train_step                      # released and small, 256x256, batch 2
+  python -m benchmarks.train_step --configs=tiny --patch=128 --steps=10
+  python -m benchmarks.train_step --configs=lmdvit_small \
       --official_repo=/path/to/LMD-ViT                 # side by side (needs torch, einops)
 
 Our step (forward, losses, backward, AdamW update, non-finite guard) is
@@ -31,21 +31,19 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import importlib
 import os
 import platform
 import resource
 import statistics
-import sys
 import threading
 import time
-import types
 from typing import Callable
 
 from absl import flags
 import jax
 import numpy as np
 
+from benchmarks.common import import_official, load_config, random_batch
 from lmdvit_jax import cli, train_lib
 from lmdvit_jax.models import count_params
 
@@ -95,23 +93,6 @@ class PeakRSS:
     self.peak = max(self.peak, self.now())
 
 
-def load_config(name: str, patch: int, batch: int, dtype: str, remat: str):
-  """`configs.NAME` with the benchmark's patch, batch, compute dtype and remat."""
-  config = importlib.import_module(f'configs.{name}').get_config()
-  with config.unlocked():
-    config.update(patch_size=patch, batch_size=batch, compute_dtype=dtype, remat=remat)
-  return config
-
-
-def random_batch(batch: int, patch: int) -> dict[str, np.ndarray]:
-  """Random blurred/sharp images `[B, P, P, 3]` and a centred square mask `[B, P, P, 1]`."""
-  rng = np.random.default_rng(0)
-  mask = np.zeros((batch, patch, patch, 1), np.float32)
-  mask[:, patch // 4:3 * patch // 4, patch // 4:3 * patch // 4] = 1
-  return {'blur': rng.random((batch, patch, patch, 3), np.float32),
-          'sharp': rng.random((batch, patch, patch, 3), np.float32), 'mask': mask}
-
-
 def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
   """Compiles our train step; returns a function running one step (blocking) and facts
   (among them `lowered`, the step before compilation)."""
@@ -138,51 +119,9 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
                    gflops=compiled.cost_analysis()['flops'] / 1e9, lowered=lowered)
 
 
-def _import_official(repo: str):
-  """Imports the official `model_hw`, standing in for the imports it makes but never
-  needs to train (a module the repository does not ship; torchvision's
-  `save_image`; timm's three layer helpers, when timm is not installed)."""
-  import torch  # pylint: disable=g-import-not-at-top,import-error
-
-  def stub(name, **attrs):
-    if name in sys.modules:
-      return
-    try:
-      importlib.import_module(name)
-    except ImportError:
-      module = types.ModuleType(name)
-      module.__dict__.update(attrs)
-      sys.modules[name] = module
-      parent, _, child = name.rpartition('.')
-      if parent:
-        stub(parent)
-        setattr(sys.modules[parent], child, module)
-
-  class DropPath(torch.nn.Module):
-    """Stochastic depth per sample (the behaviour of timm's layer)."""
-
-    def __init__(self, p=0.0):
-      super().__init__()
-      self.p = p
-
-    def forward(self, x):
-      if not self.training or self.p == 0.0:
-        return x
-      keep = torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), device=x.device) >= self.p
-      return x * keep.to(x.dtype) / (1 - self.p)
-
-  stub('mimo_modules.MIMOUNet', EBlock=None, DBlock=None)
-  stub('torchvision.utils', save_image=None)
-  stub('timm.models.layers', DropPath=DropPath, to_2tuple=lambda v: (v, v),
-       trunc_normal_=lambda t, std=1.0: torch.nn.init.trunc_normal_(t, std=std))
-  sys.path.insert(0, repo)
-  import model_hw  # pylint: disable=g-import-not-at-top,import-error
-  return torch, model_hw
-
-
 def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
   """The official model of `config`'s architecture, one train step per call."""
-  torch, model_hw = _import_official(repo)
+  torch, model_hw = import_official(repo)
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
   m = config.model

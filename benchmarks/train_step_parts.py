@@ -1,7 +1,7 @@
 r"""Where the time of a training step goes: its parts, forward and backward.
 
-    python benchmarks/train_step_parts.py                       # lmdvit_small, 256x256, batch 2
-    python benchmarks/train_step_parts.py --config=lmdvit --dtype=bfloat16
+    python -m benchmarks.train_step_parts                       # lmdvit_small, 256x256, batch 2
+    python -m benchmarks.train_step_parts --config=lmdvit --dtype=bfloat16
 
 Each part is jit-compiled on its own as forward + backward (the gradient of a
 random projection of its output with respect to its inputs and params) at the
@@ -43,7 +43,7 @@ from lmdvit_jax import cli, losses, train_lib
 from lmdvit_jax.models import lmdvit, pruning, windows as win
 from lmdvit_jax.models.attention import WindowAttention
 from lmdvit_jax.models.feedforward import DepthwiseConv3x3Reflect, gelu
-from train_step import load_config, random_batch  # this folder, on sys.path when run
+from benchmarks.common import load_config, random_batch
 
 FLAGS = flags.FLAGS
 

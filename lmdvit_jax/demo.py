@@ -20,7 +20,6 @@ import io
 import json
 import re
 import shlex
-import shutil
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,30 +33,13 @@ from lmdvit_jax.data import open_source
 
 WEIGHTS_DIR = Path(__file__).resolve().parent / 'demo_weights'
 PARAMS_FILE = 'params.npz'
-# A training run's log and config, and with its README the record of how shipped
-# weights were made, beside them; the record of the run they continued
-# (`init_from`) carries INIT_PREFIX, and its own earlier runs' INIT_PREFIX twice
-# and so on. A workdir they are installed in holds the record under
-# INSTALLED_PREFIX. OVERRIDES_FILE holds the `--config.*` flags of the training
-# command (`run` writes it), which the record's README spells out.
+# Shipped weights are these files and a README.md telling how they were made;
+# run logs stay in the training workdir (the shipped runs' are in
+# docs/demo_runs/). OVERRIDES_FILE, in a workdir, holds the `--config.*` flags
+# of the training command (`run` writes it), which the README spells out.
 OVERRIDES_FILE = 'overrides.json'
-LOG_FILES = ('metrics.jsonl', 'eval.jsonl', 'config.json', OVERRIDES_FILE)
-RECORD_FILES = ('README.md', *LOG_FILES)
-INIT_PREFIX = 'init_'
-INSTALLED_PREFIX = 'demo_weights_'
-
-
-def record_files(directory: Path, prefix: str = '') -> list[str]:
-  """Names, without `prefix`, of the record files in `directory`: RECORD_FILES,
-  each maybe behind INIT_PREFIX repeated (the records of the runs it continued)."""
-  names = []
-  for path in sorted(directory.glob(f'{prefix}*')):
-    name = base = path.name[len(prefix):]
-    while base.startswith(INIT_PREFIX):
-      base = base[len(INIT_PREFIX):]
-    if path.is_file() and base in RECORD_FILES:
-      names.append(name)
-  return names
+# What exports before this layout put beside the weights (an export removes them).
+OLD_RECORD = ('metrics.jsonl', 'eval.jsonl', 'config.json', OVERRIDES_FILE)
 
 
 # (metric key, label, requirement, threshold): what the demo must show on its
@@ -140,8 +122,6 @@ def install_weights(workdir: str | Path, weights_dir: str | Path = WEIGHTS_DIR) 
   checkpointing.save_model(workdir, params, kwargs)
   checkpointing.write_inference_settings(
       workdir, checkpointing.read_inference_settings(weights_dir))
-  for name in record_files(Path(weights_dir)):
-    shutil.copyfile(Path(weights_dir) / name, Path(workdir) / f'{INSTALLED_PREFIX}{name}')
   return Path(workdir)
 
 
@@ -375,61 +355,44 @@ def _shell_word(text: str) -> str:
 
 def write_training_record(workdir: str | Path, out_dir: str | Path,
                           summary: dict[str, Any]) -> None:
-  """Copies a training run's log and config beside exported weights, with the
-  command that made them and their held-out result.
+  """Writes `out_dir/README.md` for weights exported from the training run in
+  `workdir`: the command that trained it (weights it continued, `init_from`,
+  shown as FIRST, never as a path of this machine), its data, seed and steps,
+  and the held-out result and keep-threshold calibration at export.
 
-  A run that started from other weights (`init_from`) brings their record too,
-  as `init_README.md`, `init_metrics.jsonl`, ... (from a training workdir, or
-  from a workdir the shipped weights were installed in, with the records of
-  the runs those continued as `init_init_*` and so on).
+  The record files older exports put beside the weights (`OLD_RECORD`, and
+  `init_*` copies of earlier runs') are removed; the run's logs stay in
+  `workdir`.
   """
   workdir, out_dir = Path(workdir), Path(out_dir)
+  for stale in out_dir.iterdir():
+    if stale.is_file() and (stale.name in OLD_RECORD or stale.name.startswith('init_')):
+      stale.unlink()
   config = json.loads((workdir / 'config.json').read_text())
-  init_from = config.get('init_from') or ''
-  for stale in out_dir.glob(f'{INIT_PREFIX}*'):
-    stale.unlink()
-  if init_from:
-    # A training workdir holds its log under the plain names, a workdir with
-    # installed weights their whole record (earlier runs' too) under the prefix.
-    init_dir = Path(init_from)
-    for prefix in ('', INSTALLED_PREFIX):
-      for name in record_files(init_dir, prefix):
-        shutil.copyfile(init_dir / f'{prefix}{name}', out_dir / f'{INIT_PREFIX}{name}')
-  for name in LOG_FILES:
-    if (workdir / name).is_file():
-      shutil.copyfile(workdir / name, out_dir / name)
   sources = (config.get('data') or {}).get('sources') or []
   steps = (f'seed {config.get("seed")}, {config.get("num_train_steps")} steps, batch '
            f'{config.get("batch_size")} of {config.get("patch_size")}x{config.get("patch_size")} '
            'crops' + (f' of `{"`, `".join(sources)}`' if sources else ''))
   command = ' '.join(['python demo.py --train --workdir=WORKDIR', *override_flags(workdir)])
   model = 'The small LMD-ViT of `configs/demo.py`'
-  by = 'by the project\'s own'
-  runs = 1 + sum(1 for name in record_files(out_dir) if name.endswith('README.md')
-                 and name.startswith(INIT_PREFIX))
-  if init_from:
-    earlier = (' the run before that in `init_init_README.md`, and so on back to the first,'
-               if runs > 2 else '')
-    how = (f'{model}, trained on synthetic local blur {by} commands, on a 2-core CPU, in '
-           f'{runs} runs, each starting from the weights of the one before: the run this one '
-           'continued (FIRST) is described in `init_README.md` (its log and config are the '
-           f'other `init_*` files),{earlier} and this one was made by\n\n'
+  if config.get('init_from'):
+    how = (f'{model}, trained on synthetic local blur by the project\'s own commands, on a '
+           'CPU, continuing other weights (FIRST):\n\n'
            '    python demo.py --train --workdir=FIRST ...              # the run before\n'
            f'    {command}\n'
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'This run: {steps}, learning-rate schedule (warmup, cosine) started anew. ')
   else:
-    how = (f'{model}, trained from scratch on synthetic local blur {by} command, on a 2-core '
-           'CPU:\n\n'
+    how = (f'{model}, trained from scratch on synthetic local blur by the project\'s own '
+           'command, on a CPU:\n\n'
            f'    {command}   # trains (resumable)\n'
            '    python demo.py --workdir=WORKDIR --export_weights       # scores, exports\n\n'
            f'(`--train --export_weights` does both in one run). {steps}. ')
   m = summary['mean']
-  (out_dir / 'README.md').write_text(
+  files.write_bytes_atomic(out_dir / 'README.md', (
       '# Demo weights\n\n' + how +
-      '`metrics.jsonl` and `eval.jsonl` are that run\'s training log, `config.json` '
-      'its full config, `model.json` the model\'s keyword arguments, `params.npz` the '
-      'params (float32).\n\n'
+      '`model.json` holds the model\'s keyword arguments, `inference.json` how it runs, '
+      '`params.npz` the params (float32).\n\n'
       f'Held-out result at export ({summary["count"]} images of `{summary["data"]}`): '
       f'PSNR {m["input_psnr"]:.2f} -> {m["psnr"]:.2f} dB, weighted PSNR '
       f'{m["input_wpsnr"]:.2f} -> {m["wpsnr"]:.2f} dB, PSNR outside the mask '
@@ -448,4 +411,4 @@ def write_training_record(workdir: str | Path, out_dir: str | Path,
           f'| {r["keep_threshold"]} | {r["recall"]:.3f} | {r["precision"]:.3f} | '
           f'{r["kept_fraction"]:.3f} | {r["wpsnr_gain"]:+.2f} | {r["psnr_gain"]:+.2f} | '
           f'{r["sharp_psnr"]:.2f} |\n'
-          for r in summary['calibration'] or []))
+          for r in summary['calibration'] or [])).encode())

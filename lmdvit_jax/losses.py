@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +53,17 @@ class LossWeights:
   prune: float = 1.0
   sharp: float = 0.0
   sharp_margin: float = 0.0
+
+
+# The built-in terms (`total_loss`) and the settings beside their weights in
+# `config.loss`.
+BUILTIN_TERMS = ('l1', 'ssim', 'fft', 'prune', 'sharp')
+SETTINGS = ('fft_mode', 'hard_targets', 'prune_balanced', 'sharp_margin')
+
+# Further terms by name: (model outputs, batch) -> unweighted scalar. One enters
+# the loss with the weight `config.loss.NAME` (0 or absent: left out, not
+# computed) and is logged under NAME; docs/extending.md adds one.
+EXTRA_TERMS: dict[str, Callable[[Any, Mapping[str, Array]], Array]] = {}
 
 
 def _f32(x: Array) -> Array:
@@ -242,14 +253,14 @@ def total_loss(outputs: Any, batch: Mapping[str, Array],
       of [B, h, w, 2] token logits).
     batch: dict with ``sharp`` [B, H, W, 3] and ``mask`` [B, H, W, 1].
     weights: anything with float attributes ``l1``, ``ssim``, ``fft``,
-      ``prune`` and optionally ``sharp`` (0 if absent): a `LossWeights` or an
-      ml_collections ConfigDict.
+      ``prune`` and optionally ``sharp`` and the names of `EXTRA_TERMS` (0 if
+      absent): a `LossWeights` or the ConfigDict `config.loss`.
     fft_mode: see `fft_loss`.
     hard_targets, balanced: see `pruning_loss`.
 
   Returns:
     (loss, terms): the scalar loss and a dict of the unweighted scalar terms
-    'l1', 'ssim', 'fft', 'prune', 'sharp'.
+    'l1', 'ssim', 'fft', 'prune', 'sharp' and each weighted extra term.
   """
   pred, target, mask = outputs.restored, batch['sharp'], batch['mask']
   terms = {
@@ -259,6 +270,8 @@ def total_loss(outputs: Any, batch: Mapping[str, Array],
       'prune': pruning_loss(tuple(outputs.scores), mask, hard_targets, balanced),
       'sharp': sharp_l1_loss(pred, target, mask, getattr(weights, 'sharp_margin', 0.0)),
   }
+  terms.update({name: term(outputs, batch) for name, term in EXTRA_TERMS.items()
+                if getattr(weights, name, 0.0)})
   # Terms weighted 0 stay out of the sum, so no backward pass is built for them.
   loss = sum(getattr(weights, k, 0.0) * v for k, v in terms.items() if getattr(weights, k, 0.0))
   return loss, terms

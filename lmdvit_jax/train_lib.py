@@ -205,6 +205,11 @@ def check_run_config(config) -> LMDViT:
                'keep_checkpoints'):
     if int(config[name]) < 1:
       raise ValueError(f'{name} must be at least 1, got {config[name]}')
+  known = losses.BUILTIN_TERMS + losses.SETTINGS + tuple(losses.EXTRA_TERMS)
+  if unknown := sorted(set(config.loss) - set(known)):
+    raise ValueError(f'config.loss.{unknown[0]} is not a loss term or setting (terms: '
+                     f'{", ".join(losses.BUILTIN_TERMS + tuple(losses.EXTRA_TERMS))}; register '
+                     'a new one in losses.EXTRA_TERMS)')
   if config.get('matmul_precision', 'default') not in MATMUL_PRECISIONS:
     raise ValueError(f'matmul_precision must be one of {MATMUL_PRECISIONS}, got '
                      f'{config.matmul_precision!r}')
@@ -334,11 +339,10 @@ def check_params_match(params: Any, reference: Any) -> None:
 
 
 def _loss_settings(config):
+  """(weights: `config.loss` itself, so extra terms' weights come along; the
+  FFT mode; hard pruning targets; balanced pruning loss)."""
   lc = config.loss
-  weights = losses.LossWeights(l1=float(lc.l1), ssim=float(lc.ssim), fft=float(lc.fft),
-                               prune=float(lc.prune), sharp=float(lc.get('sharp', 0.0)),
-                               sharp_margin=float(lc.get('sharp_margin', 0.0)))
-  return weights, str(lc.fft_mode), bool(lc.hard_targets), bool(lc.get('prune_balanced', False))
+  return lc, str(lc.fft_mode), bool(lc.hard_targets), bool(lc.get('prune_balanced', False))
 
 
 def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDViT,

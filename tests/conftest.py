@@ -1,33 +1,16 @@
-"""Shared test helpers: where the golden fixtures live."""
+"""Fixtures shared by the tests (helpers live in tests/helpers.py)."""
 
 import os
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def reference_dir() -> Path:
-  """`$LMDVIT_REFERENCE_DIR`, else `../shared/reference` beside the clone, else `tests/reference`."""
-  env = os.environ.get('LMDVIT_REFERENCE_DIR')
-  for cand in ([Path(env)] if env else []) + [REPO.parent / 'shared' / 'reference',
-                                              REPO / 'tests' / 'reference']:
-    if cand.is_dir() and any(cand.glob('fixture_*_meta.json')):
-      return cand
-  raise FileNotFoundError('no reference fixtures found (set LMDVIT_REFERENCE_DIR)')
-
-
-def fixture_names() -> list[str]:
-  try:
-    return sorted(p.name[:-len('_meta.json')] for p in reference_dir().glob('fixture_*_meta.json'))
-  except FileNotFoundError:
-    return []
+from tests import helpers
 
 
 @pytest.fixture(scope='session')
 def reference() -> Path:
-  return reference_dir()
+  return helpers.reference_dir()
 
 
 @pytest.fixture(scope='session')

@@ -1,5 +1,6 @@
 """Helpers shared by the tests (not a test module): the small training config,
-the environment of test subprocesses and the shared compilation cache."""
+the environment of test subprocesses, the shared compilation cache and where
+the golden fixtures live. Fixtures are in conftest.py."""
 
 import os
 import tempfile
@@ -40,3 +41,20 @@ def subprocess_env(**extra) -> dict[str, str]:
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, **extra)
   env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
   return env
+
+
+def reference_dir() -> Path:
+  """`$LMDVIT_REFERENCE_DIR`, else `../shared/reference` beside the clone, else `tests/reference`."""
+  env = os.environ.get('LMDVIT_REFERENCE_DIR')
+  for cand in ([Path(env)] if env else []) + [REPO.parent / 'shared' / 'reference',
+                                              REPO / 'tests' / 'reference']:
+    if cand.is_dir() and any(cand.glob('fixture_*_meta.json')):
+      return cand
+  raise FileNotFoundError('no reference fixtures found (set LMDVIT_REFERENCE_DIR)')
+
+
+def fixture_names() -> list[str]:
+  try:
+    return sorted(p.name[:-len('_meta.json')] for p in reference_dir().glob('fixture_*_meta.json'))
+  except FileNotFoundError:
+    return []

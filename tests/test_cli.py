@@ -12,13 +12,12 @@ from tests.helpers import REPO
 ENTRY_POINTS = [
     ['train.py'], ['evaluate.py'], ['demo.py'],
     ['-m', 'lmdvit_jax.deblur'], ['-m', 'lmdvit_jax.convert'], ['-m', 'lmdvit_jax.data.build'],
-    ['benchmarks/inference.py'], ['benchmarks/train_step.py'],
-    ['benchmarks/linear_headroom.py'], ['benchmarks/pruning_ranking.py'],
-    ['benchmarks/blur_cues.py'], ['benchmarks/synthetic_stats.py'],
-    ['benchmarks/train_step_parts.py'], ['benchmarks/sharp_damage.py'],
-    ['benchmarks/blur_detection_ceiling.py'], ['benchmarks/matmul_floor.py'],
-    ['-m', 'lmdvit_jax.export'], ['-m', 'benchmarks.tiling'],
-]
+    ['-m', 'lmdvit_jax.export'],
+] + [['-m', f'benchmarks.{name}'] for name in (
+    'inference', 'train_step', 'train_step_parts', 'matmul_floor', 'tiling', 'accelerator')
+] + [['-m', f'analyses.{name}'] for name in (
+    'linear_headroom', 'pruning_ranking', 'blur_cues', 'synthetic_stats', 'sharp_damage',
+    'blur_detection_ceiling')]
 
 
 def _one_error_line(proc, prog, *needles):
@@ -121,3 +120,27 @@ def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
   _one_error_line(_run([*train, f'--workdir={tmp_path}/t', '--config.keep_checkpoints=0']),
                   'train.py', 'keep_checkpoints must be at least 1')
   assert not (tmp_path / 't').exists()
+
+
+def readme_commands() -> list[list[str]]:
+  """The program part of every `python ...` command in the README's code blocks:
+  ['train.py'] or ['-m', 'lmdvit_jax.deblur']."""
+  import re  # pylint: disable=g-import-not-at-top
+  text = (REPO / 'README.md').read_text()
+  lines = [l.strip() for l in text.splitlines() if l.startswith('    ')]
+  out = []
+  for line in lines:
+    for match in re.finditer(r'python (-m [\w.]+|[\w/]+\.py)', line):
+      out.append(match.group(1).split(' ', 1) if match.group(1).startswith('-m') else
+                 [match.group(1)])
+  return out
+
+
+def test_every_readme_command_is_an_entry_point_whose_help_is_tested():
+  commands = readme_commands()
+  assert ['demo.py'] in commands and ['-m', 'lmdvit_jax.deblur'] in commands
+  for command in commands:
+    if command == ['-m', 'pytest']:
+      continue
+    assert command in ENTRY_POINTS, command
+  assert len((REPO / 'README.md').read_text().splitlines()) <= 250

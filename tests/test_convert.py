@@ -9,7 +9,7 @@ import pytest
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax import checkpointing, convert
 from lmdvit_jax.models import count_params
-from tests.conftest import fixture_names
+from tests.helpers import fixture_names
 
 
 @pytest.fixture(scope='module')

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from lmdvit_jax import checkpointing, demo
-from tests.conftest import REPO
+from tests.helpers import REPO
 
 
 def _demo(tmp_path, *args, timeout=900):
@@ -43,10 +43,8 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
   assert checkpointing.read_inference_settings(demo.WEIGHTS_DIR) == {'self_ensemble': 8}
   assert '8 passes per image' in out
   assert (workdir / 'demo_eval' / 'overview.png').is_file()
-  # The weights' whole record, the runs they continued included, comes with them.
-  for name in demo.record_files(demo.WEIGHTS_DIR):
-    assert (workdir / f'{demo.INSTALLED_PREFIX}{name}').is_file(), name
-  assert 'init_README.md' in demo.record_files(demo.WEIGHTS_DIR)
+  # Installed: a checkpoint and its inference settings, no copies of run logs.
+  assert not list(workdir.glob('demo_weights_*')) and not list(workdir.glob('init_*'))
   # The workdir is a checkpoint directory for the other commands.
   kwargs, params = checkpointing.load_model(workdir)
   want_kwargs, want_params = demo.load_weights()
@@ -55,14 +53,24 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
                                 want_params['output_proj']['kernel'])
 
 
-def test_shipped_weights_record_how_they_were_trained():
-  record = demo.WEIGHTS_DIR
-  readme = (record / 'README.md').read_text()
-  assert 'python demo.py --train' in readme and '--export_weights' in readme and 'seed' in readme
-  rows = [json.loads(l) for l in (record / 'metrics.jsonl').read_text().splitlines()]
-  config = json.loads((record / 'config.json').read_text())
-  assert rows[-1]['step'] == config['num_train_steps']
-  assert (record / demo.PARAMS_FILE).stat().st_size < 15 * 2**20
+def test_shipped_weights_carry_only_what_a_user_needs_and_their_lineage():
+  weights = demo.WEIGHTS_DIR
+  assert sorted(p.name for p in weights.iterdir() if p.is_file()) == [
+      'README.md', 'inference.json', 'model.json', 'params.npz']
+  readme = (weights / 'README.md').read_text()
+  assert readme.count('python demo.py --train') == 3 and '--export_weights' in readme
+  assert '--config.seed=7' in readme and 'docs/demo_runs/' in readme
+  assert (weights / demo.PARAMS_FILE).stat().st_size < 15 * 2**20
+  # The runs' logs live in docs/, and nothing holds a path of the machine that trained them.
+  runs = REPO / 'docs' / 'demo_runs'
+  for run in ('e', 'f', 'k'):
+    rows = [json.loads(l) for l in (runs / f'{run}_metrics.jsonl').read_text().splitlines()]
+    config = json.loads((runs / f'{run}_config.json').read_text())
+    assert rows[-1]['step'] == config['num_train_steps']
+  for path in [*weights.iterdir(), *runs.iterdir()]:
+    if path.suffix in ('.json', '.jsonl', '.md'):
+      text = path.read_text()
+      assert not any(root in text for root in ('/tmp/', '/home/', '/root/', '/work/')), path
 
 
 def test_train_path_end_to_end(tmp_path):
@@ -95,14 +103,14 @@ def test_train_path_end_to_end(tmp_path):
   # The README's pruning analysis runs on the demo's checkpoint: one row per block.
   env = dict(os.environ, PYTHONPATH=str(REPO))
   proc = subprocess.run(
-      [sys.executable, str(REPO / 'benchmarks' / 'pruning_ranking.py'), f'--checkpoint={workdir}',
+      [sys.executable, '-m', 'analyses.pruning_ranking', f'--checkpoint={workdir}',
        '--data=synthetic?size=64&count=2'], cwd=tmp_path, env=env, capture_output=True,
       text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
   rows = [l for l in proc.stdout.splitlines() if l.startswith('| decoder')]
   assert len(rows) == 3, proc.stdout
   proc = subprocess.run(
-      [sys.executable, str(REPO / 'benchmarks' / 'pruning_ranking.py'), f'--checkpoint={workdir}',
+      [sys.executable, '-m', 'analyses.pruning_ranking', f'--checkpoint={workdir}',
        '--data=synthetic?size=128&count=1', '--tile=64'], cwd=tmp_path, env=env,
       capture_output=True, text=True, timeout=300)
   assert proc.returncode == 0, proc.stderr[-3000:]
@@ -156,37 +164,27 @@ def _summary():
           'calibration': None}
 
 
-@pytest.mark.parametrize('init', [None, 'training workdir', 'installed weights'])
-def test_the_training_record_names_the_run_it_continued(tmp_path, init):
-  run, first, out = tmp_path / 'run', tmp_path / 'first', tmp_path / 'out'
-  for d in (run, first, out):
+@pytest.mark.parametrize('init', [None, '/a/path/of/this/machine'])
+def test_the_training_record_names_the_run_it_continued_without_its_path(tmp_path, init):
+  run, out = tmp_path / 'run', tmp_path / 'out'
+  for d in (run, out):
     d.mkdir()
-  (out / 'init_eval.jsonl').write_text('stale\n')  # from weights exported before
-  prefix = 'demo_weights_' if init == 'installed weights' else ''
-  (first / f'{prefix}metrics.jsonl').write_text('{"step": 10}\n')
-  (first / f'{prefix}README.md').write_text('# the first run\n')
-  (first / f'{prefix}init_README.md').write_text('# the run the first one continued\n')
-  (first / f'{prefix}notes.txt').write_text('not part of the record\n')
+  for stale in ('init_README.md', 'init_eval.jsonl', 'metrics.jsonl', 'config.json'):
+    (out / stale).write_text('from an export of the old layout\n')
+  (out / 'notes.txt').write_text('a file of the user\'s\n')
   (run / 'metrics.jsonl').write_text('{"step": 5}\n')
   (run / 'config.json').write_text(json.dumps(
       {'seed': 1, 'num_train_steps': 5, 'batch_size': 8, 'patch_size': 64,
-       'init_from': str(first) if init else '',
-       'data': {'sources': ['synthetic?size=128&photos=packages']}}))
+       'init_from': init or '', 'data': {'sources': ['synthetic?size=128&photos=packages']}}))
   demo.write_training_record(run, out, _summary())
   readme = (out / 'README.md').read_text()
   assert '64x64 crops of `synthetic?size=128&photos=packages`' in readme, readme
-  assert (out / 'metrics.jsonl').read_text() == '{"step": 5}\n'
-  assert not (out / 'init_eval.jsonl').exists()
+  assert sorted(p.name for p in out.iterdir()) == ['README.md', 'notes.txt']
   if init:
     assert '--config.init_from=FIRST --config.seed=1 --config.num_train_steps=5' in readme
-    assert (out / 'init_metrics.jsonl').read_text() == '{"step": 10}\n'
-    assert (out / 'init_README.md').read_text() == '# the first run\n'
-    assert (out / 'init_init_README.md').read_text() == '# the run the first one continued\n'
-    assert 'in 3 runs' in readme
-    assert not (out / 'init_notes.txt').exists()
+    assert init not in readme
   else:
     assert 'trained from scratch' in readme and 'init_from' not in readme
-    assert not list(out.glob('init_*'))
 
 
 def _run_and_out(tmp_path, init_from=''):
@@ -211,7 +209,7 @@ def test_the_training_record_spells_out_every_override(tmp_path):
           '--config.optim.lr=0.0002 --config.data.sources="(\'synthetic?size=96\',)" '
           '--config.loss.sharp=30.0\n') in readme, readme
   assert '64x64 crops.' in readme or '64x64 crops,' in readme  # a config without data sources
-  assert (out / demo.OVERRIDES_FILE).is_file()
+  assert not (out / demo.OVERRIDES_FILE).exists() and '/w/e' not in readme
 
 
 def test_the_training_record_shows_the_keep_threshold_calibration(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Sequence
 
 import flax.linen as nn
@@ -69,7 +70,22 @@ class TransformerBlock(nn.Module):
 
 
 # `train` (argument 4, counting the module) selects Python branches: static.
-_REMAT_BLOCK = nn.remat(TransformerBlock, static_argnums=(4,))
+# Transformer blocks by name (the model's `block`): a new block is a module with
+# TransformerBlock's attributes and call signature (windows, keep, region ids,
+# train), registered here; every stage then builds it (docs/extending.md).
+BLOCKS: dict[str, type[nn.Module]] = {'lewin': TransformerBlock}
+
+
+@functools.cache
+def _rematerialised(cls: type[nn.Module]) -> type[nn.Module]:
+  return nn.remat(cls, static_argnums=(4,))  # `train` is static
+
+
+def block_class(name: str, remat: bool) -> type[nn.Module]:
+  """The block registered as `name`, rematerialised in the backward pass if `remat`."""
+  if name not in BLOCKS:
+    raise ValueError(f'block must be one of {sorted(BLOCKS)}, got {name!r}')
+  return _rematerialised(BLOCKS[name]) if remat else BLOCKS[name]
 
 
 class AdaWPTStage(nn.Module):
@@ -81,6 +97,7 @@ class AdaWPTStage(nn.Module):
   the decision, and at inference the window ranking, of their parity.
 
   Attributes:
+    block: the name of the Transformer block in `BLOCKS`.
     remat: recompute each block's activations in the backward pass instead of
       storing them (training memory falls to about one block's worth).
     capacity: `'exact'`, `'masked'` (every window computed, outputs selected by
@@ -97,6 +114,7 @@ class AdaWPTStage(nn.Module):
   prune: bool = True
   keep_threshold: float = 0.5
   decision_rule: str = 'threshold'
+  block: str = 'lewin'
   drop_path: Sequence[float] = ()
   capacity: str | float = 'exact'
   chunks: int = pruning.DEFAULT_CHUNKS
@@ -147,10 +165,10 @@ class AdaWPTStage(nn.Module):
         else:
           dropped.append(jnp.zeros((b,), jnp.int32))
 
-      block_cls = _REMAT_BLOCK if self.remat else TransformerBlock
-      block = block_cls(self.dim, self.num_heads, ws, self.mlp_ratio, self.modulator,
-                               self.drop_path[i] if i < len(self.drop_path) else 0.0,
-                               dtype=self.dtype, name=f'block_{i}')
+      block = block_class(self.block, self.remat)(
+          self.dim, self.num_heads, ws, self.mlp_ratio, self.modulator,
+          self.drop_path[i] if i < len(self.drop_path) else 0.0, dtype=self.dtype,
+          name=f'block_{i}')
       wins = win.partition(win.roll(x, -shift), ws)
       regions = win.shift_region_ids(h, w, ws, shift) if shift else None
       if plans[parity] is None or self.is_initializing():

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lmdvit_jax.models import pruning
-from lmdvit_jax.models.adawpt import AdaWPTStage
+from lmdvit_jax.models.adawpt import BLOCKS, AdaWPTStage
 
 NUM_STAGES = 9  # 4 encoder stages, bottleneck, 4 decoder stages.
 # Compute dtypes by name (params stay float32), as configs and model.json spell them.
@@ -105,6 +105,7 @@ class LMDViT(nn.Module):
     prune_loc: 1 where a stage prunes windows (9 entries).
     keep_threshold: inference keeps a window where softmax keep prob > this.
     decision_rule: the inference rule of `pruning.DECISION_RULES` ('threshold').
+    block: the Transformer block of `adawpt.BLOCKS` ('lewin', the official one).
     capacity: `'exact'` (every kept window runs, in a loop over chunks of
       `ceil(nW / capacity_chunks)` windows), a float in (0, 1] (fixed
       budget: lowest-confidence overflow is dropped and counted), or
@@ -127,6 +128,7 @@ class LMDViT(nn.Module):
   prune_loc: Sequence[int] = (1, 1, 1, 1, 1, 1, 1, 1, 1)
   keep_threshold: float = 0.5
   decision_rule: str = 'threshold'
+  block: str = 'lewin'
   capacity: str | float = 'exact'
   capacity_chunks: int = pruning.DEFAULT_CHUNKS
   drop_path_rate: float = 0.0
@@ -170,6 +172,8 @@ class LMDViT(nn.Module):
     pruning.chunk_size(1, self.capacity_chunks)  # raises on a bad value
     if not 0 <= self.keep_threshold < 1:
       raise ValueError(f'keep_threshold must be in [0, 1), got {self.keep_threshold}')
+    if self.block not in BLOCKS:
+      raise ValueError(f'block must be one of {sorted(BLOCKS)}, got {self.block!r}')
     if self.decision_rule not in pruning.DECISION_RULES:
       raise ValueError(f'decision_rule must be one of {sorted(pruning.DECISION_RULES)}, '
                        f'got {self.decision_rule!r}')
@@ -198,7 +202,7 @@ class LMDViT(nn.Module):
       out, s, d, dr = AdaWPTStage(
           width, self.depths[i], self.num_heads[i], self.win_size, self.mlp_ratio,
           modulator=self.modulator and i > 4, prune=bool(self.prune_loc[i]),
-          keep_threshold=self.keep_threshold, decision_rule=self.decision_rule,
+          keep_threshold=self.keep_threshold, decision_rule=self.decision_rule, block=self.block,
           drop_path=dpr[i], capacity=self.capacity,
           chunks=self.capacity_chunks, remat=self.remat, dtype=self.dtype,
           name=STAGE_NAMES[i])(

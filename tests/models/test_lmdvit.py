@@ -12,7 +12,7 @@ from configs import lmdvit_small, tiny
 from lmdvit_jax import convert
 from lmdvit_jax.models import (LMDViT, count_params, fan_in_predictors, identity_output,
                                init_params)
-from tests.conftest import fixture_names
+from tests.helpers import fixture_names
 
 
 def abstract_params(model, side=128):

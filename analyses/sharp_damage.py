@@ -1,8 +1,8 @@
 r"""Where does a trained model disturb sharp regions, and what does the keep threshold trade?
 
-    python benchmarks/sharp_damage.py --checkpoint=workdirs/demo \
+    python -m analyses.sharp_damage --checkpoint=workdirs/demo \
         --data='synthetic?size=384x256&count=16'
-    python benchmarks/sharp_damage.py --checkpoint=workdirs/demo \
+    python -m analyses.sharp_damage --checkpoint=workdirs/demo \
         --data='synthetic?size=384x256&count=16&seed=1' --split=val
 
 Outside the blur mask the blurred input equals the sharp image, so every error

@@ -1,6 +1,6 @@
 r"""How well do a trained model's confidence predictors rank blurred pixels?
 
-    python benchmarks/pruning_ranking.py --checkpoint=workdirs/demo \
+    python -m analyses.pruning_ranking --checkpoint=workdirs/demo \
         --data='synthetic?size=256&count=16'
 
 Pruning recall and precision (evaluate.py) are read at one keep threshold.

@@ -1,7 +1,7 @@
 r"""Blur statistics of synthetic data sets (the README's Data table).
 
-    python benchmarks/synthetic_stats.py
-    python benchmarks/synthetic_stats.py --specs='synthetic?size=384x256&count=32&max_blur=8'
+    python -m analyses.synthetic_stats
+    python -m analyses.synthetic_stats --specs='synthetic?size=384x256&count=32&max_blur=8'
 
 For each data spec (test split): the blurred share of the image, the blurred
 input's PSNR and its weighted PSNR over the blur mask, as the evaluation

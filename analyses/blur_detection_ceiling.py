@@ -1,7 +1,7 @@
 r"""How well can a network made only to find blur rank blurred windows?
 
-    python benchmarks/blur_detection_ceiling.py
-    python benchmarks/blur_detection_ceiling.py --steps=3000 --width=24
+    python -m analyses.blur_detection_ceiling
+    python -m analyses.blur_detection_ceiling --steps=3000 --width=24
 
 The pruning precision of a trained LMD-ViT is read off its confidence
 predictors, small heads on the features of the blocks they gate
@@ -35,7 +35,7 @@ import optax
 
 from lmdvit_jax import cli
 from lmdvit_jax.data import specs
-from pruning_ranking import ranking  # benchmarks/, on the path when run as a script
+from analyses.pruning_ranking import ranking
 
 FLAGS = flags.FLAGS
 

@@ -1,7 +1,7 @@
 r"""How well do simple local cues tell blurred windows from sharp ones?
 
-    python benchmarks/blur_cues.py
-    python benchmarks/blur_cues.py --specs='synthetic?size=256&count=40&max_blur=16'
+    python -m analyses.blur_cues
+    python -m analyses.blur_cues --specs='synthetic?size=256&count=40&max_blur=16'
 
 For each data spec, every image is cut into `--window` x `--window` pixel
 windows, labelled blurred when at least half their pixels are in the mask.
@@ -20,7 +20,7 @@ from scipy import ndimage
 
 from lmdvit_jax import cli
 from lmdvit_jax.data import specs
-from pruning_ranking import roc_auc  # benchmarks/, on the path when run as a script
+from analyses.pruning_ranking import roc_auc
 
 FLAGS = flags.FLAGS
 

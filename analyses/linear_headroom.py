@@ -1,7 +1,7 @@
 r"""How much of the synthetic blur can a linear filter undo?
 
-    python benchmarks/linear_headroom.py
-    python benchmarks/linear_headroom.py --specs='synthetic?size=256&count=16&max_blur=16'
+    python -m analyses.linear_headroom
+    python -m analyses.linear_headroom --specs='synthetic?size=256&count=16&max_blur=16'
 
 For each data spec (test split: the demo's held-out photos and seeds), the
 table gives the blurred input's weighted PSNR over the blur mask and the gain
