@@ -63,6 +63,9 @@ def get_config() -> ml_collections.ConfigDict:
   with config.unlocked():
     config.demo = ml_collections.ConfigDict(dict(
         data='synthetic?size=384x256&count=16', num_panels=4,
+        # A second held-out set sharing nothing with training (other photos,
+        # shapes, motion, noise, JPEG: lmdvit_jax/data/outside.py); '' skips it.
+        outside_data='outside?size=384x256&count=12',
         # `--export_weights` chooses the keep threshold on validation images from
         # photos in neither the training nor the held-out split (split `val`): the
         # highest that keeps recall there at least calibration_recall. ('' keeps the

@@ -30,7 +30,8 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
   assert proc.returncode == 0, proc.stderr[-3000:]
   out = proc.stdout
   for line in ('weighted PSNR gain inside the blur mask', 'PSNR outside the blur mask',
-               'pruning recall', 'pruning precision', 'targets met', 'overview.png'):
+               'pruning recall', 'pruning precision', 'targets met', 'overview.png',
+               'targets met on the outside set'):
     assert line in out, out
   summary = json.loads((workdir / 'demo_eval' / 'summary.json').read_text())
   mean = summary['mean']
@@ -81,7 +82,8 @@ def test_train_path_end_to_end(tmp_path):
                '--config.checkpoint_every_steps=2', '--config.eval_every_steps=0',
                '--config.batch_size=2', '--config.model.embed_dim=8',
                '--config.model.depths=(1, 1, 1, 1, 1, 1, 1, 2, 1)',
-               '--config.demo.data=synthetic?size=128x64&count=2', '--config.demo.num_panels=1')
+               '--config.demo.data=synthetic?size=128x64&count=2', '--config.demo.num_panels=1',
+               '--config.demo.outside_data=outside?size=128x64&count=1')
   assert proc.returncode == 0, proc.stderr[-3000:]
   summary = json.loads((workdir / 'demo_eval' / 'summary.json').read_text())
   assert [t['requirement'] for t in summary['targets']] == [
@@ -89,12 +91,14 @@ def test_train_path_end_to_end(tmp_path):
   for t in summary['targets']:
     assert isinstance(t['met'], bool)
   assert summary['model'] == 'trained here with 2 steps'
+  assert summary['outside']['count'] == 1 and len(summary['outside']['targets']) == 5
+  assert 'targets met on the outside set' in proc.stdout
   # The command-line overrides are kept, for the record an export writes.
   flags = demo.override_flags(workdir)
   assert '--config.num_train_steps=2' in flags, flags
   assert '--config.model.depths="(1, 1, 1, 1, 1, 1, 1, 2, 1)"' in flags, flags
   assert '--config.demo.data="synthetic?size=128x64&count=2"' in flags, flags
-  assert len(flags) == 9, flags
+  assert len(flags) == 10, flags
   # Pruning in decoder_2 (depth 2: two predictors) and decoder_3 (depth 1: one).
   assert len(summary['kept_fraction_per_block']) == 3
   rows = (workdir / 'metrics.jsonl').read_text().splitlines()

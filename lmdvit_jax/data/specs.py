@@ -13,7 +13,7 @@ import difflib
 import os
 import urllib.parse
 
-from lmdvit_jax.data import readers, synthetic, tfds_builders
+from lmdvit_jax.data import outside, readers, synthetic, tfds_builders
 from lmdvit_jax.data.examples import Source
 from lmdvit_jax.data.readers import DEFAULT_MASK_THRESHOLD
 
@@ -26,6 +26,7 @@ _KINDS = {
     'synthetic': (False, {'split', 'count', 'size', 'seed', 'photos', 'min_blur', 'max_blur',
                           'preset'}),
     'tfds': (True, {'split', 'data_dir'}),
+    'outside': (False, {'split', 'count', 'size', 'seed', 'photos'}),
 }
 
 SPEC_HELP = """Data specs:
@@ -36,9 +37,13 @@ SPEC_HELP = """Data specs:
   synthetic[?count=100&size=256&seed=0&photos=skimage&min_blur=2&max_blur=12&preset=realistic]
                              generated local blur (motion path lengths in pixels;
                              size=S or WxH, e.g. 384x256; preset=extreme: 8-64 px;
-                             photos: skimage, packages (more photos) or a FOLDER;
+                             photos: skimage, packages (more photos), deadleaves
+                             (procedural), a FOLDER, or several joined by ',';
                              split=val: photos in neither train nor test)
   tfds:NAME[?split=test&data_dir=DIR]   a built TFDS dataset (reloblur, gopro, ...)
+  outside[?count=12&size=384x256&seed=0&photos=FOLDER]
+                             a held-out local-blur set sharing nothing with
+                             `synthetic`: other photos, shapes, motion, noise, JPEG
 Options: threshold=0.5 binarises masks (fraction of full scale)."""
 
 
@@ -132,6 +137,10 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
     return readers.PairsSource(path, threshold)
   if kind == 'tfds':
     return tfds_builders.TfdsSource(path, split, options.get('data_dir'))
+  if kind == 'outside':  # always held out: `split` is accepted and ignored
+    return outside.OutsideSource(_number(options, 'count', int, 12, spec),
+                                 _size(options, (256, 384), spec),
+                                 _number(options, 'seed', int, 0, spec), options.get('photos'))
   preset = options.get('preset', 'realistic')
   if preset not in synthetic.PRESETS:
     raise ValueError(f'Unknown preset {preset!r} in {spec!r}; accepted: '

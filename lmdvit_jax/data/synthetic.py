@@ -177,6 +177,28 @@ def package_photos(split: str = 'train', photo_set: str = DEFAULT_PHOTO_SET) -> 
 
 
 @functools.lru_cache(maxsize=64)
+def photo_pool(source: str, split: str) -> PhotoPool:
+  """The split's pictures of a photo source: a name of PHOTO_SETS, `deadleaves`
+  (procedural images, `dead_leaves`), a FOLDER, or several of these joined by
+  ',' (e.g. `packages,deadleaves`)."""
+  parts = source.split(',') if ',' in source and not Path(source).is_dir() else [source]
+  pools = []
+  for part in parts:
+    if part in PHOTO_SETS:
+      pools.append(package_photos(split, part))
+    elif part == 'deadleaves':
+      from lmdvit_jax.data import dead_leaves  # pylint: disable=g-import-not-at-top
+      pools.append(dead_leaves.pool(split))
+    else:
+      pools.append(folder_photos(part, split))
+  if len(pools) == 1:
+    return pools[0]
+  names = [(i, name) for i, pool in enumerate(pools) for name in pool.names]
+  return PhotoPool([f'{i}:{name}' for i, name in names],
+                   lambda key: pools[int(key.split(':', 1)[0])]._loader(key.split(':', 1)[1]),  # pylint: disable=protected-access
+                   ' + '.join(p.description for p in pools))
+
+
 def _folder_photo(path: str) -> np.ndarray:
   return image_files.load_rgb(path)
 
@@ -464,15 +486,14 @@ class SyntheticSource(Source):
       raise ValueError(f'size must be at least 16 pixels, got {self.size}')
     self.seed = int(seed)
     self.split = split
-    # A name of PHOTO_SETS or a folder (write a folder called like a set as ./NAME).
+    # A name of PHOTO_SETS, 'deadleaves', a folder (write a folder called like a
+    # set as ./NAME), or several joined by ',' (`photo_pool`).
     self.photo_source = DEFAULT_PHOTO_SET if photos is None else str(photos)
     self.settings = settings
 
   @functools.cached_property
   def photos(self) -> PhotoPool:
-    if self.photo_source in PHOTO_SETS:
-      return package_photos(self.split, self.photo_source)
-    return folder_photos(self.photo_source, self.split)
+    return photo_pool(self.photo_source, self.split)
 
   def __len__(self) -> int:
     return self.count

@@ -150,7 +150,7 @@ class _MarkingBlock(adawpt.TransformerBlock):
 @pytest.mark.parametrize('chunks', [16, 5, 1])
 def test_exact_mode_computes_at_most_one_chunk_beyond_the_kept_count(setup, monkeypatch, chunks):
   x, params = setup
-  monkeypatch.setattr(adawpt, 'TransformerBlock', _MarkingBlock)
+  monkeypatch.setitem(adawpt.BLOCKS, 'lewin', _MarkingBlock)
   stage = AdaWPTStage(DIM, depth=1, num_heads=2, win_size=WS, prune=True, capacity='exact',
                       chunks=chunks)
   out, _, decisions, _ = stage.apply({'params': {'predictor_0': params['predictor_0']}}, x,
