@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from lmdvit_jax import cli, evaluation
 from lmdvit_jax.data.specs import open_source
-from lmdvit_jax.inference import Deblurrer, checkpoint_overrides, quantize
+from lmdvit_jax.inference import Deblurrer, quantize, split_settings
 
 FLAGS = flags.FLAGS
 
@@ -72,12 +72,10 @@ def _psnr(error: np.ndarray, count: np.ndarray) -> list[str]:
 def main(argv):
   del argv
   settings = cli.inference_settings()
-  tiles = {k: settings.pop(k) for k in ('tile', 'tile_overlap', 'max_memory',
-                                        'matmul_precision')}
 
   def load(**changes):
-    return Deblurrer.from_checkpoint(FLAGS.checkpoint, FLAGS.step,
-                                     checkpoint_overrides(**{**settings, **changes}), **tiles)
+    overrides, options = split_settings({**settings, **changes})
+    return Deblurrer.from_checkpoint(FLAGS.checkpoint, FLAGS.step, overrides, **options)
 
   deblurrer = load()
   source = open_source(FLAGS.data, split=FLAGS.split)

@@ -31,7 +31,7 @@ import numpy as np
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax.models import LMDViT, init_params, pruning
 from benchmarks.common import calibrate, keep_all
-from lmdvit_jax import cli
+from lmdvit_jax import cli, inference
 
 FLAGS = flags.FLAGS
 
@@ -58,9 +58,8 @@ def compile_program(model: LMDViT, params, x) -> dict:
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  mem = compiled.memory_analysis()
-  peak = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-          - mem.alias_size_in_bytes) if mem is not None else float('nan')
+  peak = inference.compiled_memory(compiled)
+  peak = float('nan') if peak is None else peak
   out = compiled(params, x)  # warm-up
   jax.block_until_ready(out)
   kept = [float(np.mean(d)) for d in out.decisions]

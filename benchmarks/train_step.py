@@ -44,7 +44,7 @@ import jax
 import numpy as np
 
 from benchmarks.common import import_official, load_config, random_batch
-from lmdvit_jax import cli, train_lib
+from lmdvit_jax import cli, inference, train_lib
 from lmdvit_jax.models import count_params
 
 FLAGS = flags.FLAGS
@@ -106,9 +106,7 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
   lowered = step.lower(state, data)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  mem = compiled.memory_analysis()
-  xla_gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
-             - mem.alias_size_in_bytes) / 2**30
+  xla_gib = inference.compiled_memory(compiled) / 2**30
   holder = {'state': state}
 
   def run():

@@ -207,11 +207,9 @@ def main(argv: list[str]) -> None:
   files.check_writable_dir(out.parent, '--output folder')
   if out.is_dir():
     raise IsADirectoryError(f'--output {out} is a folder; give a file name')
-  settings = cli.inference_settings()
-  precision = settings.pop('matmul_precision')
-  deblurrer = inference.Deblurrer.from_checkpoint(
-      fl.checkpoint, fl.step, inference.checkpoint_overrides(**settings), warmup=False,
-      matmul_precision=precision)
+  overrides, options = inference.split_settings(cli.inference_settings())
+  deblurrer = inference.Deblurrer.from_checkpoint(fl.checkpoint, fl.step, overrides,
+                                                  warmup=False, **options)
   exported = export(deblurrer, height, width, fl.batch, platforms)
   write(exported, describe(exported, deblurrer), out)
   print(f'Wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {",".join(platforms)}; '

@@ -330,6 +330,19 @@ def checkpoint_overrides(capacity: str | float = 'exact', keep_threshold: float 
   return overrides
 
 
+# The settings of `cli.inference_settings` that are `Deblurrer` arguments, not
+# overrides of the checkpoint's model.json and inference.json.
+DEBLURRER_OPTIONS = ('tile', 'tile_overlap', 'max_memory', 'matmul_precision')
+
+
+def split_settings(settings: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+  """Command-line inference settings -> (`checkpoint_overrides` of the rest,
+  `Deblurrer` options), as `Deblurrer.from_checkpoint` takes them."""
+  options = {k: v for k, v in settings.items() if k in DEBLURRER_OPTIONS}
+  rest = {k: v for k, v in settings.items() if k not in DEBLURRER_OPTIONS}
+  return checkpoint_overrides(**rest), options
+
+
 # ----------------------------------------------------------------------------
 # Results.
 

@@ -236,3 +236,12 @@ def test_self_ensemble_setting_comes_from_the_checkpoint(tmp_path, deblurrer):
   (tmp_path / checkpointing.INFERENCE_FILE).write_text('{"passes": 8}')
   with pytest.raises(ValueError, match='unknown'):
     Deblurrer.from_checkpoint(tmp_path)
+
+
+def test_command_line_settings_split_into_overrides_and_options():
+  overrides, options = inference.split_settings(dict(
+      capacity='0.5', keep_threshold=None, dtype='bfloat16', self_ensemble=2, tile=256,
+      tile_overlap=None, max_memory=2**30, matmul_precision='highest'))
+  assert overrides == {'capacity': 0.5, 'dtype': 'bfloat16', 'self_ensemble': 2}
+  assert options == {'tile': 256, 'tile_overlap': None, 'max_memory': 2**30,
+                     'matmul_precision': 'highest'}

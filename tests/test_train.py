@@ -153,14 +153,20 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def test_two_processes_train_like_one(tmp_path, config_file, uninterrupted):
-  """Two local processes, one coordinator on 127.0.0.1, the same global batch of 4."""
+def _two_processes(workdir, config_file, *overrides):
+  """train.py as two local processes of one job (coordinator on 127.0.0.1)."""
   port = _free_port()
-  procs = [subprocess.Popen(
-      [sys.executable, str(REPO / 'train.py'), f'--config={config_file}', f'--workdir={tmp_path}'],
+  return [subprocess.Popen(
+      [sys.executable, str(REPO / 'train.py'), f'--config={config_file}', f'--workdir={workdir}',
+       *overrides],
       cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
       env=subprocess_env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
                          JAX_PROCESS_ID=str(i))) for i in range(2)]
+
+
+def test_two_processes_train_like_one(tmp_path, config_file, uninterrupted):
+  """Two local processes, one coordinator on 127.0.0.1, the same global batch of 4."""
+  procs = _two_processes(tmp_path, config_file)
   try:
     outputs = [p.communicate(timeout=900)[0] for p in procs]
   finally:
@@ -251,16 +257,7 @@ def test_two_processes_agree_on_the_step_a_preemption_saves(tmp_path, config_fil
   both save the same step and exit 0; the rerun continues from it."""
   args = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=1000')
 
-  def start(*extra):
-    port = _free_port()
-    return [subprocess.Popen(
-        [sys.executable, str(REPO / 'train.py'), f'--config={config_file}',
-         f'--workdir={tmp_path}', *args, *extra],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-        env=subprocess_env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                           JAX_PROCESS_ID=str(i))) for i in range(2)]
-
-  procs = start('--config.num_train_steps=1000')
+  procs = _two_processes(tmp_path, config_file, *args, '--config.num_train_steps=1000')
   try:
     outputs = _signal_after_first_step(procs, signal.SIGTERM, to=[1])
   finally:
@@ -275,7 +272,7 @@ def test_two_processes_agree_on_the_step_a_preemption_saves(tmp_path, config_fil
     assert f'after step {stopped}, checkpoint saved' in out, out[-3000:]
   if stopped >= NUM_STEPS:
     pytest.skip(f'the notice arrived after step {stopped}: nothing left to resume')
-  procs = start()
+  procs = _two_processes(tmp_path, config_file, *args)
   outputs = [p.communicate(timeout=900)[0] for p in procs]
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-5000:]

@@ -37,7 +37,7 @@ from PIL import Image, ImageDraw
 
 from lmdvit_jax.data import image_files
 from lmdvit_jax.data.examples import DataError, Example, Source
-from lmdvit_jax.data.synthetic import (PhotoPool, _full_convolve, _overlap, _random_crop,
+from lmdvit_jax.data.synthetic import (PhotoPool, _random_crop, add_moving_object,
                                        srgb_to_linear, texture_energy, trajectory_kernel)
 
 PHOTO_DIR = Path(__file__).resolve().parent / 'outside_photos'
@@ -124,24 +124,7 @@ def synthesize(rng: np.random.Generator, pool: PhotoPool, size: tuple[int, int])
     y0 = int(rng.integers(-oh // 4, h - 3 * oh // 4 + 1))
     x0 = int(rng.integers(-ow // 4, w - 3 * ow // 4 + 1))
     kernel = trajectory_kernel(shake_trajectory(rng, rng.uniform(*BLUR_LENGTH)))
-    r = kernel.shape[0] // 2
-    support = (alpha > 0).astype(np.float32)
-    stack = np.concatenate([alpha[..., None] * obj, alpha[..., None], support[..., None]], axis=2)
-    moved, covered = _full_convolve(
-        stack, [kernel, (kernel > 0).astype(np.float32)], [slice(0, 4), slice(4, 5)])
-    region = _overlap((h, w), (y0, x0), (oh, ow))
-    if region:
-      canvas, local = region
-      a = alpha[local][..., None]
-      sharp[canvas] = a * obj[local] + (1 - a) * sharp[canvas]
-    region = _overlap((h, w), (y0 - r, x0 - r), moved.shape[:2])
-    if region:
-      canvas, local = region
-      here = covered[local][..., 0] > 0.5
-      k_alpha = np.clip(moved[local][..., 3:4], 0.0, 1.0)
-      mixed = np.clip(moved[local][..., :3], 0.0, None) + (1 - k_alpha) * blurred[canvas]
-      blurred[canvas] = np.where(here[..., None], mixed, blurred[canvas])
-      swept[canvas] |= here
+    add_moving_object(sharp, blurred, swept, obj, alpha, kernel, (y0, x0))
   blurred = np.where(swept[..., None], blurred, sharp)
   # Capture: Poisson-Gaussian noise in linear light (one field for both), a display gamma.
   gain, read = rng.uniform(0.0, 0.004), rng.uniform(0.0, 0.006)

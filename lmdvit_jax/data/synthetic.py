@@ -360,6 +360,42 @@ def _overlap(canvas_hw, top_left, box_hw):
           (slice(y0 - by, y1 - by), slice(x0 - bx, x1 - bx)))
 
 
+def add_moving_object(sharp: np.ndarray, blurred: np.ndarray, swept: np.ndarray,
+                      obj: np.ndarray, alpha: np.ndarray, kernel: np.ndarray,
+                      top_left: tuple[int, int]) -> None:
+  """Composites an object into a scene, in place, in linear light.
+
+  Args:
+    sharp, blurred: [H, W, 3] linear images: the object is drawn at its
+      mid-exposure box `top_left` into `sharp`, and moved by `kernel` (centred
+      at mid-exposure) into `blurred`, over what each already holds.
+    swept: [H, W] bool, marked wherever the object passed during the exposure.
+    obj: [h, w, 3] the object's colours; alpha: [h, w] its matte.
+    kernel: [k, k] its motion kernel, k odd.
+  """
+  h, w = swept.shape
+  oh, ow = alpha.shape
+  y0, x0 = top_left
+  r = kernel.shape[0] // 2
+  support = (alpha > 0).astype(np.float32)
+  stack = np.concatenate([alpha[..., None] * obj, alpha[..., None], support[..., None]], axis=2)
+  moved, covered = _full_convolve(
+      stack, [kernel, (kernel > 0).astype(np.float32)], [slice(0, 4), slice(4, 5)])
+  region = _overlap((h, w), (y0, x0), (oh, ow))
+  if region:  # sharp: the object at its mid-exposure box
+    canvas, local = region
+    a = alpha[local][..., None]
+    sharp[canvas] = a * obj[local] + (1 - a) * sharp[canvas]
+  region = _overlap((h, w), (y0 - r, x0 - r), moved.shape[:2])
+  if region:  # blurred: the object's motion, a box grown by the kernel radius r
+    canvas, local = region
+    here = covered[local][..., 0] > 0.5
+    k_alpha = np.clip(moved[local][..., 3:4], 0.0, 1.0)
+    mixed = np.clip(moved[local][..., :3], 0.0, None) + (1 - k_alpha) * blurred[canvas]
+    blurred[canvas] = np.where(here[..., None], mixed, blurred[canvas])
+    swept[canvas] |= here
+
+
 @dataclasses.dataclass(frozen=True)
 class BlurSettings:
   """How triples look. Lengths are trajectory arc lengths in pixels.
@@ -432,27 +468,7 @@ def synthesize(rng: np.random.Generator, photos: Sequence[np.ndarray],
 
     kind = settings.kinds[rng.integers(len(settings.kinds))]
     kernel = trajectory_kernel(random_trajectory(rng, rng.uniform(*settings.blur_length), kind))
-    r = kernel.shape[0] // 2
-    support = (alpha > 0).astype(np.float32)
-    stack = np.concatenate([alpha[..., None] * obj, alpha[..., None], support[..., None]], axis=2)
-    moved, covered = _full_convolve(
-        stack, [kernel, (kernel > 0).astype(np.float32)], [slice(0, 4), slice(4, 5)])
-
-    # Sharp: the object at its mid-exposure box (y0, x0).
-    region = _overlap((h, w), (y0, x0), (oh, ow))
-    if region:
-      canvas, local = region
-      a = alpha[local][..., None]
-      sharp[canvas] = a * obj[local] + (1 - a) * sharp[canvas]
-    # Blurred: the object's motion, a box grown by the kernel radius r.
-    region = _overlap((h, w), (y0 - r, x0 - r), moved.shape[:2])
-    if region:
-      canvas, local = region
-      here = covered[local][..., 0] > 0.5
-      k_alpha = np.clip(moved[local][..., 3:4], 0.0, 1.0)
-      mixed = np.clip(moved[local][..., :3], 0.0, None) + (1 - k_alpha) * blurred[canvas]
-      blurred[canvas] = np.where(here[..., None], mixed, blurred[canvas])
-      swept[canvas] |= here
+    add_moving_object(sharp, blurred, swept, obj, alpha, kernel, (y0, x0))
 
   # Outside the swept area both images are the background bit for bit.
   blurred = np.where(swept[..., None], blurred, sharp)
