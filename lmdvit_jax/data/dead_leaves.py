@@ -8,8 +8,8 @@ texture all occur, at every orientation. Networks trained on such images are
 known to carry to photographs better than ones trained on a few photos: they
 cannot learn the photos.
 
-`pool(split)` is a `PhotoPool` of them (deterministic, made on first use),
-the `deadleaves` photo source of `synthetic` data.
+`names(split)` and `load(name)` are the `deadleaves` photo source of
+`synthetic` data (deterministic images, made on first use and kept).
 """
 
 from __future__ import annotations
@@ -79,16 +79,15 @@ def image(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
   return np.asarray(out.filter(ImageFilter.GaussianBlur(0.6)))
 
 
-@functools.cache
-def _cached(name: str) -> np.ndarray:
-  split, index = name.split('/')
-  return image(np.random.default_rng([0x6C65, _SEED[split], int(index)]))
-
-
-def pool(split: str = 'train'):
-  """The split's dead-leaves images as a `PhotoPool` (each made on first use, kept)."""
-  from lmdvit_jax.data.synthetic import PhotoPool  # pylint: disable=g-import-not-at-top
+def names(split: str = 'train') -> list[str]:
+  """The split's images, by name (`load` makes one)."""
   if split not in COUNT:
     raise ValueError(f'split must be one of {tuple(COUNT)}, got {split!r}')
-  return PhotoPool([f'{split}/{i}' for i in range(COUNT[split])], _cached,
-                   f'dead-leaves images ({split})')
+  return [f'{split}/{i}' for i in range(COUNT[split])]
+
+
+@functools.cache
+def load(name: str) -> np.ndarray:
+  """The image `name` of `names`, uint8 [SIZE, SIZE, 3] (made once, then kept)."""
+  split, index = name.split('/')
+  return image(np.random.default_rng([0x6C65, _SEED[split], int(index)]))

@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 from scipy import fft as sp_fft
 
-from lmdvit_jax.data import image_files
+from lmdvit_jax.data import dead_leaves, image_files
 from lmdvit_jax.data.examples import DataError, Example, Source
 
 # Sharp photographs shipped as files inside PyPI packages (read from the
@@ -187,8 +187,8 @@ def photo_pool(source: str, split: str) -> PhotoPool:
     if part in PHOTO_SETS:
       pools.append(package_photos(split, part))
     elif part == 'deadleaves':
-      from lmdvit_jax.data import dead_leaves  # pylint: disable=g-import-not-at-top
-      pools.append(dead_leaves.pool(split))
+      pools.append(PhotoPool(dead_leaves.names(split), dead_leaves.load,
+                             f'dead-leaves images ({split})'))
     else:
       pools.append(folder_photos(part, split))
   if len(pools) == 1:

@@ -22,10 +22,11 @@ def test_images_are_deterministic_textured_and_split_apart():
   assert a.shape == (96, 96, 3) and a.dtype == np.uint8
   detail = np.abs(np.diff(a.astype(float), axis=1)).mean()
   assert detail > 2  # edges and texture, not flat colour
-  train, val = dead_leaves.pool('train'), dead_leaves.pool('val')
-  assert len(train) == dead_leaves.COUNT['train'] and not set(train.names) & set(val.names)
+  train, val = dead_leaves.names('train'), dead_leaves.names('val')
+  assert len(train) == dead_leaves.COUNT['train'] and not set(train) & set(val)
+  assert not np.array_equal(dead_leaves.load(train[0]), dead_leaves.load(val[0]))
   with pytest.raises(ValueError, match='split'):
-    dead_leaves.pool('holdout')
+    dead_leaves.names('holdout')
 
 
 def test_dead_leaves_mix_with_photos_in_a_data_spec():
