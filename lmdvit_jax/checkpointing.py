@@ -27,8 +27,10 @@ step and metrics.
 from __future__ import annotations
 
 import json
+import logging as logging_lib
 import shutil
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -54,27 +56,53 @@ def _first_line(error: BaseException) -> str:
   return f'{type(error).__name__}: {text[0] if text else ""}'[:300]
 
 
-def _quiet_abandoned_reads() -> None:
-  """Drops the 'Event loop is closed' reports of a failed restore's other reads.
+class _AbandonedReads:
+  """Drops what the abandoned reads of a damaged step print.
 
-  When one array of a damaged step fails, orbax abandons the step while its
-  other reads are still in flight; each of them, finishing later, reports to
-  the event loop that orbax has closed meanwhile, and Python prints one
-  traceback per array (hundreds for a train state). Only those reports are
-  dropped, and only once a damaged step was skipped.
+  When one array of a damaged step fails, orbax gives the step up while its
+  other reads are still in flight. Each of them, finishing later, prints a
+  traceback: 'Event loop is closed' through `sys.unraisablehook` (orbax has
+  closed the loop meanwhile), or, through asyncio's logger, 'Future exception
+  was never retrieved' with that read's own error; hundreds for a train
+  state. Only those are dropped: closed-loop errors, asyncio records that
+  name a step being tried, and, once a restore has failed, asyncio's
+  never-retrieved errors raised inside orbax.
   """
-  previous = sys.unraisablehook
-  if getattr(previous, 'drops_abandoned_reads', False):
-    return
 
-  def hook(unraisable):
-    error = unraisable.exc_value
-    if isinstance(error, RuntimeError) and str(error) == 'Event loop is closed':
+  CLOSED = 'Event loop is closed'
+
+  def __init__(self):
+    self.steps: set[str] = set()
+    self.failed = False
+    self._installed = False
+
+  def install(self) -> None:
+    if self._installed:
       return
-    previous(unraisable)
+    previous = sys.unraisablehook
 
-  hook.drops_abandoned_reads = True
-  sys.unraisablehook = hook
+    def hook(unraisable):
+      if not self._closed_loop(unraisable.exc_value):
+        previous(unraisable)
+
+    sys.unraisablehook = hook
+    logging_lib.getLogger('asyncio').addFilter(self._keep)
+    self._installed = True
+
+  def _closed_loop(self, error: BaseException | None) -> bool:
+    return isinstance(error, RuntimeError) and str(error) == self.CLOSED
+
+  def _keep(self, record: logging_lib.LogRecord) -> bool:
+    error = record.exc_info[1] if record.exc_info else None
+    text = f'{record.getMessage()} {error}'
+    in_orbax = self.failed and 'never retrieved' in text and any(
+        '/orbax/' in frame.filename for frame in traceback.extract_tb(error.__traceback__ or None)
+    ) if error is not None else False
+    return not (self._closed_loop(error) or self.CLOSED in text or in_orbax
+                or any(step in text for step in self.steps))
+
+
+_ABANDONED = _AbandonedReads()
 
 
 def restore_newest_intact(steps, restore, directory: str | Path):
@@ -86,11 +114,15 @@ def restore_newest_intact(steps, restore, directory: str | Path):
   """
   from absl import logging  # pylint: disable=g-import-not-at-top
   skipped = []
+  _ABANDONED.install()
   for step in sorted(steps, reverse=True):
+    # `directory` is a workdir or its checkpoints/ folder: the step's files lie in either.
+    _ABANDONED.steps.update(f'{folder / str(step)}/' for folder in (
+        Path(directory).absolute(), Path(directory).absolute() / CHECKPOINTS))
     try:
       return step, restore(step)
     except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
-      _quiet_abandoned_reads()
+      _ABANDONED.failed = True
       skipped.append(f'step {step} ({_first_line(e)})')
       logging.warning('Skipping damaged checkpoint step %d in %s: %s', step, directory,
                       _first_line(e))
