@@ -1,4 +1,6 @@
-"""Full-image inference: pad to the window grid, run the compiled model, crop back.
+"""Inference on images of any size: pad to the window grid, run the compiled
+model (whole, or as tiles when the image is too large for the memory budget),
+crop back.
 
 `Deblurrer` holds a model and its params and deblurs images of any size:
 
@@ -7,16 +9,20 @@
     result.restored                      # [H, W, 3] float32 in [0, 1]
     result.decisions, result.blocks      # keep maps over the padded window grid
     result.seconds, result.flops         # run time (compilation excluded), XLA FLOPs
+    result.tiles                         # None, or the tiles it ran as (`tiling`)
 
 Inputs are zero-padded, centred, to multiples of `model.multiple` (16 windows),
 as the official evaluation does. One XLA executable is compiled per
-(model, padded batch shape) and kept for the life of the process, so images of
-equal padded size (ReLoBlur: all of them) compile once; params are arguments of
-the executable, never baked in as constants.
+(model, canvas shape, passes, matmul precision) and kept for the life of the
+process, so images of equal padded size (ReLoBlur: all of them) compile once;
+params are arguments of the executable, never baked in as constants. A canvas
+that would need more than `max_memory` (XLA's buffer assignment says how much
+a pixel needs) runs as overlapping tiles of one shape, blended (`tiling`).
 
 `self_ensemble=N` (2, 4 or 8) runs the model on N flipped and transposed copies
-of each image and averages the outputs (a geometric self-ensemble: N times the
-work, less noise in the restoration); a checkpoint's inference.json may record it.
+of each image, inside the same compiled program, and averages the outputs
+turned back (a geometric self-ensemble: N times the work, less noise in the
+restoration); a checkpoint's inference.json may record it.
 """
 
 from __future__ import annotations
