@@ -10,7 +10,8 @@ it trains a small U-Net (four scales, receptive field well over 100 px) for
 one thing only, a per-pixel blur mask from the blurred image, with the
 class-balanced cross-entropy of the demo's pruning loss, on the demo's
 training data (`--train_data`, training photos). It then scores it on the
-held-out set (`--data`, test photos) as `pruning_ranking.py` scores the
+held-out set and the outside set (`--data`, test photos; `outside` shares
+neither photos nor blur model with training) as `pruning_ranking.py` scores the
 predictors: the pixel probabilities averaged over `--windows` pixel windows
 (the decisions of the demo's full- and half-resolution pruning stages are 4x4
 and 8x8 pixel windows), pooled over the pixels of the set: ROC AUC, and the
@@ -44,7 +45,9 @@ def _define_flags() -> None:
   # Only when run as a program, so that tests can import the module.
   flags.DEFINE_string('train_data', 'synthetic?size=128&count=1000000',
                       'training data spec (split train)')
-  flags.DEFINE_string('data', 'synthetic?size=384x256&count=16', 'held-out data spec (split test)')
+  flags.DEFINE_multi_string('data', ['synthetic?size=384x256&count=16', 'outside?size=384x256&count=12'],
+                            'held-out data specs (split test), repeat the flag for more: the '
+                            "demo's held-out set and the outside set by default")
   flags.DEFINE_string('validation_data', 'synthetic?size=384x256&count=16&seed=1',
                       'also scored: data spec of training photos (split train); empty: none')
   flags.DEFINE_integer('steps', 1500, 'training steps')
@@ -144,7 +147,7 @@ def main(argv):
   n_params = sum(x.size for x in jax.tree_util.tree_leaves(params))
 
   predict = jax.jit(lambda p, x: jax.nn.sigmoid(model.apply({'params': p}, x)))
-  sets = [(FLAGS.data, 'test')]
+  sets = [(spec, 'test') for spec in FLAGS.data]
   if FLAGS.validation_data:
     sets.append((FLAGS.validation_data, 'train'))
   print(f'Blur detector: {n_params / 1e3:.0f} k params, {FLAGS.steps} steps of '
