@@ -37,6 +37,8 @@ SPEC_HELP = """Data specs:
   synthetic[?count=100&size=256&seed=0&photos=skimage&min_blur=2&max_blur=12&preset=realistic]
                              generated local blur (motion path lengths in pixels;
                              size=S or WxH, e.g. 384x256; preset=extreme: 8-64 px;
+                             preset=varied: any outline, exposure, path or shake,
+                             random camera gamma, noise and JPEG;
                              photos: skimage, packages (more photos), deadleaves
                              (procedural), a FOLDER, or several joined by ',';
                              split=val: photos in neither train nor test)

@@ -10,6 +10,9 @@ object's motion kernel (centred at mid-exposure) and `alpha` its matte:
 and the mask marks every pixel the object covered at some time during the
 exposure. Outside the mask blurred and sharp are bit-identical, also after the
 optional noise (the same noise field goes into both images, as scene texture).
+`BlurSettings` and its named `PRESETS` say how objects, motion and capture are
+drawn; `varied` draws hard-edged outlines too, other exposures, camera-shake
+paths and a random camera (gamma, signal-dependent noise, JPEG).
 
 Sources of sharp photographs: a named set of the RGB and grey photographs
 shipped inside PyPI packages (`PHOTO_SETS`: scikit-image's, the default, or
@@ -25,13 +28,14 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import io
 import os
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageDraw
 from scipy import fft as sp_fft
 
 from lmdvit_jax.data import dead_leaves, image_files
@@ -242,7 +246,9 @@ def folder_photos(folder: str | os.PathLike, split: str = 'train',
 # ---------------------------------------------------------------------------
 # Motion: trajectories and kernels.
 
-TRAJECTORY_KINDS = ('linear', 'random_walk', 'curved')
+TRAJECTORY_KINDS = ('linear', 'random_walk', 'curved')  # `random_trajectory`'s.
+# Kinds a BlurSettings may name: 'shake' is `shake_trajectory` (uneven speed).
+MOTION_KINDS = TRAJECTORY_KINDS + ('shake',)
 
 
 def random_trajectory(rng: np.random.Generator, length: float,
@@ -268,6 +274,22 @@ def random_trajectory(rng: np.random.Generator, length: float,
     raise ValueError(f'kind must be one of {TRAJECTORY_KINDS}, got {kind!r}')
   step = length / (n - 1)
   steps = step * np.stack([np.sin(headings), np.cos(headings)], axis=1)
+  path = np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
+  return path - path[n // 2]
+
+
+def shake_trajectory(rng: np.random.Generator, length: float) -> np.ndarray:
+  """Camera-shake-like positions [N, 2] (dy, dx) at equal times: the velocity
+  random-walks with inertia, so the kernel is heavier where the path slowed
+  down; scaled to arc length `length`, mid-exposure at the origin."""
+  n = int(np.ceil(6 * length)) | 1
+  velocity = rng.normal(0, 1, 2)
+  steps = []
+  for _ in range(n - 1):
+    velocity = 0.85 * velocity + rng.normal(0, 0.6, 2)  # inertia, then a push
+    steps.append(velocity.copy())
+  steps = np.asarray(steps)
+  steps *= length / max(np.linalg.norm(steps, axis=1).sum(), 1e-9)
   path = np.concatenate([np.zeros((1, 2)), np.cumsum(steps, axis=0)])
   return path - path[n // 2]
 
@@ -328,6 +350,38 @@ def random_blob_alpha(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
   threshold, soft = 0.4, rng.uniform(0.03, 0.25)
   t = np.clip((field - threshold) / soft, 0.0, 1.0)
   return (t * t * (3 - 2 * t)).astype(np.float32)  # Smoothstep edge.
+
+
+HARD_SHAPES = ('polygon', 'ellipse', 'box')
+# Kinds of object outline a BlurSettings may name.
+SHAPES = ('blob',) + HARD_SHAPES
+
+
+def hard_shape_alpha(rng: np.random.Generator, h: int, w: int,
+                     kind: str | None = None) -> np.ndarray:
+  """A hard-edged polygon, ellipse or rounded box (`kind`, random if None) in an
+  h x w box, anti-aliased (4x supersampled), [h, w] float32, 0 on the box border."""
+  s = 4
+  canvas = Image.new('L', (w * s, h * s), 0)
+  draw = ImageDraw.Draw(canvas)
+  kind = kind or HARD_SHAPES[rng.integers(len(HARD_SHAPES))]
+  cy, cx, ry, rx = h * s / 2, w * s / 2, (h * s / 2 - s) * 0.95, (w * s / 2 - s) * 0.95
+  if kind == 'polygon':
+    k = int(rng.integers(5, 10))
+    angles = np.sort(rng.uniform(0, 2 * np.pi, k))
+    radii = rng.uniform(0.45, 1.0, k)
+    draw.polygon([(cx + rx * r * np.cos(a), cy + ry * r * np.sin(a))
+                  for a, r in zip(angles, radii)], fill=255)
+  elif kind == 'ellipse':
+    f = rng.uniform(0.6, 1.0, 2)
+    draw.ellipse([cx - rx * f[0], cy - ry * f[1], cx + rx * f[0], cy + ry * f[1]], fill=255)
+  elif kind == 'box':
+    f = rng.uniform(0.5, 0.95, 2)
+    draw.rounded_rectangle([cx - rx * f[0], cy - ry * f[1], cx + rx * f[0], cy + ry * f[1]],
+                           radius=int(min(rx, ry) * rng.uniform(0.05, 0.4)), fill=255)
+  else:
+    raise ValueError(f'kind must be one of {HARD_SHAPES}, got {kind!r}')
+  return np.asarray(canvas.resize((w, h), Image.Resampling.BOX), np.float32) / 255.0
 
 
 def _random_crop(rng: np.random.Generator, photo: np.ndarray, h: int, w: int,
@@ -396,6 +450,45 @@ def add_moving_object(sharp: np.ndarray, blurred: np.ndarray, swept: np.ndarray,
     swept[canvas] |= here
 
 
+# ---------------------------------------------------------------------------
+# Capture: linear light to 8-bit pixels.
+
+
+@dataclasses.dataclass(frozen=True)
+class Camera:
+  """A camera's rendering instead of sRGB's curve: signal-dependent noise
+  (Poisson-Gaussian, std sqrt(gain * x + read^2) in linear light, gain and
+  read drawn in [0, max]), a display gamma, then JPEG. Ranges are inclusive."""
+  gamma: tuple[float, float] = (1.8, 2.6)
+  gain: float = 0.004
+  read: float = 0.006
+  jpeg_quality: tuple[int, int] = (75, 95)
+
+
+def jpeg_roundtrip(image: np.ndarray, quality: int) -> np.ndarray:
+  """uint8 [H, W, 3] -> the same image saved and read back as JPEG."""
+  buf = io.BytesIO()
+  Image.fromarray(image).save(buf, format='JPEG', quality=int(quality))
+  return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert('RGB'))
+
+
+def camera_capture(rng: np.random.Generator, blurred: np.ndarray, sharp: np.ndarray,
+                   swept: np.ndarray, camera: Camera) -> tuple[np.ndarray, np.ndarray]:
+  """Linear [H, W, 3] blurred and sharp images -> uint8 (blur, sharp) as `camera`
+  renders them. One noise field goes into both and outside `swept` [H, W] the
+  blurred image takes the sharp one's JPEG, so there they stay bit-identical."""
+  h, w = sharp.shape[:2]
+  gain, read = rng.uniform(0.0, camera.gain), rng.uniform(0.0, camera.read)
+  noise = rng.normal(0, 1, (h, w, 3)).astype(np.float32) * np.sqrt(gain * sharp + read**2)
+  gamma = rng.uniform(*camera.gamma)
+  pair = np.clip(np.stack([blurred, sharp]) + noise, 0.0, 1.0) ** (1 / gamma)
+  pair = np.clip(np.round(pair * 255.0), 0, 255).astype(np.uint8)
+  lo, hi = camera.jpeg_quality
+  quality = int(rng.integers(lo, hi + 1))
+  blur, sharp = jpeg_roundtrip(pair[0], quality), jpeg_roundtrip(pair[1], quality)
+  return np.where(swept[..., None], blur, sharp), sharp
+
+
 @dataclasses.dataclass(frozen=True)
 class BlurSettings:
   """How triples look. Lengths are trajectory arc lengths in pixels.
@@ -410,8 +503,17 @@ class BlurSettings:
   object_size: tuple[float, float] = (0.2, 0.6)  # Box side / min(H, W).
   num_objects: tuple[int, int] = (1, 2)  # Inclusive range.
   max_noise: float = 0.01  # Std of the shared sRGB noise, drawn in [0, max].
-  kinds: tuple[str, ...] = TRAJECTORY_KINDS
+  kinds: tuple[str, ...] = TRAJECTORY_KINDS  # Of MOTION_KINDS, drawn uniformly.
   texture_tries: int = 4  # Object crops drawn; the most textured one is used.
+  shapes: tuple[str, ...] = ('blob',)  # Of SHAPES, drawn uniformly.
+  exposure: tuple[float, float] = (1.0, 1.0)  # Object brightness factor, linear light.
+  camera: Camera | None = None  # None: sRGB's curve with `max_noise`; else this camera.
+
+  def __post_init__(self):
+    for name, values, accepted in (('kinds', self.kinds, MOTION_KINDS),
+                                   ('shapes', self.shapes, SHAPES)):
+      if not values or set(values) - set(accepted):
+        raise ValueError(f'{name} must be a non-empty choice of {accepted}, got {values}')
 
 
 # Named settings for data specs (`synthetic?preset=extreme`). `extreme` is the
@@ -419,6 +521,13 @@ class BlurSettings:
 PRESETS = {
     'realistic': BlurSettings(),
     'extreme': BlurSettings(blur_length=(8.0, 64.0), texture_tries=1),
+    # Habits made hard to learn: 1-3 objects of every outline and size, at
+    # another exposure, moving along any path or shaking, rendered by a random
+    # camera (gamma, signal-dependent noise, JPEG) instead of always sRGB.
+    'varied': BlurSettings(object_size=(0.12, 0.6), num_objects=(1, 3), kinds=MOTION_KINDS,
+                           shapes=SHAPES, exposure=(0.5, 1.8),
+                           camera=Camera(gamma=(1.6, 2.8), gain=0.006, read=0.01,
+                                         jpeg_quality=(60, 98))),
 }
 
 
@@ -461,23 +570,34 @@ def synthesize(rng: np.random.Generator, photos: Sequence[np.ndarray],
     candidates = [_random_crop(rng, photos[fg_index], oh, ow)
                   for _ in range(max(1, settings.texture_tries))]
     obj = srgb_to_linear(max(candidates, key=texture_energy))
-    alpha = random_blob_alpha(rng, oh, ow)
+    if settings.exposure != (1.0, 1.0):
+      obj = np.clip(obj * rng.uniform(*settings.exposure), 0.0, 1.0)
+    # One outline needs no draw, so the default's random stream stays as it was.
+    shape = settings.shapes[rng.integers(len(settings.shapes))] if len(settings.shapes) > 1 \
+        else settings.shapes[0]
+    alpha = random_blob_alpha(rng, oh, ow) if shape == 'blob' else hard_shape_alpha(rng, oh, ow, shape)
     # Mid-exposure box position; may hang over the border (motion brings it in).
     y0 = int(rng.integers(-oh // 3, h - 2 * oh // 3 + 1))
     x0 = int(rng.integers(-ow // 3, w - 2 * ow // 3 + 1))
 
     kind = settings.kinds[rng.integers(len(settings.kinds))]
-    kernel = trajectory_kernel(random_trajectory(rng, rng.uniform(*settings.blur_length), kind))
+    length = rng.uniform(*settings.blur_length)
+    path = shake_trajectory(rng, length) if kind == 'shake' else random_trajectory(rng, length, kind)
+    kernel = trajectory_kernel(path)
     add_moving_object(sharp, blurred, swept, obj, alpha, kernel, (y0, x0))
 
   # Outside the swept area both images are the background bit for bit.
   blurred = np.where(swept[..., None], blurred, sharp)
+  mask = swept.astype(np.uint8)[..., None]
+  if settings.camera is not None:
+    blur, sharp = camera_capture(rng, blurred, sharp, swept, settings.camera)
+    return {'blur': blur, 'sharp': sharp, 'mask': mask}
   pair = linear_to_srgb(np.stack([blurred, sharp]))
   if settings.max_noise > 0:
     sigma = rng.uniform(0, settings.max_noise)
     pair = pair + rng.normal(0, sigma, size=(h, w, 3)).astype(np.float32)
   pair = np.clip(np.round(pair * 255.0), 0, 255).astype(np.uint8)
-  return {'blur': pair[0], 'sharp': pair[1], 'mask': swept.astype(np.uint8)[..., None]}
+  return {'blur': pair[0], 'sharp': pair[1], 'mask': mask}
 
 
 class SyntheticSource(Source):

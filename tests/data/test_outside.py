@@ -31,16 +31,6 @@ def test_it_shares_no_photograph_with_the_training_generator():
   assert not names & package
 
 
-def test_camera_shake_paths_have_the_asked_length_and_uneven_speed():
-  rng = np.random.default_rng(0)
-  for length in (3.0, 12.0):
-    path = outside.shake_trajectory(rng, length)
-    steps = np.linalg.norm(np.diff(path, axis=0), axis=1)
-    assert steps.sum() == pytest.approx(length, rel=1e-6)
-    assert steps.std() > 0.05 * steps.mean()  # not constant speed
-    np.testing.assert_allclose(path[len(path) // 2], 0.0, atol=1e-9)
-
-
 def test_bad_specs_name_the_problem(tmp_path):
   with pytest.raises(ValueError, match='Unknown option'):
     open_source('outside?colour=1')

@@ -5,7 +5,7 @@ import time
 import numpy as np
 import pytest
 
-from lmdvit_jax.data import synthetic
+from lmdvit_jax.data import open_source, synthetic
 from .builders import save
 
 
@@ -215,3 +215,66 @@ def test_default_settings_are_realistic_local_blur():
   shares = [synthetic.synthesize(np.random.default_rng(i), synthetic.package_photos('test'),
                                  (128, 192))['mask'].mean() for i in range(12)]
   assert 0.005 < min(shares) and max(shares) < 0.4 and 0.02 < np.mean(shares) < 0.25
+
+
+def test_camera_shake_paths_have_the_asked_length_and_uneven_speed():
+  rng = np.random.default_rng(0)
+  for length in (3.0, 12.0):
+    path = synthetic.shake_trajectory(rng, length)
+    steps = np.linalg.norm(np.diff(path, axis=0), axis=1)
+    assert steps.sum() == pytest.approx(length, rel=1e-6)
+    assert steps.std() > 0.05 * steps.mean()  # not constant speed
+    np.testing.assert_allclose(path[len(path) // 2], 0.0, atol=1e-9)
+
+
+@pytest.mark.parametrize('kind', synthetic.HARD_SHAPES)
+def test_hard_shapes_are_crisp_outlines_inside_their_box(kind):
+  alpha = synthetic.hard_shape_alpha(np.random.default_rng(1), 40, 60, kind)
+  assert alpha.shape == (40, 60) and alpha.min() >= 0 and alpha.max() <= 1
+  assert alpha[0].max() == alpha[-1].max() == alpha[:, 0].max() == alpha[:, -1].max() == 0
+  assert 0.1 < alpha.mean() < 0.95
+  edge = (alpha > 0) & (alpha < 1)  # anti-aliased, only along the outline
+  assert 0 < edge.mean() < 0.15
+
+
+def test_settings_name_only_known_outlines_and_motions():
+  with pytest.raises(ValueError, match='shapes'):
+    synthetic.BlurSettings(shapes=('star',))
+  with pytest.raises(ValueError, match='kinds'):
+    synthetic.BlurSettings(kinds=())
+  with pytest.raises(ValueError, match='kind must be'):
+    synthetic.hard_shape_alpha(np.random.default_rng(0), 8, 8, 'blob')
+
+
+def test_camera_renders_gamma_noise_and_jpeg_and_keeps_outside_the_mask_identical():
+  rng = np.random.default_rng(0)
+  sharp = np.repeat(np.linspace(0.05, 0.9, 64, dtype=np.float32)[None, :, None], 48, 0)
+  sharp = np.repeat(sharp, 3, 2)
+  swept = np.zeros((48, 64), bool)
+  swept[10:30, 20:40] = True
+  blurred = np.where(swept[..., None], 0.5, sharp).astype(np.float32)
+  clean = synthetic.Camera(gamma=(2.0, 2.0), gain=0.0, read=0.0, jpeg_quality=(100, 100))
+  blur, out = synthetic.camera_capture(rng, blurred, sharp, swept, clean)
+  assert blur.dtype == out.dtype == np.uint8 and blur.shape == (48, 64, 3)
+  np.testing.assert_allclose(out, 255 * np.sqrt(sharp), atol=2.5)  # gamma 2, JPEG at 100
+  np.testing.assert_array_equal(blur[~swept], out[~swept])
+  noisy = synthetic.Camera(gamma=(2.0, 2.0), gain=0.01, read=0.02, jpeg_quality=(60, 60))
+  blur, out = synthetic.camera_capture(np.random.default_rng(1), blurred, sharp, swept, noisy)
+  np.testing.assert_array_equal(blur[~swept], out[~swept])
+  assert np.abs(out.astype(float) - 255 * np.sqrt(sharp)).mean() > 1.0
+
+
+def test_varied_preset_makes_valid_triples_unlike_the_default():
+  photos = synthetic.package_photos('test')
+  varied, default = synthetic.PRESETS['varied'], synthetic.PRESETS['realistic']
+  objects = []
+  for seed in range(8):
+    ex = synthetic.synthesize(np.random.default_rng(seed), photos, (96, 128), varied)
+    m = ex['mask'][..., 0] > 0
+    assert ex['blur'].dtype == np.uint8 and 0 < m.mean() < 0.9
+    np.testing.assert_array_equal(ex['blur'][~m], ex['sharp'][~m])
+    plain = synthetic.synthesize(np.random.default_rng(seed), photos, (96, 128), default)
+    objects.append(not np.array_equal(ex['sharp'], plain['sharp']))
+  assert all(objects)
+  source = open_source('synthetic?count=2&size=64&preset=varied')
+  assert source.settings == varied
