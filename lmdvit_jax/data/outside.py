@@ -35,6 +35,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+
 from lmdvit_jax.data import image_files
 from lmdvit_jax.data.examples import DataError, Example, Source
 from lmdvit_jax.data.synthetic import (Camera, PhotoPool, _random_crop, add_moving_object,

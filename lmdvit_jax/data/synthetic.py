@@ -573,9 +573,12 @@ def synthesize(rng: np.random.Generator, photos: Sequence[np.ndarray],
     if settings.exposure != (1.0, 1.0):
       obj = np.clip(obj * rng.uniform(*settings.exposure), 0.0, 1.0)
     # One outline needs no draw, so the default's random stream stays as it was.
-    shape = settings.shapes[rng.integers(len(settings.shapes))] if len(settings.shapes) > 1 \
-        else settings.shapes[0]
-    alpha = random_blob_alpha(rng, oh, ow) if shape == 'blob' else hard_shape_alpha(rng, oh, ow, shape)
+    shapes = settings.shapes
+    shape = shapes[rng.integers(len(shapes))] if len(shapes) > 1 else shapes[0]
+    if shape == 'blob':
+      alpha = random_blob_alpha(rng, oh, ow)
+    else:
+      alpha = hard_shape_alpha(rng, oh, ow, shape)
     # Mid-exposure box position; may hang over the border (motion brings it in).
     y0 = int(rng.integers(-oh // 3, h - 2 * oh // 3 + 1))
     x0 = int(rng.integers(-ow // 3, w - 2 * ow // 3 + 1))
