@@ -12,7 +12,7 @@ import json
 import math
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Buffer, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,16 +26,19 @@ def _current_umask() -> int:
 
 
 _UMASK = _current_umask()
+TEMP_SUFFIX = '.tmp'  # Of the temporary files (`.NAME.XXXX.tmp`) a write leaves if killed.
 
 
-def write_bytes_atomic(path: str | os.PathLike, data: bytes) -> None:
-  """Writes `data` to `path` through a temporary file in the same folder and a rename."""
+def write_bytes_atomic(path: str | os.PathLike, data: bytes | Sequence[Buffer]) -> None:
+  """Writes `data` (bytes, or buffers written one after another) to `path`
+  through a temporary file in the same folder and a rename."""
   path = Path(path)
   path.parent.mkdir(parents=True, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.tmp')
+  fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f'.{path.name}.', suffix=TEMP_SUFFIX)
   try:
     with os.fdopen(fd, 'wb') as f:
-      f.write(data)
+      for chunk in [data] if isinstance(data, (bytes, bytearray)) else data:
+        f.write(chunk)
       f.flush()
       os.fsync(f.fileno())
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; give the usual mode.

@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks import common, matmul_floor
+from benchmarks import common, input_pipeline, matmul_floor
 from lmdvit_jax.models import LMDViT, init_params
 from tests.helpers import REPO, TINY, subprocess_env
 
@@ -48,7 +48,7 @@ def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
   assert run.returncode == 0, run.stderr[-3000:]
   report = json.loads((tmp_path / 'accelerator.json').read_text())
   parts = report['parts']
-  assert set(parts) == {'devices', 'parity', 'inference', 'train', 'demo', 'official'}
+  assert set(parts) == {'devices', 'parity', 'inference', 'train', 'data', 'demo', 'official'}
   assert parts['devices']['rows'][0]['platform'] == 'cpu'
   assert [r['precision'] for r in parts['parity']['rows']] == ['highest', 'default']
   assert all(r['decisions_equal'] and r['restored_max_abs'] < 1e-4
@@ -58,8 +58,23 @@ def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
   assert all(r['seconds'] > 0 for r in parts['inference']['rows'])
   assert len(parts['train']['rows']) == 2 and all(r['images_per_s'] > 0
                                                   for r in parts['train']['rows'])
+  assert all(r['crops_per_s'] > 0 for r in parts['data']['rows'])
+  assert any('crops/s, the fastest train step takes' in n for n in parts['data']['notes'])
   demo = parts['demo']['rows'][0]
   assert demo['last_step'] > demo['first_step']
   assert 'no --official_repo' in parts['official']['notes'][0]
   table = (tmp_path / 'accelerator.md').read_text()
   assert '## inference' in table and '| mode | dtype |' in table
+
+
+def test_input_pipeline_benchmark_parts(tmp_path):
+  """The benchmark's data are in the layouts the readers take, and its table of parts adds up."""
+  specs = input_pipeline.make_datasets(tmp_path, 2, (100, 140), (64, 96))
+  assert set(specs) == {'reloblur', 'gopro'}
+  cached = f'{specs["reloblur"]}?cache={tmp_path / "cache"}'
+  row = input_pipeline.time_reader(cached, 2, 0, 2, patch=64, batch=4)
+  assert row['crops_per_s'] > 0
+  parts = input_pipeline.crop_parts(cached, patch=64, batch=4, batches=2)
+  assert set(parts) >= {'read and crop', 'flip', 'float conversion', 'batching',
+                        input_pipeline.ONE_PASS}
+  assert all(ms > 0 for ms in parts.values())

@@ -14,7 +14,8 @@ ENTRY_POINTS = [
     ['-m', 'lmdvit_jax.deblur'], ['-m', 'lmdvit_jax.convert'], ['-m', 'lmdvit_jax.data.build'],
     ['-m', 'lmdvit_jax.export'],
 ] + [['-m', f'benchmarks.{name}'] for name in (
-    'inference', 'train_step', 'train_step_parts', 'matmul_floor', 'tiling', 'accelerator')
+    'inference', 'train_step', 'train_step_parts', 'matmul_floor', 'tiling', 'accelerator',
+    'input_pipeline')
 ] + [['-m', f'analyses.{name}'] for name in (
     'linear_headroom', 'pruning_ranking', 'blur_cues', 'synthetic_stats', 'sharp_damage',
     'blur_detection_ceiling')]

@@ -12,17 +12,18 @@ import dataclasses
 import difflib
 import os
 import urllib.parse
+from pathlib import Path
 
-from lmdvit_jax.data import outside, readers, synthetic, tfds_builders
+from lmdvit_jax.data import cache, outside, readers, synthetic, tfds_builders
 from lmdvit_jax.data.examples import Source
 from lmdvit_jax.data.readers import DEFAULT_MASK_THRESHOLD
 
 _KINDS = {
     # kind: (needs a path, accepted options)
     'npy': (True, {'threshold'}),
-    'reloblur': (True, {'split', 'threshold'}),
-    'gopro': (True, {'split', 'blur'}),
-    'pairs': (True, {'threshold'}),
+    'reloblur': (True, {'split', 'threshold', 'cache'}),
+    'gopro': (True, {'split', 'blur', 'cache'}),
+    'pairs': (True, {'threshold', 'cache'}),
     'synthetic': (False, {'split', 'count', 'size', 'seed', 'photos', 'min_blur', 'max_blur',
                           'preset'}),
     'tfds': (True, {'split', 'data_dir'}),
@@ -46,7 +47,9 @@ SPEC_HELP = """Data specs:
   outside[?count=12&size=384x256&seed=0&photos=FOLDER]
                              a held-out local-blur set sharing nothing with
                              `synthetic`: other photos, shapes, motion, noise, JPEG
-Options: threshold=0.5 binarises masks (fraction of full scale)."""
+Options: threshold=0.5 binarises masks (fraction of full scale); cache=DIR
+(reloblur, gopro, pairs) reads frames decoded once into DIR: fast crops for
+long training runs (fill it ahead with python -m lmdvit_jax.data.build SPEC)."""
 
 
 def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
@@ -98,8 +101,34 @@ def _size(options, default: int, spec: str) -> int | tuple[int, int]:
                      '(e.g. 256 or 384x256).') from None
 
 
+def _file_source(spec: str, kind: str, path: str, split: str, threshold: float,
+                 options: dict[str, str], verify_cache: bool) -> Source:
+  """A reader of a folder layout, through its frame cache when `cache=DIR` is set."""
+  if kind == 'reloblur':
+    source = readers.ReLoBlurSource(path, split, threshold)
+  elif kind == 'gopro':
+    blur = options.get('blur', 'blur')
+    source = readers.GoProSource(path, split, blur)
+  else:
+    source = readers.PairsSource(path, threshold)
+  if 'cache' not in options:
+    return source
+  if not options['cache']:
+    raise ValueError(f'cache= needs a folder, as in cache=/fast/cache (got {spec!r}).')
+  # What the frames depend on: the files (root, split, kind of blur) and the mask threshold.
+  identity = f'{kind}:{Path(path).resolve()}?split={split}&threshold={threshold!r}'
+  label = kind if kind == 'pairs' else f'{kind}-{split}'
+  if kind == 'gopro':
+    identity, label = identity + f'&blur={blur}', f'{label}-{blur}'
+  # The spec as the build command takes it: the split spelled out.
+  build_spec = spec if 'split' in options or kind == 'pairs' or split == 'train' else (
+      f'{spec}{"&" if "?" in spec else "?"}split={split}')
+  return cache.CachedSource(source, options['cache'], label, identity, build_spec,
+                            verify=verify_cache)
+
+
 def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
-                synthetic_count: int = 100) -> Source:
+                synthetic_count: int = 100, verify_cache: bool = True) -> Source:
   """Opens a data spec (see `SPEC_HELP`) as a `Source` of full-resolution samples.
 
   Args:
@@ -112,6 +141,8 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
     synthetic_size: default side of synthetic images (training passes its patch
       size); `size=` in the spec wins.
     synthetic_count: default number of synthetic images; `count=` wins.
+    verify_cache: with `cache=DIR`, refuse frames whose source files changed
+      (the build command decodes them again instead).
 
   Returns:
     A `Source`: `len(src)`, `src[i]` -> {'blur', 'sharp': float32 [H, W, 3],
@@ -131,12 +162,8 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
   threshold = _number(options, 'threshold', float, DEFAULT_MASK_THRESHOLD, spec)
   if kind == 'npy':
     return readers.NpySource(path, threshold)
-  if kind == 'reloblur':
-    return readers.ReLoBlurSource(path, split, threshold)
-  if kind == 'gopro':
-    return readers.GoProSource(path, split, options.get('blur', 'blur'))
-  if kind == 'pairs':
-    return readers.PairsSource(path, threshold)
+  if kind in ('reloblur', 'gopro', 'pairs'):
+    return _file_source(spec, kind, path, split, threshold, options, verify_cache)
   if kind == 'tfds':
     return tfds_builders.TfdsSource(path, split, options.get('data_dir'))
   if kind == 'outside':  # always held out: `split` is accepted and ignored
