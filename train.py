@@ -22,6 +22,9 @@ from lmdvit_jax import cli
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Training configuration file.',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'Directory for checkpoints and logs.')
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    'allow_config_change', False, 'Resume a run with settings that change what it computes '
+    '(batch size, learning rate, data, ...); the earlier config is kept as config.STEP.json.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
@@ -31,7 +34,7 @@ def main(argv):
   # Imported here so that `--help` and config errors come back fast.
   from lmdvit_jax import compilation_cache, training  # pylint: disable=g-import-not-at-top
   compilation_cache.enable()
-  training.train_and_evaluate(_CONFIG.value, Path(_WORKDIR.value))
+  training.train_and_evaluate(_CONFIG.value, Path(_WORKDIR.value), _ALLOW_CONFIG_CHANGE.value)
 
 
 if __name__ == '__main__':

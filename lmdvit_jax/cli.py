@@ -8,7 +8,8 @@ traceback:
     PROG: error: MESSAGE
 
 Exit codes: 0 success; 1 some inputs failed (named on stderr, the rest done);
-2 nothing done: a bad flag, config, data spec, file or checkpoint.
+2 nothing done: a bad flag, config, data spec, file or checkpoint; 130
+interrupted by Ctrl-C (one line, no traceback).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from lmdvit_jax import errors, host_memory
 
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it.
 _HELP = ('--help', '-help', '-h', '-?', '--helpshort', '--helpfull', '--helpxml')
 
 
@@ -91,29 +93,36 @@ def parse_bytes(text: str) -> int:
 def define_inference_flags(tiling: bool = True) -> None:
   """The flags of every command that runs a checkpoint (evaluate.py, deblur,
   export, the benchmarks that load one): one definition, read by
-  `inference_settings`; `tiling=False` leaves out the tiling flags."""
-  flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (convert or train.py).')
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).')
+  `inference_settings`; `tiling=False` leaves out the tiling flags.
+
+  The flags are the calling command's own: its `--help` lists them.
+  """
+  caller = sys._getframe(1).f_globals.get('__name__')  # pylint: disable=protected-access
+  own = {'module_name': sys.argv[0] if caller == '__main__' else caller}
+  flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (convert or train.py).', **own)
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).', **own)
   flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window fraction in (0, 1] "
-                      '(a fixed budget).')
-  flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.')
+                      '(a fixed budget).', **own)
+  flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.',
+                     **own)
   flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: the '
-                    "checkpoint's model.json, else float32); params stay float32.")
+                    "checkpoint's model.json, else float32); params stay float32.", **own)
   flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
-                    "transposed, averaged (default: the checkpoint's inference.json, else 1).")
+                    "transposed, averaged (default: the checkpoint's inference.json, else 1).",
+                    **own)
   flags.DEFINE_enum('matmul_precision', 'default', ['default', 'high', 'highest'], 'Float32 '
                     "matmul precision: 'default' is the backend's (TF32-like on NVIDIA GPUs); "
-                    "'highest' computes in full float32 as PyTorch does.")
+                    "'highest' computes in full float32 as PyTorch does.", **own)
   if not tiling:
     return
   flags.DEFINE_integer('tile', None, 'Tile side in pixels, a multiple of 16 x win_size; 0: '
                        'always the whole image (default: tiles only for images that need more '
-                       'than --max_memory, as large as it allows).')
+                       'than --max_memory, as large as it allows).', **own)
   flags.DEFINE_integer('tile_overlap', None, 'Pixels shared by neighbouring tiles, a multiple '
-                       'of 16 x win_size (default: 16 x win_size).')
+                       'of 16 x win_size (default: 16 x win_size).', **own)
   flags.DEFINE_string('max_memory', None, "Memory one compiled call may use, e.g. '3G' or "
                       "'800M' (default: 3G on a CPU, or a quarter of its memory if less; 80% of "
-                      "an accelerator's free memory).")
+                      "an accelerator's free memory).", **own)
 
 
 def inference_settings() -> dict[str, Any]:
@@ -176,4 +185,9 @@ def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
         fail(_message(e))
       raise
 
-  app.run(guarded, flags_parser=parse_flags)
+  try:
+    app.run(guarded, flags_parser=parse_flags)
+  except KeyboardInterrupt:
+    # Ctrl-C before a command installs its own handling (train.py's loop
+    # checkpoints and exits 0): files are only ever renamed into place whole.
+    fail('interrupted (Ctrl-C); nothing is left half-written', EXIT_INTERRUPTED)

@@ -7,10 +7,12 @@ PNG files under --output: a folder argument's images keep their path relative to
 it, a file argument is written under its own name, with the suffix .png.
 --overlays also writes NAME.decisions.png: the windows each pruning stage kept.
 
-Formats: RGB and grey, 8 and 16 bit (16-bit input gives 16-bit output; note
-that Pillow decodes 16-bit colour PNGs to 8 bits), alpha (kept aside and put
-back unchanged), palette (written as RGB or RGBA). JPEG orientation tags are
-applied. A file that cannot be read is reported on stderr with its name; the
+Formats: RGB and grey, 8 and 16 bit (16-bit input gives 16-bit output: grey
+PNG and TIFF through Pillow; RGB and RGBA PNG through libspng and TIFF
+through tifffile, as Pillow decodes those to 8 bits), float grey TIFF
+(values outside [0, 1] are clipped, with a warning), alpha (kept aside and
+put back unchanged), palette (written as RGB or RGBA). JPEG orientation tags
+are applied. A file that cannot be read is reported on stderr with its name; the
 other files are still processed and the exit status is 1. Every output is
 written to a temporary file and renamed, never left half-written.
 """
@@ -22,11 +24,12 @@ import io
 import os
 import struct
 import sys
+import time
 import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
-from absl import app, flags
+from absl import app, flags, logging
 import numpy as np
 from PIL import Image, ImageOps
 from tqdm import tqdm
@@ -58,13 +61,47 @@ class LoadedImage:
   bits: int
 
 
-def png_bit_depth(path: str | os.PathLike) -> int | None:
-  """Bit depth from a PNG header (IHDR), None for other files."""
+def png_header(path: str | os.PathLike) -> tuple[int, int] | None:
+  """(bit depth, colour type) from a PNG header (IHDR), None for other files."""
   with open(path, 'rb') as f:
     head = f.read(26)
   if len(head) < 26 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b'IHDR':
     return None
-  return head[24]
+  return head[24], head[25]
+
+
+def _read_16bit_colour(path: str | os.PathLike) -> LoadedImage | None:
+  """A 16-bit RGB or RGBA PNG or TIFF at full depth (Pillow decodes them to 8
+  bits), read with libspng or tifffile; None for any other file."""
+  header = png_header(path)
+  try:
+    if header is not None:
+      if header[0] != 16 or header[1] not in (2, 6):  # RGB, RGBA
+        return None
+      try:
+        import pyspng  # pylint: disable=g-import-not-at-top
+      except ImportError:
+        logging.warning('%s: a 16-bit colour PNG, read as 8 bits (pip install pyspng keeps '
+                        'all 16)', path)
+        return None
+      a = pyspng.load(Path(path).read_bytes())
+    elif Path(path).suffix.lower() in ('.tif', '.tiff'):
+      import tifffile  # pylint: disable=g-import-not-at-top
+      with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        if page.dtype != np.uint16 or page.samplesperpixel not in (3, 4) or len(tif.pages) > 1:
+          return None
+        a = page.asarray()
+    else:
+      return None
+  except Exception as e:  # pylint: disable=broad-except  # libspng and tifffile raise many kinds
+    raise DataError(f'Cannot read image {path}: {e}') from e
+  if a.dtype != np.uint16 or a.ndim != 3 or a.shape[2] not in (3, 4):
+    return None
+  # libspng decodes 16-bit RGB as RGBA (opaque): only colour type 6 has alpha.
+  has_alpha = header[1] == 6 if header is not None else a.shape[2] == 4
+  alpha = _scaled(a[..., 3]) if has_alpha else None
+  return LoadedImage(_scaled(a[..., :3]), alpha, False, 16)
 
 
 def _scaled(a: np.ndarray) -> np.ndarray:
@@ -82,7 +119,12 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
     DataError: the file is not a readable image (names the file).
     FileNotFoundError: it does not exist.
   """
-  sixteen = png_bit_depth(path) == 16
+  if not Path(path).is_file():
+    raise FileNotFoundError(f'{path}: no such file')
+  if (loaded := _read_16bit_colour(path)) is not None:
+    return loaded
+  header = png_header(path)
+  sixteen = header is not None and header[0] == 16
   image = image_files.open_image(path)
   frames = getattr(image, 'n_frames', 1)
   if frames > 1:
@@ -95,6 +137,10 @@ def read_image(path: str | os.PathLike) -> LoadedImage:
       grey = np.asarray(image, np.float32)
       if not np.isfinite(grey).all():
         raise DataError(f'{path}: holds NaN or infinite values')
+      low, high = float(grey.min(initial=0.0)), float(grey.max(initial=0.0))
+      if low < 0 or high > 1:
+        logging.warning('%s: float values from %.4g to %.4g, clipped to [0, 1] (the model '
+                        'takes [0, 1]; scale the file to keep them)', path, low, high)
       grey = np.clip(grey, 0.0, 1.0)
     else:
       grey = _scaled(np.asarray(image).astype(np.int64))
@@ -269,14 +315,20 @@ def run(checkpoint: str, inputs: Sequence[str], output: str, *, step: int | None
                                           tile_overlap=tile_overlap, max_memory=max_memory,
                                           matmul_precision=matmul_precision,
                                           progress=progress)
+    deblurrer.check_memory()
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     cli.error(str(e))
     return 2
+  start = time.perf_counter()
   failed, seconds, tiled = deblur_files(deblurrer, jobs, out, overlays, progress)
+  wall = time.perf_counter() - start
   errors += failed
-  mean = f', {np.mean(seconds):.3f} s per image' if seconds else ''
+  done = len(jobs) - len(failed)
+  mean = (f' in {wall:.1f} s: {np.mean(seconds):.3f} s per image computing, {wall / done:.1f} s '
+          'per image in all (compiling each new size, reading and writing included)'
+          if seconds else '')
   split = f'; {len(tiled)} ran as tiles ({tiled[-1]})' if tiled else ''
-  print(f'Deblurred {len(jobs) - len(failed)} of {len(jobs)} images into {out}{mean}{split}.')
+  print(f'Deblurred {done} of {len(jobs)} images into {out}{mean}{split}.')
   if errors:
     print(f'{len(errors)} error(s), listed above.', file=sys.stderr)
     return 1

@@ -21,7 +21,12 @@ class OutOfMemoryError(RuntimeError):
   what to make smaller."""
 
 
+class WorkdirInUseError(RuntimeError):
+  """Another run holds the workdir's lock; the message names it."""
+
+
 # Exceptions that mean a bad input or setting, not a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (
     ValueError, TypeError, ImportError, FileNotFoundError, NotADirectoryError,
-    IsADirectoryError, FileExistsError, PermissionError, DataError, CheckpointError, OutOfMemoryError)
+    IsADirectoryError, FileExistsError, PermissionError, DataError, CheckpointError, OutOfMemoryError,
+    WorkdirInUseError)

@@ -288,6 +288,7 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
                                         tile_overlap=tile_overlap, max_memory=max_memory,
                                         matmul_precision=matmul_precision,
                                         progress=progress)
+  deblurrer.check_memory()
   files.check_writable_dir(out_dir)  # before minutes of evaluation, not after
   good, bad = check_source(source, max_images)
   if bad and not skip_bad:

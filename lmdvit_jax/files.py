@@ -79,19 +79,24 @@ def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = '--output') -> Path:
-  """Creates folder `path` if needed and checks a file can be written in it,
-  so a command fails before its work, not after.
+  """Checks that folder `path` can be written, or created and written, so a
+  command fails before its work, not after; creates nothing (a refused
+  command leaves no empty folder behind).
 
   Raises:
-    NotADirectoryError: `path` is an existing file.
+    NotADirectoryError: `path`, or the nearest existing folder above it, is a file.
     PermissionError: the folder cannot be created or written (names `what`).
   """
   path = Path(path)
   if path.exists() and not path.is_dir():
     raise NotADirectoryError(f'{what} {path} is an existing file; give a folder')
+  existing = path
+  while not existing.exists():  # The nearest folder that exists: where it would be created.
+    existing = existing.parent
+  if not existing.is_dir():
+    raise NotADirectoryError(f'{what} {path} is not writable: {existing} is a file')
   try:
-    path.mkdir(parents=True, exist_ok=True)
-    fd, probe = tempfile.mkstemp(dir=path, prefix='.write_check.')
+    fd, probe = tempfile.mkstemp(dir=existing, prefix='.write_check.')
     os.close(fd)
     os.unlink(probe)
   except OSError as e:

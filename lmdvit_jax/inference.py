@@ -432,6 +432,14 @@ PROBE_CELLS = 16
 PROGRESS_DELAY = 3.0
 
 
+def _size(n: float) -> str:
+  """Bytes as people read them: '1.2 GiB', '12.8 MiB', '1.0 KiB'."""
+  for unit, scale in (('GiB', 2**30), ('MiB', 2**20), ('KiB', 2**10)):
+    if n >= scale:
+      return f'{n / scale:.1f} {unit}'
+  return f'{int(n)} B'
+
+
 class Deblurrer:
   """Deblurs images of any size with one model and its params.
 
@@ -488,6 +496,9 @@ class Deblurrer:
     self.matmul_precision = matmul_precision
     self.progress = progress
     self._params_bytes = sum(a.nbytes for a in jax.tree_util.tree_leaves(self.params))
+    if self.max_memory <= self._params_bytes:
+      raise ValueError(f'max_memory ({_size(self.max_memory)}) is less than the params alone '
+                       f'({_size(self._params_bytes)})')
     self._warm: set[tuple[int, ...]] = set()
 
   @classmethod
@@ -539,6 +550,27 @@ class Deblurrer:
     used = compiled_memory(self._executable(1, height, width))
     return None if used is None else (used - self._params_bytes) / (height * width)
 
+  def check_memory(self) -> None:
+    """Fails before any image is read when no image could run in `max_memory`:
+    not even the smallest canvas (one grid cell) fits beside the params.
+
+    Compiles the probe program `plan` reads the memory per pixel from (the
+    first image of 16 grid cells or more reuses it).
+
+    Raises:
+      ValueError: naming the budget and what the smallest canvas needs.
+    """
+    if self.tile == 0:
+      return
+    probe = PROBE_CELLS * self.model.multiple
+    per_pixel = self._bytes_per_pixel(probe, probe)
+    smallest = self.model.multiple ** 2
+    if per_pixel is not None and per_pixel * smallest > self.max_memory - self._params_bytes:
+      raise ValueError(f'max_memory ({_size(self.max_memory)}) cannot hold the params '
+                       f'({_size(self._params_bytes)}) and the smallest canvas '
+                       f'({self.model.multiple}x{self.model.multiple}: '
+                       f'{_size(per_pixel * smallest)}): raise --max_memory')
+
   def plan(self, height: int, width: int, batch: int = 1) -> tiling.TilePlan | None:
     """How `batch` images of `height` x `width` run: None as whole canvases in
     one call, else each image as these tiles.
@@ -565,9 +597,6 @@ class Deblurrer:
     per_pixel = self._bytes_per_pixel(min(hp, grid_cells), min(wp, grid_cells))
     if per_pixel is None or per_pixel * batch * hp * wp <= room:
       return None
-    if room <= 0:
-      raise ValueError(f'max_memory ({self.max_memory / 2**30:.2f} GiB) is less than the '
-                       f'params alone ({self._params_bytes / 2**30:.2f} GiB)')
     return tiling.auto_plan(hp, wp, grid, self.tile_overlap, room / per_pixel)
 
   def flops(self, height: int, width: int, batch: int = 1) -> float:

@@ -133,10 +133,17 @@ def _axis_choices(size: int, grid: int, overlap: int) -> list[tuple[int, tuple[i
   out = {}
   for count in range(1, size // grid + 1):
     tile = grid * -(-(size + (count - 1) * overlap) // (count * grid))
-    if tile > size or tile <= overlap:
+    # One tile spans the axis and overlaps nothing, however narrow the axis.
+    if tile > size or (count > 1 and tile <= overlap):
       continue
     out.setdefault(tile, axis_origins(size, tile, overlap))
   return sorted(out.items())
+
+
+def smallest_tile(height: int, width: int, grid: int, overlap: int) -> tuple[int, int]:
+  """The smallest tile `auto_plan` can use on a canvas: per axis, the overlap
+  plus one grid cell, or the whole axis where it is no longer than that."""
+  return tuple(min(size, overlap + grid) for size in (height, width))
 
 
 def auto_plan(height: int, width: int, grid: int, overlap: int, max_pixels: float) -> TilePlan:
@@ -144,7 +151,8 @@ def auto_plan(height: int, width: int, grid: int, overlap: int, max_pixels: floa
   tiles of at most `max_pixels` (ties: fewer tiles).
 
   Raises:
-    ValueError: not even the smallest tile (`overlap + grid` per side) fits.
+    ValueError: not even the smallest tile fits (`overlap + grid` along an
+      axis that needs several tiles, the axis itself along one that does not).
   """
   best = None
   for th, ys in _axis_choices(height, grid, overlap):
@@ -155,10 +163,11 @@ def auto_plan(height: int, width: int, grid: int, overlap: int, max_pixels: floa
       if best is None or key < best[0]:
         best = (key, TilePlan(height, width, th, tw, ys, xs, overlap))
   if best is None:
-    side = overlap + grid
+    th, tw = smallest_tile(height, width, grid, overlap)
     raise ValueError(f'the memory budget allows tiles of {int(max_pixels)} pixels, less than '
-                     f'the smallest tile ({side}x{side}, the overlap plus one grid cell): '
-                     'raise max_memory or lower tile_overlap')
+                     f'the smallest tile ({th}x{tw}: the overlap plus one grid cell, or the '
+                     'side itself where it is that narrow): raise max_memory or lower '
+                     'tile_overlap')
   return best[1]
 
 

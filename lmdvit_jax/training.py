@@ -11,6 +11,8 @@ The workdir is also a checkpoint directory for `evaluate.py --checkpoint` and
 
   WORKDIR/model.json                  LMDViT keyword arguments
   WORKDIR/config.json                 the full training config
+  WORKDIR/config.STEP.json            the config before a change accepted on resume
+  WORKDIR/.lock                       held (flock) by the run using the workdir
   WORKDIR/checkpoints/<step>/         params, opt_state, meta, data (latest N)
   WORKDIR/best/                       params with the best held-out weighted PSNR
   WORKDIR/metrics.jsonl               one JSON object per logged step
@@ -31,13 +33,17 @@ import ml_collections
 import tqdm
 from tensorboardX import SummaryWriter
 
-from lmdvit_jax import checkpointing, evaluation, files, preemption, train_lib
+from lmdvit_jax import checkpointing, evaluation, files, preemption, train_lib, workdir_lock
 from lmdvit_jax.data import open_source, pipeline
 from lmdvit_jax.inference import Deblurrer
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
+                       allow_config_change: bool = False) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its newest checkpoint).
+
+  `allow_config_change`: resume a run whose recorded config differs in what
+  it computes (see `checkpointing.record_config`).
 
   Returns:
     The last logged training metrics.
@@ -50,6 +56,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   # Every config mistake is reported here, before the workdir is touched.
   train_lib.check_run_config(config)
   workdir = files.check_writable_dir(workdir, '--workdir')
+  # One writer per workdir: a second run is refused here, by every process.
+  with workdir_lock.held(workdir):
+    return _run(config, Path(workdir), allow_config_change)
+
+
+def _run(config: ml_collections.ConfigDict, workdir: Path,
+         allow_config_change: bool) -> dict[str, float]:
+  """The run, in a workdir this process holds."""
   mesh = train_lib.make_mesh()
   lead = jax.process_index() == 0
   logging.info('%d devices (%d processes), mesh %s', jax.device_count(),
@@ -67,9 +81,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   model_kwargs = train_lib.model_kwargs(config)
   tx = train_lib.make_optimizer(config)
   checkpointing.check_model_kwargs(workdir, model_kwargs)  # Resuming another model fails here.
+  # Resuming with other settings fails here too, unless asked for; then the
+  # earlier config is kept beside the new one.
+  for change in checkpointing.record_config(workdir, json.loads(config.to_json()),
+                                            checkpointing.latest_step(workdir),
+                                            allow_config_change, write=lead):
+    logging.warning('Config changed on resume: %s', change)
   if lead:
     checkpointing.write_model_json(workdir, model_kwargs)
-    files.write_json_atomic(workdir / 'config.json', json.loads(config.to_json()))
 
   # 4. State: restore the newest checkpoint of this workdir, else initialise
   #    (from `init_from` weights if given) and replicate over the mesh.
@@ -81,6 +100,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
   state = train_lib.init_train_state(model, tx, config, mesh, params=init_params)
   if init_params is not None:
     logging.info('Initialised params from %s', config.init_from)
+  resumed = 0
   if mngr.latest_step() is not None:
     state, data_state = checkpointing.restore_train_state(mngr, state)
     train_iter.set_state(data_state)
@@ -90,10 +110,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
       # Damaged newer steps (skipped by the restore) would block saving those steps again.
       for path in checkpointing.set_aside_steps_after(workdir, resumed):
         logging.warning('Set the damaged checkpoint aside as %s', path)
-      # Rows logged after that checkpoint are about to be logged again.
-      for name in ('metrics.jsonl', 'eval.jsonl'):
-        drop_rows_after(workdir / name, resumed)
     mngr.reload()
+  if lead:
+    # Rows logged after the checkpoint (all of them when a run died before its
+    # first) are about to be logged again: one row per step, always.
+    for name in ('metrics.jsonl', 'eval.jsonl'):
+      drop_rows_after(workdir / name, resumed)
 
   # 5. Compiled functions: the train step; evaluation compiles per image size.
   train_step = train_lib.make_train_step(model, tx, config, mesh)

@@ -186,3 +186,41 @@ def test_every_json_file_is_strict_json(tmp_path):
   best = _strict_json(tmp_path / 'best' / 'best.json')
   assert best['metrics']['input_sharp_psnr'] is None
   assert json.loads(files.json_line({'x': float('nan')})) == {'x': None}
+
+
+def test_a_step_that_is_not_there_is_named_with_the_steps_that_are(tmp_path):
+  params = {'w': np.ones((2,), np.float32)}
+  for step in (3, 5):
+    checkpointing.save_model(tmp_path, params, {'embed_dim': 1}, step=step)
+  with pytest.raises(checkpointing.CheckpointError,
+                     match=r'no checkpoint at step 999 in .*; steps: 3, 5'):
+    checkpointing.load_model(tmp_path, 999)
+  _, got = checkpointing.load_model(tmp_path, 3)
+  np.testing.assert_array_equal(got['w'], params['w'])
+
+
+def test_a_resume_with_other_settings_is_refused_unless_asked(tmp_path):
+  config = {'batch_size': 12, 'num_train_steps': 100, 'log_every_steps': 10,
+            'optim': {'lr': 2e-4, 'restart_every': 0}, 'eval': {'max_images': 8}}
+  assert checkpointing.record_config(tmp_path, config, None) == []  # A new run records it.
+  same = checkpointing.record_config(tmp_path, config, 40)
+  assert same == [] and not list(tmp_path.glob('config.*.json'))
+  # What it computes: refused, every difference named, nothing written.
+  other = {**config, 'batch_size': 8, 'optim': {'lr': 1e-3, 'restart_every': 0}}
+  with pytest.raises(ValueError, match=r"step 40 with another config \(batch_size: 12 -> 8; "
+                     r"optim.lr: 0.0002 -> 0.001\).*--allow_config_change"):
+    checkpointing.record_config(tmp_path, other, 40)
+  assert json.loads((tmp_path / 'config.json').read_text()) == config
+  # The schedule spans num_train_steps here (no restarts): extending changes it.
+  with pytest.raises(ValueError, match='num_train_steps: 100 -> 200'):
+    checkpointing.record_config(tmp_path, {**config, 'num_train_steps': 200}, 40)
+  # Asked for: the earlier config kept as config.40.json, the change returned for the log.
+  changes = checkpointing.record_config(tmp_path, other, 40, allow_change=True)
+  assert changes == ['batch_size: 12 -> 8', 'optim.lr: 0.0002 -> 0.001']
+  assert json.loads((tmp_path / 'config.40.json').read_text()) == config
+  assert json.loads((tmp_path / 'config.json').read_text()) == other
+  # How often it logs or evaluates, and its length under restarts, change freely.
+  restarting = {**other, 'optim': {'lr': 1e-3, 'restart_every': 2000}}
+  checkpointing.record_config(tmp_path, restarting, 50, allow_change=True)
+  free = {**restarting, 'num_train_steps': 900, 'log_every_steps': 1, 'eval': {'max_images': 2}}
+  assert len(checkpointing.record_config(tmp_path, free, 60)) == 3

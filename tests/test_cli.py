@@ -1,6 +1,8 @@
 """Every documented entry point runs as written, and fails the same way: one line."""
 
 import os
+import re
+import signal
 import subprocess
 import sys
 
@@ -38,12 +40,47 @@ def _run(args, cwd=REPO, timeout=180):
                         text=True, timeout=timeout)
 
 
+# Flags each command's --help must list (defined in cli for several commands).
+OWN_FLAGS = {
+    'lmdvit_jax.deblur': ('--checkpoint', '--tile', '--max_memory', '--capacity',
+                          '--self_ensemble', '--output', '--overlays'),
+    'evaluate.py': ('--checkpoint', '--tile', '--max_memory', '--capacity', '--self_ensemble',
+                    '--data'),
+    'lmdvit_jax.export': ('--checkpoint', '--capacity', '--self_ensemble', '--size',
+                          '--overwrite'),
+    'train.py': ('--config', '--workdir', '--allow_config_change'),
+}
+
+
 @pytest.mark.parametrize('entry', ENTRY_POINTS, ids=lambda e: e[-1])
 def test_help_of_every_entry_point(entry):
   proc = _run([*entry, '--help'])
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert len(proc.stdout) > 100
+  for flag in OWN_FLAGS.get(entry[-1], ()):
+    assert re.search(rf'^  --(\[no\])?{flag[2:]}\b', proc.stdout, re.M), (flag, proc.stdout)
+  assert 'absl.logging' not in proc.stdout  # Its own flags, not absl's (--helpfull lists those).
+
+
+def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
+  """SIGINT while train.py is still setting up (data, model, compilation)."""
+  proc = subprocess.Popen([sys.executable, 'train.py', '--config=configs/tiny.py',
+                           f'--workdir={tmp_path}'], cwd=REPO, stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True,
+                          env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
+  lines = []
+  for line in proc.stdout:  # The first log line: the run has started setting up.
+    lines.append(line)
+    if 'devices' in line:
+      break
+  proc.send_signal(signal.SIGINT)
+  out = ''.join(lines) + proc.communicate(timeout=300)[0]
+  assert proc.returncode == 130, out[-3000:]
+  assert out.strip().splitlines()[-1] == ('train.py: error: interrupted (Ctrl-C); nothing is '
+                                          'left half-written')
+  assert 'Traceback' not in out and 'KeyboardInterrupt' not in out
+  assert not list(tmp_path.rglob('*.tmp'))
 
 
 def test_quiet_commands_log_warnings_only_unless_asked(tmp_path):
@@ -104,6 +141,7 @@ def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
   deblur = ['-m', 'lmdvit_jax.deblur', f'--checkpoint={checkpoint}']
   _one_error_line(_run([*deblur, f'--output={tmp_path}/o', '--capacity=1.5', str(photo)]),
                   'deblur.py', 'capacity')
+  assert not (tmp_path / 'o').exists()  # A refused command makes no folder.
   _one_error_line(_run([*deblur, f'--output={tmp_path}/o']), 'deblur.py',
                   'at least one image file or folder')
   _one_error_line(_run([*deblur, f'--output={unwritable}', str(photo)]), 'deblur.py',
@@ -112,6 +150,8 @@ def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
   _one_error_line(_run([*evaluate, f'--output={tmp_path}/e', '--panel_height=0']),
                   'evaluate.py', '--panel_height')
   _one_error_line(_run([*evaluate, f'--output={unwritable}']), 'evaluate.py', 'not writable')
+  _one_error_line(_run([*evaluate, f'--output={tmp_path}/e', '--max_memory=1K']),
+                  'evaluate.py', 'max_memory (1.0 KiB) is less than the params')
   assert not (tmp_path / 'e').exists()
   train = ['train.py', '--config=configs/tiny.py']
   _one_error_line(_run([*train, f'--workdir={unwritable}']), 'train.py', '--workdir',
@@ -126,7 +166,6 @@ def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
 def readme_commands() -> list[list[str]]:
   """The program part of every `python ...` command in the README's code blocks:
   ['train.py'] or ['-m', 'lmdvit_jax.deblur']."""
-  import re  # pylint: disable=g-import-not-at-top
   text = (REPO / 'README.md').read_text()
   lines = [l.strip() for l in text.splitlines() if l.startswith('    ')]
   out = []

@@ -267,3 +267,76 @@ def test_out_of_memory_on_one_photo_names_it_and_the_rest_are_written(checkpoint
   assert 'large.png' in err and 'smaller --tile' in err and 'Traceback' not in err
   assert (out / 'small.png').is_file() and not (out / 'large.png').exists()
   assert not list(out.glob('.*.tmp'))
+
+
+# ---------------------------------------------------------------------------
+# Every shape, every depth, and nothing made by a refused command.
+
+
+def test_sixteen_bit_colour_keeps_sixteen_bits(tmp_path):
+  rng = np.random.default_rng(1)
+  for channels in (3, 4):
+    a = rng.integers(0, 65536, (6, 9, channels), dtype=np.uint16)
+    (tmp_path / f'c{channels}.png').write_bytes(deblur.encode_png16(a))
+    import tifffile  # pylint: disable=g-import-not-at-top
+    tifffile.imwrite(tmp_path / f'c{channels}.tif', a)
+    for name in (f'c{channels}.png', f'c{channels}.tif'):
+      loaded = deblur.read_image(tmp_path / name)
+      assert loaded.bits == 16 and not loaded.grey, name
+      np.testing.assert_array_equal(np.round(loaded.rgb * 65535).astype(np.uint16), a[..., :3])
+      if channels == 4:
+        np.testing.assert_array_equal(np.round(loaded.alpha * 65535).astype(np.uint16), a[..., 3])
+      # Written back: 16 bits, the same values.
+      out = deblur.encode_result(loaded.rgb, loaded)
+      assert out[24] == 16 and out[25] == (6 if channels == 4 else 2)
+
+
+def test_float_values_outside_the_unit_range_are_clipped_with_a_warning(tmp_path, caplog):
+  field = np.linspace(-0.5, 3.0, 64 * 64, dtype=np.float32).reshape(64, 64)
+  Image.fromarray(field, mode='F').save(tmp_path / 'hdr.tiff')
+  with caplog.at_level('WARNING'):
+    loaded = deblur.read_image(tmp_path / 'hdr.tiff')
+  assert loaded.rgb.min() == 0 and loaded.rgb.max() == 1
+  assert any('hdr.tiff' in r.getMessage() and 'clipped' in r.getMessage() and '3' in
+             r.getMessage() for r in caplog.records)
+
+
+def test_long_thin_photos_deblur_within_the_budget(checkpoint, tmp_path, capsys):
+  photos = tmp_path / 'in'
+  photos.mkdir()
+  rng = np.random.default_rng(2)
+  Image.fromarray(rng.integers(0, 256, (900, 20, 3), np.uint8)).save(photos / 'tall.png')
+  Image.fromarray(rng.integers(0, 256, (20, 900, 3), np.uint8)).save(photos / 'wide.png')
+  Image.fromarray(rng.integers(0, 256, (1, 1, 3), np.uint8)).save(photos / 'dot.png')
+  out = tmp_path / 'out'
+  # A budget of a few grid cells: the long side must be split, the short one cannot be.
+  assert deblur.run(str(checkpoint), [str(photos)], str(out), capacity='masked',
+                    max_memory=64 * 2**20, progress=False) == 0, capsys.readouterr().err
+  printed = capsys.readouterr().out
+  assert 'ran as tiles' in printed
+  for name, shape in (('tall', (900, 20, 3)), ('wide', (20, 900, 3)), ('dot', (1, 1, 3))):
+    with Image.open(out / f'{name}.png') as im:
+      assert np.asarray(im).shape == shape
+  # Compilation and the per-image compute time are both said.
+  assert 's per image computing' in printed and 's per image in all' in printed
+
+
+def test_a_budget_nothing_fits_in_stops_before_work_and_creates_nothing(checkpoint, tmp_path,
+                                                                       capsys):
+  photos = tmp_path / 'in'
+  photos.mkdir()
+  Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(photos / 'one.png')
+  out = tmp_path / 'out' / 'nested'
+  assert deblur.run(str(checkpoint), [str(photos)], str(out), max_memory=1024,
+                    progress=False) == 2
+  err = capsys.readouterr().err
+  assert 'max_memory (1.0 KiB) is less than the params alone' in err
+  assert len(err.strip().splitlines()) == 1
+  assert not (tmp_path / 'out').exists()
+  # Above the params, below the smallest canvas: also before any image.
+  assert deblur.run(str(checkpoint), [str(photos)], str(out), max_memory=4 * 2**20,
+                    progress=False) == 2
+  assert 'smallest canvas' in capsys.readouterr().err
+  assert deblur.run(str(checkpoint), [str(photos)], str(out), capacity='1.5',
+                    progress=False) == 2
+  assert not (tmp_path / 'out').exists()

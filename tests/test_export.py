@@ -71,7 +71,7 @@ def test_wrong_shapes_and_damaged_files_get_one_clear_line(exported_file, tmp_pa
     export.run(exported, np.zeros((2, 100, 130, 3)))
   damaged = tmp_path / 'damaged.jaxexport'
   damaged.write_bytes(exported_file.read_bytes()[:1000])
-  with pytest.raises(ValueError, match='not a jax.export file or is damaged'):
+  with pytest.raises(ValueError, match=f'{damaged} is not a jax.export file or is damaged'):
     export.load(damaged)
   with pytest.raises(FileNotFoundError):
     export.load(tmp_path / 'missing.jaxexport')
@@ -91,3 +91,27 @@ def test_export_command_fails_in_one_line_and_writes_nothing(checkpoint, tmp_pat
   lines = run.stderr.strip().splitlines()
   assert len(lines) == 1 and lines[0].startswith('export.py: error: --size must be')
   assert not out.exists()
+
+
+def test_the_file_is_about_the_params_at_any_size(tmp_path):
+  """Nothing of the image's size is stored: a 16x larger canvas, about the same file."""
+  model = LMDViT(**{**TINY, 'capacity': 'exact'})
+  deblurrer = inference.Deblurrer(model, init_params(model, 0), warmup=False, tile=0)
+  params = sum(a.nbytes for a in __import__('jax').tree_util.tree_leaves(deblurrer.params))
+  small = len(export.export(deblurrer, 256, 256).serialize())
+  large = len(export.export(deblurrer, 1024, 4096).serialize())
+  assert small < 1.3 * params and large < 1.3 * params, (small, large, params)
+  assert abs(large - small) < 0.05 * params, (small, large)
+
+
+def test_an_existing_file_is_replaced_only_when_asked(tmp_path):
+  out = tmp_path / 'm.jaxexport'
+  assert export.check_output(out) == out
+  out.write_bytes(b'an earlier export')
+  with pytest.raises(FileExistsError, match='exists; give --overwrite'):
+    export.check_output(out)
+  assert export.check_output(out, overwrite=True) == out
+  with pytest.raises(IsADirectoryError):
+    export.check_output(tmp_path)
+  assert not (tmp_path / 'new').exists() and export.check_output(tmp_path / 'new' / 'm')
+  assert not (tmp_path / 'new').exists()  # Checked, not created.

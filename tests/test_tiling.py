@@ -158,7 +158,8 @@ def test_memory_budget_chooses_tiles_and_a_short_last_batch_is_padded(model_para
   budget = int(tight._params_bytes + 4.5 * per_pixel * 256 * 256)  # pylint: disable=protected-access
   batched = Deblurrer(model, params, warmup=False, tile=256, max_memory=budget)
   assert batched.plan(300, 500).batch == 4
-  single = Deblurrer(model, params, warmup=False, tile=256, max_memory=1)
+  single = Deblurrer(model, params, warmup=False, tile=256,
+                    max_memory=tight._params_bytes + 1)  # pylint: disable=protected-access
   assert single.plan(300, 500).batch == 1
   np.testing.assert_allclose(batched(image).restored, single(image).restored, atol=1e-5)
 
@@ -173,9 +174,8 @@ def test_bad_tiling_settings_fail_with_one_clear_message(model_params):
     Deblurrer(model, params, tile=256, tile_overlap=256)
   with pytest.raises(ValueError, match='max_memory must be positive'):
     Deblurrer(model, params, max_memory=0)
-  tiny_budget = Deblurrer(model, params, max_memory=2e6)
   with pytest.raises(ValueError, match='less than the params'):
-    tiny_budget.plan(1000, 1000)
+    Deblurrer(model, params, max_memory=2e6)
 
 
 def test_running_out_of_memory_names_the_size_and_the_remedy(model_params, image, monkeypatch):
@@ -188,3 +188,15 @@ def test_running_out_of_memory_names_the_size_and_the_remedy(model_params, image
   monkeypatch.setattr(deblurrer, '_run', exhausted)
   with pytest.raises(OutOfMemoryError, match='300x500 .*6 tiles of 256x256.*smaller --tile'):
     deblurrer(image)
+
+
+@pytest.mark.parametrize('height,width', [(5120, 128), (128, 6016), (128, 128), (128, 256)])
+def test_any_shape_plans_down_to_one_grid_cell_across(height, width):
+  """An axis of one grid cell (a 5000x40 photo) runs as one tile along it;
+  the long axis is split within the budget."""
+  plan = tiling.auto_plan(height, width, GRID, 128, max_pixels=179_682)
+  assert plan.tile_height * plan.tile_width <= 179_682
+  assert plan.ys[-1] + plan.tile_height == height and plan.xs[-1] + plan.tile_width == width
+  short = min(height, width)
+  assert min(plan.tile_height, plan.tile_width) == short
+  assert tiling.smallest_tile(5120, 128, GRID, 128) == (256, 128)

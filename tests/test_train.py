@@ -327,3 +327,38 @@ def test_steps_are_issued_while_the_previous_step_still_runs(tmp_path, monkeypat
   # Step 2 follows the compiling first step, step 6 a logging step: both wait.
   free = [ready for step, ready in trace if step not in (2, 6)]
   assert len(free) == 7 and not any(free), trace
+
+
+def test_a_second_job_is_refused_by_every_process_before_a_step(tmp_path, config_file):
+  """A workdir in use (here held by another process): both processes of a new
+  two-process job stop in one line, exit 2, before any step or file."""
+  from tests.test_workdir_lock import _holder  # pylint: disable=g-import-not-at-top
+  holder = _holder(tmp_path)
+  try:
+    procs = _two_processes(tmp_path, config_file)
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+  finally:
+    holder.kill()
+    holder.wait(timeout=60)
+  for p, out in zip(procs, outputs):
+    assert p.returncode == 2, out[-3000:]
+    errors = [l for l in out.splitlines() if 'error:' in l]
+    assert len(errors) == 1 and 'is in use by' in errors[0], out[-3000:]
+    assert 'Traceback' not in out
+  assert f'process {holder.pid}' in outputs[0]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ['.lock']
+
+
+def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept(tmp_path):
+  """kill -9 before any checkpoint leaves rows and no checkpoint: the rerun
+  starts at step 0 and logs each step once."""
+  from lmdvit_jax import training  # pylint: disable=g-import-not-at-top
+  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'metrics.jsonl').write_text('{"step": 2, "loss": 9.0}\n{"step": 4, "loss": 8.0}\n')
+  (tmp_path / 'eval.jsonl').write_text('{"step": 3, "eval/psnr": 1.0}\n')
+  config = small_config()
+  config.update(num_train_steps=4, checkpoint_every_steps=100, eval_every_steps=0)
+  training.train_and_evaluate(config, tmp_path)
+  rows = _read_jsonl(tmp_path / 'metrics.jsonl')
+  assert [r['step'] for r in rows] == [2, 4] and rows[0]['loss'] != 9.0
+  assert _read_jsonl(tmp_path / 'eval.jsonl') == []

@@ -7,6 +7,7 @@ four-device step compiles in a subprocess started first, in parallel with the
 single-device work.
 """
 
+import re
 import subprocess
 import sys
 import types
@@ -262,3 +263,23 @@ def test_distributed_start_detects_the_environments_jax_knows(no_cluster, monkey
   assert train_lib.detect_cluster() == 'coordinator address'
   assert train_lib.maybe_initialize_distributed()
   assert no_cluster[-1] == {'num_processes': 2, 'process_id': 1}
+
+
+@pytest.mark.parametrize('key,value,message', [
+    ('optim.lr', -1.0, 'optim.lr must be positive, got -1.0'),
+    ('optim.lr', float('nan'), 'optim.lr must be positive'),
+    ('optim.b2', 1.0, 'optim.b2 must be in [0, 1)'),
+    ('optim.eps', 0.0, 'optim.eps must be positive'),
+    ('optim.weight_decay', -0.1, 'optim.weight_decay must be at least 0'),
+    ('optim.warmup_steps', -5, 'optim.warmup_steps must be at least 0'),
+    ('loss.ssim', -1.0, 'loss.ssim must be at least 0 (a loss weight)'),
+    ('data.blur_prob', 1.5, 'data.blur_prob must be in [0, 1]'),
+    ('data.weights', (1.0, -1.0), 'data.weights must be at least 0'),
+])
+def test_settings_no_run_can_mean_are_refused_before_any_work(key, value, message):
+  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+  config = small_config()
+  section, name = key.split('.')
+  config[section][name] = value
+  with pytest.raises(ValueError, match=re.escape(message)):
+    train_lib.check_run_config(config)

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import functools
-from typing import Any, Sequence
+from typing import Any, NamedTuple, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from lmdvit_jax.models import pruning
 from lmdvit_jax.models import windows as win
@@ -170,7 +169,7 @@ class AdaWPTStage(nn.Module):
           self.drop_path[i] if i < len(self.drop_path) else 0.0, dtype=self.dtype,
           name=f'block_{i}')
       wins = win.partition(win.roll(x, -shift), ws)
-      regions = win.shift_region_ids(h, w, ws, shift) if shift else None
+      regions = Regions(nh, nw, ws, shift) if shift else None
       if plans[parity] is None or self.is_initializing():
         wins = _run_all(block, wins, policies[parity], regions, train)
       else:
@@ -179,7 +178,7 @@ class AdaWPTStage(nn.Module):
     return x, scores, decisions, dropped
 
   def _run_gathered(self, block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan,
-                    regions: np.ndarray | None) -> jax.Array:
+                    regions: Regions | None) -> jax.Array:
     num_windows = wins.shape[1]
     if self.capacity != 'exact':
       k = pruning.fixed_capacity(num_windows, self.capacity)
@@ -200,19 +199,32 @@ class AdaWPTStage(nn.Module):
     return wins
 
 
+class Regions(NamedTuple):
+  """Where a shifted block's Swin regions are: its window grid, window and shift."""
+  grid_h: int
+  grid_w: int
+  ws: int
+  shift: int
+
+  def of(self, window: jax.Array) -> jax.Array:
+    """Region labels `[..., ws * ws]` of windows `window` `[...]`."""
+    return win.shift_region_ids(window, *self)
+
+
 def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
-             regions: np.ndarray | None, train: bool) -> jax.Array:
+             regions: Regions | None, train: bool) -> jax.Array:
   """Every window through the block, outputs selected by `policy` `[B, nW]`."""
   b, nwin, ws, _, c = wins.shape
   reg = None
   if regions is not None:
-    reg = jnp.broadcast_to(regions[None], (b,) + regions.shape).reshape(b * nwin, -1)
+    reg = jnp.broadcast_to(regions.of(jnp.arange(nwin))[None], (b, nwin, ws * ws))
+    reg = reg.reshape(b * nwin, -1)
   out = block(wins.reshape(b * nwin, ws, ws, c), policy.reshape(-1), reg, train)
   return out.reshape(wins.shape)
 
 
 def _run_slice(block: TransformerBlock, wins: jax.Array, idx: jax.Array, start: jax.Array | int,
-               count: jax.Array, regions: np.ndarray | None) -> jax.Array:
+               count: jax.Array, regions: Regions | None) -> jax.Array:
   """Runs windows `idx` `[B, k]` of `wins` `[B, nW, ws, ws, C]` and writes them back.
 
   `idx` holds plan slots `start .. start + k - 1`; slots at or past an image's
@@ -224,6 +236,8 @@ def _run_slice(block: TransformerBlock, wins: jax.Array, idx: jax.Array, start: 
   valid = ((start + jnp.arange(k))[None, :] < count[:, None]).astype(wins.dtype)
   reg = None
   if regions is not None:
-    reg = jnp.take(jnp.asarray(regions), idx, axis=0, mode='clip').reshape(b * k, -1)
+    # Slots past the grid (the padded end of a ranking) hold indices >= nW; their
+    # writes are dropped, and the clip keeps their labels those of a real window.
+    reg = regions.of(jnp.clip(idx, 0, regions.grid_h * regions.grid_w - 1)).reshape(b * k, -1)
   out = block(sel.reshape(b * k, ws, ws, c), valid.reshape(-1), reg, False)
   return pruning.scatter_windows(wins, idx, out.reshape(b, k, ws, ws, c))

@@ -2,9 +2,9 @@
 
 Windows are kept per image as `[B, nW, ws, ws, C]`, with `nW = (H/ws) * (W/ws)`
 ordered row-major over the window grid, which is the order the official code
-uses once its batch axis is split off again. The functions accept numpy or jax
-arrays (they only use `reshape` / `transpose`), so static tables are built with
-numpy at trace time.
+uses once its batch axis is split off again. `partition` and `reverse` accept
+numpy or jax arrays (they only use `reshape` / `transpose`); tables that grow
+with the image are computed in the program, never stored as constants.
 """
 
 from __future__ import annotations
@@ -45,24 +45,30 @@ def roll(x: jax.Array, shift: int) -> jax.Array:
   return jnp.roll(x, (shift, shift), axis=(1, 2))
 
 
-@functools.lru_cache(maxsize=None)
-def shift_region_ids(h: int, w: int, ws: int, shift: int) -> np.ndarray:
-  """Swin region label of every token of every window of the rolled map.
+def shift_region_ids(window: jax.Array, grid_h: int, grid_w: int, ws: int,
+                     shift: int) -> jax.Array:
+  """Swin region label of every token of windows `window` of the rolled map.
 
   The rolled map is cut into 3 x 3 regions by `[0:-ws]`, `[-ws:-shift]`,
   `[-shift:]` along each axis; tokens of one window may attend to each other
-  only when their labels agree. Storing labels (`[nW, ws*ws]`, int32) instead of
-  the `[nW, N, N]` additive mask keeps full-resolution images cheap: the mask
-  is rebuilt inside the attention from the labels of the windows actually run.
+  only when their labels agree. Only the last window row and column hold more
+  than region 0, so the labels follow from a window's grid position: they are
+  computed for the windows actually run, in the program, and no table of the
+  image's size is stored (a 20000x20000 export would carry gigabytes of it).
+
+  Args:
+    window: int `[...]`, indices into the row-major `grid_h x grid_w` window grid.
+
+  Returns:
+    int32 `[..., ws * ws]`: `3 * row region + column region` per token.
   """
-  img = np.zeros((h, w), np.int32)
-  cuts = (slice(0, -ws), slice(-ws, -shift), slice(-shift, None))
-  label = 0
-  for hs in cuts:
-    for wsl in cuts:
-      img[hs, wsl] = label
-      label += 1
-  return partition(img[None, :, :, None], ws).reshape(-1, ws * ws)
+  window = jnp.asarray(window, jnp.int32)
+  row, col = window // grid_w, window % grid_w
+  token = jnp.arange(ws, dtype=jnp.int32) >= ws - shift  # The last `shift` rows (columns).
+  ry = jnp.where((row == grid_h - 1)[..., None], 1 + token, 0)  # [..., ws]
+  rx = jnp.where((col == grid_w - 1)[..., None], 1 + token, 0)
+  labels = 3 * ry[..., :, None] + rx[..., None, :]  # [..., ws, ws]
+  return labels.reshape(window.shape + (ws * ws,)).astype(jnp.int32)
 
 
 @functools.lru_cache(maxsize=None)
