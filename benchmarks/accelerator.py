@@ -18,7 +18,8 @@ less than its estimate (so a run always ends with its tables; --smoke runs all):
              median seconds per image (compilation apart), XLA memory, peak
              device memory;
   train      the paper's recipe (512x512 crops, batch 12, released config),
-             float32 and bfloat16, remat none and blocks: images/s, memory;
+             float32 and bfloat16, remat none and blocks, and pruned training
+             (`train_capacity` 0.25) in float32 and bfloat16: images/s, memory;
   data       the input pipeline on this host: ReLoBlur-size frames (made
              here) through a frame cache, the recipe's crops and batches, with
              the default reader and one thread per core: crops/s, beside the
@@ -65,12 +66,16 @@ REFERENCE = REPO.parent / 'shared' / 'reference'
 
 # Sizes of the full run and of --smoke.
 FULL = dict(image=(1436, 2152), model='lmdvit', shrink={}, patch=512, batch=12, repeats=5,
-            steps=5, data_frames=8, data_batches=8, train_combos=[(d, r) for d in ('float32', 'bfloat16')
-                                   for r in ('none', 'blocks')])
+            steps=5, data_frames=8, data_batches=8,
+            # (dtype, remat, train_capacity): the dense step four ways, pruned training at 0.25.
+            train_combos=[(d, r, 'dense') for d in ('float32', 'bfloat16')
+                          for r in ('none', 'blocks')]
+            + [('float32', 'none', 0.25), ('bfloat16', 'none', 0.25)])
 SMOKE = dict(image=(100, 150), model='tiny', shrink=dict(win_size=4, depths=(1,) * 9), patch=64,
              batch=2, repeats=2, steps=2, data_frames=2, data_batches=2,
              # Two of the four, which between them cover both dtypes and both remats.
-             train_combos=[('float32', 'none'), ('bfloat16', 'blocks')])
+             train_combos=[('float32', 'none', 'dense'), ('bfloat16', 'blocks', 'dense'),
+                           ('float32', 'none', 0.25)])
 # Seconds each part is expected to take on an H100/H200 (the full run); a part
 # starts only if this much of the budget is left. --smoke runs every part, so
 # that what its test checks never depends on the machine's speed.
@@ -206,17 +211,19 @@ def inference_part(sizes: dict) -> dict:
 def train(sizes: dict) -> dict:
   rows, notes = [], [f'{sizes["model"]} config, random batch; median of {sizes["steps"]} steps '
                      'after one']
-  for dtype, remat in sizes['train_combos']:
+  for dtype, remat, capacity in sizes['train_combos']:
     try:
-      rows.append(_train_row(sizes, dtype, remat))
+      rows.append(_train_row(sizes, dtype, remat, capacity))
     except Exception as e:  # pylint: disable=broad-except  # e.g. out of memory without remat
       first = str(e).strip().splitlines()[0][:200] if str(e).strip() else ''
-      notes.append(f'{dtype}, remat {remat}: {type(e).__name__}: {first}')
+      notes.append(f'{dtype}, remat {remat}, train_capacity {capacity}: {type(e).__name__}: '
+                   f'{first}')
   return {'rows': rows, 'notes': notes}
 
 
-def _train_row(sizes: dict, dtype: str, remat: str) -> dict:
+def _train_row(sizes: dict, dtype: str, remat: str, capacity: str | float = 'dense') -> dict:
   config = _config(sizes, dtype, remat)
+  config.train_capacity = capacity
   mesh = train_lib.make_mesh()
   model = train_lib.build_model(config)
   tx = train_lib.make_optimizer(config)
@@ -232,7 +239,8 @@ def _train_row(sizes: dict, dtype: str, remat: str) -> dict:
     return metrics
 
   seconds = _median_seconds(run, sizes['steps'])
-  return {'dtype': dtype, 'remat': remat, 'patch': sizes['patch'], 'batch': sizes['batch'],
+  return {'dtype': dtype, 'remat': remat, 'train_capacity': capacity, 'patch': sizes['patch'],
+          'batch': sizes['batch'],
           'seconds_per_step': seconds, 'images_per_s': sizes['batch'] / seconds,
           'compile_s': compile_s, 'xla_gib': _xla_gib(step), 'peak_device_gib': _peak_device_gib()}
 

@@ -135,7 +135,7 @@ def main(argv):
     torch = None
   steps = {'our step': ours}
   if FLAGS.official_repo:
-    steps['official step'] = train_step.official(FLAGS.official_repo, config, host)[0]
+    steps["official step"] = train_step.official(FLAGS.official_repo, config, host)[0]
   if torch is not None:
     torch.set_num_threads(os.cpu_count() or 1)  # as the official step runs
   timers = {name: {shape: make(shape) for shape in counts} for name, make in libraries.items()}

@@ -2,17 +2,27 @@ r"""Training speed: our jitted train step, and the official PyTorch step beside 
 
   python -m benchmarks.train_step                      # released and small, 256x256, batch 2
   python -m benchmarks.train_step --configs=tiny --patch=128 --steps=10
-  python -m benchmarks.train_step --configs=lmdvit_small \
-      --official_repo=/path/to/LMD-ViT                 # side by side (needs torch, einops)
+  python -m benchmarks.train_step --configs=lmdvit_small,lmdvit --remat=blocks \
+      --capacities=dense,0.5,0.25 --official_repo=/path/to/LMD-ViT \
+      --official_python=/tmp/torchenv/bin/python       # the headline: own processes
+
+By default (`--mode=separate`) every row runs in its own process, one after
+another, as a user runs either framework: ours at each `--capacities`
+(`train_capacity`: 'dense', or pruned training at a kept fraction), then the
+official step (in `--official_python`, an environment with torch and einops;
+jax is not needed there). The table gives the median s/step, the process's
+peak resident memory and the ratios. `--mode=alternate` runs both in this
+process, step by step, with the columns below (each pays to fault back memory
+the other freed: not how a user runs them; labelled so in the docs).
 
 Our step (forward, losses, backward, AdamW update, non-finite guard) is
 compiled ahead of time, so the compile time is reported apart; then one warm-up
 step runs and `--steps` steps are timed. Inputs are random images with a
 random half-blurred mask; params come from `init_params`.
 
-With `--official_repo` (a checkout of LeiaLi/LMD-ViT) and torch installed, the
-official model of the same configuration is built too and trained in the same
-process, in train mode (Gumbel decisions, stochastic depth): forward, L1 loss,
+In `--mode=alternate`, with `--official_repo` (a checkout of LeiaLi/LMD-ViT) and
+torch installed, the official model of the same configuration is built too and
+trained in the same process, in train mode (Gumbel decisions, stochastic depth): forward, L1 loss,
 backward, AdamW. After one warm-up step each, the two steps alternate,
 `--steps` rounds, and the table gives the median s/step of each, images/s,
 the step's memory (the most resident memory a step added to the process,
@@ -31,10 +41,13 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import json
 import os
 import platform
 import resource
 import statistics
+import subprocess
+import sys
 import threading
 import time
 from typing import Callable
@@ -43,9 +56,18 @@ from absl import flags
 import jax
 import numpy as np
 
-from benchmarks.common import import_official, load_config, random_batch
+from benchmarks.common import load_config, random_batch
+from benchmarks.pytorch_reference import official_train_step
 from lmdvit_jax import cli, inference, train_lib
-from lmdvit_jax.models import count_params
+from lmdvit_jax.models import count_params, pruning
+
+
+def _cpu() -> str:
+  for line in open('/proc/cpuinfo', encoding='utf-8'):
+    if line.startswith('model name'):
+      return line.split(':', 1)[1].strip()
+  return platform.processor() or 'unknown CPU'
+
 
 FLAGS = flags.FLAGS
 
@@ -63,6 +85,17 @@ def _define_flags() -> None:
   flags.DEFINE_enum('remat', 'none', sorted(train_lib.REMAT_POLICIES), 'rematerialisation')
   flags.DEFINE_string('official_repo', None,
                       'checkout of LeiaLi/LMD-ViT (model_hw.py): also time its train step')
+  flags.DEFINE_list('capacities', ['dense'], "our step's train_capacity per row: 'dense' or "
+                    'a kept fraction in (0, 1]')
+  flags.DEFINE_enum('mode', 'separate', ['separate', 'alternate'],
+                    'separate: every row in its own process, one after another, as users run '
+                    'them (peak RSS of each process); alternate: both frameworks in this '
+                    'process, step by step (step RSS, page faults)')
+  flags.DEFINE_string('official_python', sys.executable,
+                      'Python with torch and einops for the official rows (separate mode); '
+                      'jax is not needed there')
+  flags.DEFINE_string('row', None, 'internal: CONFIG:CAPACITY, one row of ours in this '
+                      'process, printed as JSON')
 
 
 class PeakRSS:
@@ -119,29 +152,16 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
 
 def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
   """The official model of `config`'s architecture, one train step per call."""
-  torch, model_hw = import_official(repo)
-  torch.manual_seed(0)
-  torch.set_num_threads(os.cpu_count() or 1)
+  return official_train_step(repo, _arch(config), host, lr=float(config.optim.lr),
+                             weight_decay=float(config.optim.weight_decay))
+
+
+def _arch(config) -> dict:
+  """The architecture of `config.model` as the official model takes it."""
   m = config.model
-  # img_size 512: every stage keeps win_size windows with shifts, as ours (FACTS.md).
-  net = model_hw.LMD(img_size=512, embed_dim=m.embed_dim, win_size=m.win_size,
-                     token_projection='linear', token_mlp='lefflocal', depths=list(m.depths),
-                     num_heads=list(m.num_heads), mlp_ratio=m.mlp_ratio, modulator=m.modulator,
-                     dd_in=3, drop_path_rate=m.drop_path_rate,
-                     prune_loc=list(m.prune_loc)).train()
-  opt = torch.optim.AdamW(net.parameters(), lr=float(config.optim.lr),
-                          weight_decay=float(config.optim.weight_decay))
-  to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
-  blur, sharp = to_nchw(host['blur']), to_nchw(host['sharp'])
-
-  def run():
-    opt.zero_grad(set_to_none=True)
-    restored = net(blur)[0]
-    loss = (restored - sharp).abs().mean()
-    loss.backward()
-    opt.step()
-
-  return run, dict(params=sum(p.numel() for p in net.parameters()), version=torch.__version__)
+  return dict(embed_dim=m.embed_dim, win_size=m.win_size, depths=list(m.depths),
+              num_heads=list(m.num_heads), mlp_ratio=m.mlp_ratio, modulator=m.modulator,
+              drop_path_rate=m.drop_path_rate, prune_loc=list(m.prune_loc))
 
 
 def timed(run: Callable[[], None], trim: bool = True) -> tuple[float, int, int, float]:
@@ -171,8 +191,84 @@ def format_seconds(times: list[float]) -> str:
   return ', '.join(f'{t:.2f}' for t in times) + ' s'
 
 
+def _config(name: str, capacity: str, args):
+  config = load_config(name, args.patch, args.batch, args.dtype, args.remat)
+  config.train_capacity = capacity
+  return config
+
+
+def one_row(spec: str, args) -> dict:
+  """`--row=CONFIG:CAPACITY`: our step alone in this process; median of `--steps` after one."""
+  name, capacity = spec.split(':')
+  run, facts = ours(_config(name, capacity, args), random_batch(args.batch, args.patch))
+  facts.pop('lowered')
+  run()
+  times = [timed(run, trim=False)[0] for _ in range(args.steps)]
+  return dict(s_per_step=statistics.median(times), times=times, **facts)
+
+
+def _child(cmd: list[str]) -> dict:
+  """Runs `cmd` (printing one JSON line last); its result, with the process's
+  peak resident memory (`peak_rss_gib`, from the kernel's accounting)."""
+  proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+  out = proc.stdout.read()
+  _, status, usage = os.wait4(proc.pid, 0)
+  if os.waitstatus_to_exitcode(status) != 0:
+    raise RuntimeError(f'{" ".join(cmd[:6])} ... failed (exit {status}); output:\n{out[-2000:]}')
+  result = json.loads(out.strip().splitlines()[-1])
+  return {**result, 'peak_rss_gib': usage.ru_maxrss * 1024 / 2**30}
+
+
+def separate(args) -> list[dict]:
+  """Each row in its own process, one after another: ours per capacity, then
+  the official step (in `--official_python`)."""
+  rows = []
+  common = [f'--patch={args.patch}', f'--batch={args.batch}', f'--steps={args.steps}',
+            f'--dtype={args.dtype}', f'--remat={args.remat}']
+  for name in args.configs:
+    first = len(rows)
+    for capacity in args.capacities:
+      r = _child([sys.executable, '-m', 'benchmarks.train_step', f'--row={name}:{capacity}',
+                  *common])
+      rows.append(dict(config=name, framework='ours', capacity=capacity, **r))
+      print(_row_line(rows[-1]), flush=True)
+    if args.official_repo:
+      arch = json.dumps(_arch(load_config(name, args.patch, args.batch, 'float32', 'none')))
+      r = _child([args.official_python, '-m', 'benchmarks.pytorch_reference', '--train',
+                  f'--official_repo={args.official_repo}', f'--size={args.patch}',
+                  f'--batch={args.batch}', f'--repeats={args.steps}', f'--arch={arch}'])
+      rows.append(dict(config=name, framework=f'official (torch {r.pop("version")})',
+                       capacity='dense (Gumbel)', **r))
+      print(_row_line(rows[-1]), flush=True)
+    mine = rows[first:first + len(args.capacities)]
+    dense = next((r['s_per_step'] for r in mine if r['capacity'] == 'dense'), None)
+    theirs = rows[-1]['s_per_step'] if args.official_repo else None
+    for r in mine:
+      r['vs_dense'] = r['s_per_step'] / dense if dense else None
+      r['vs_official'] = r['s_per_step'] / theirs if theirs else None
+  return rows
+
+
+def _row_line(r: dict) -> str:
+  return ' '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
+                  for k, v in r.items() if k not in ('times',))
+
+
+def separate_table(rows: list[dict], args) -> str:
+  fmt = lambda v, d=2: '-' if v is None else f'{v:.{d}f}'
+  lines = ['| config | framework | train_capacity | s/step | images/s | peak RSS GiB | '
+           'compile s | ours / our dense | ours / official |', '|' + ' --- |' * 9]
+  for r in rows:
+    lines.append(f"| {r['config']} | {r['framework']} | {r['capacity']} | "
+                 f"{r['s_per_step']:.2f} | {args.batch / r['s_per_step']:.3f} | "
+                 f"{r['peak_rss_gib']:.1f} | {fmt(r.get('compile_s'), 1)} | "
+                 f"{fmt(r.get('vs_dense'))} | {fmt(r.get('vs_official'))} |")
+  return '\n'.join(lines)
+
+
 def bench(name: str, args) -> list[dict]:
   config = load_config(name, args.patch, args.batch, args.dtype, args.remat)
+  config.train_capacity = args.capacities[0]
   host = random_batch(args.batch, args.patch)
   runs = {'ours': ours(config, host)}
   if args.official_repo:
@@ -212,9 +308,21 @@ def bench(name: str, args) -> list[dict]:
 def main(argv):
   del argv
   args = FLAGS
+  for capacity in args.capacities:
+    pruning.parse_train_capacity(capacity)
+  if args.row:
+    print(json.dumps(one_row(args.row, args)), flush=True)
+    return
   if args.official_repo and not os.path.isfile(os.path.join(args.official_repo, 'model_hw.py')):
     raise FileNotFoundError(f'no model_hw.py in --official_repo={args.official_repo}')
-  print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}')
+  print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, '
+        f'{_cpu()}')
+  if args.mode == 'separate':
+    rows = separate(args)
+    print(f'\n{args.patch}x{args.patch}, batch {args.batch}, {args.dtype}, remat {args.remat}; '
+          f'median of {args.steps} steps after one, each row in its own process\n')
+    print(separate_table(rows, args))
+    return
   header = ('| config | framework | params | patch | batch | dtype | remat | compile s '
             '| XLA buffers GiB | step RSS GiB | page faults/step | kernel CPU s/step | s/step '
             '| images/s | ours / official |')

@@ -56,6 +56,10 @@ def get_config() -> ml_collections.ConfigDict:
   config.eval_every_steps = 10_000  # 0: never (best/ is then not written)
   config.compute_dtype = 'float32'  # or 'bfloat16' (params stay float32)
   config.remat = 'none'             # 'none', 'blocks', 'dots', 'dots_no_batch' (train_lib)
+  # 'dense' (the paper: every window computed, times its straight-through
+  # decision) or a kept fraction in (0, 1]: the blocks run on that share of
+  # the windows only, forward and backward (docs/training.md, pruned training).
+  config.train_capacity = ml_collections.FieldReference('dense', field_type=object)
   # Float32 matmuls: 'default' (the backend's choice: TF32-like on NVIDIA GPUs,
   # bfloat16 passes on TPUs), 'high' or 'highest' (full float32, as PyTorch).
   config.matmul_precision = 'default'

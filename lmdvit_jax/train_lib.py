@@ -173,15 +173,17 @@ def model_kwargs(config) -> dict[str, Any]:
 
 
 def build_model(config, **overrides) -> LMDViT:
-  """`LMDViT(**config.model)` with the compute dtype of `config.compute_dtype`."""
+  """`LMDViT(**config.model)` with the compute dtype of `config.compute_dtype`,
+  remat and the train step's capacity (`config.train_capacity`)."""
   name = config.get('compute_dtype', 'float32')
   if name not in COMPUTE_DTYPES:
     raise ValueError(f'compute_dtype must be one of {sorted(COMPUTE_DTYPES)}, got {name!r}')
   remat = config.get('remat', 'none')
   if remat not in REMAT_POLICIES:
     raise ValueError(f'remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}')
+  train_capacity = pruning.parse_train_capacity(config.get('train_capacity', 'dense'))
   kwargs = {**model_kwargs(config), 'dtype': COMPUTE_DTYPES[name], 'remat': remat == 'blocks',
-            **overrides}
+            'train_capacity': train_capacity, **overrides}
   model = LMDViT(**kwargs)
   model.check_config()
   return model

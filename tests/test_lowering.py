@@ -35,14 +35,17 @@ def _lowered_train_step(**changes):
   return export.lower(step, abstract, batch, platforms=ACCELERATORS)
 
 
-@pytest.mark.parametrize('dtype', ['float32', 'bfloat16'])
-@pytest.mark.parametrize('remat', ['none', 'blocks'])
-def test_train_step_lowers_for_gpu_and_tpu(dtype, remat):
-  exported = _lowered_train_step(compute_dtype=dtype, remat=remat)
+@pytest.mark.parametrize('dtype,remat,capacity', [
+    ('float32', 'none', 'dense'), ('float32', 'blocks', 'dense'), ('bfloat16', 'none', 'dense'),
+    ('bfloat16', 'blocks', 'dense'), ('float32', 'blocks', 0.25), ('bfloat16', 'none', 0.5)])
+def test_train_step_lowers_for_gpu_and_tpu(dtype, remat, capacity):
+  exported = _lowered_train_step(compute_dtype=dtype, remat=remat, train_capacity=capacity)
   assert exported.platforms == ACCELERATORS
   text = exported.mlir_module()
   assert 'tf.aliasing_output' in text  # the state is donated, as train.py runs it
   assert ('bf16' in text) == (dtype == 'bfloat16')
+  # Pruned training ranks windows to gather them; the dense step ranks nothing.
+  assert ('stablehlo.sort' in text) == (capacity != 'dense')
 
 
 def test_matmul_precision_reaches_the_compiled_train_step():

@@ -362,3 +362,25 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept(tmp_path)
   rows = _read_jsonl(tmp_path / 'metrics.jsonl')
   assert [r['step'] for r in rows] == [2, 4] and rows[0]['loss'] != 9.0
   assert _read_jsonl(tmp_path / 'eval.jsonl') == []
+
+
+def test_pruned_training_trains_resumes_and_evaluates_like_the_dense_run(tmp_path):
+  """`train_capacity=0.25`: checkpoints, resumes exactly where it stopped, evaluates."""
+  from lmdvit_jax import training  # pylint: disable=g-import-not-at-top
+  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+  config = small_config()
+  config.update(train_capacity=0.25, num_train_steps=4, eval_every_steps=4)
+  first = training.train_and_evaluate(config, tmp_path / 'split')
+  assert np.isfinite(first['loss']) and checkpointing.latest_step(tmp_path / 'split') == 4
+  config.update(num_train_steps=6)
+  training.train_and_evaluate(config, tmp_path / 'split')  # resumes from step 4
+  whole = small_config()
+  whole.update(train_capacity=0.25, num_train_steps=6, eval_every_steps=4)
+  training.train_and_evaluate(whole, tmp_path / 'whole')
+  split, ref = _checkpoint_arrays(tmp_path / 'split', 6), _checkpoint_arrays(tmp_path / 'whole', 6)
+  for k in ref:
+    np.testing.assert_allclose(split[k], ref[k], rtol=0, atol=1e-6, err_msg=k)
+  evals = _read_jsonl(tmp_path / 'whole' / 'eval.jsonl')
+  assert [e['step'] for e in evals] == [4] and np.isfinite(evals[0]['eval/wpsnr'])
+  rows = _read_jsonl(tmp_path / 'split' / 'metrics.jsonl')
+  assert [r['step'] for r in rows] == [2, 4, 6]

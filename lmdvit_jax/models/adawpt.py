@@ -101,6 +101,10 @@ class AdaWPTStage(nn.Module):
       storing them (training memory falls to about one block's worth).
     capacity: `'exact'`, `'masked'` (every window computed, outputs selected by
       the decision: the reference) or a float fixed budget in (0, 1].
+    train_capacity: in training, `'dense'` (every window computed and
+      multiplied by its straight-through decision, as the paper trains) or a
+      fraction in (0, 1]: each parity's blocks run only the first K =
+      ceil(fraction * nW) windows of its ranking, forward and backward.
     chunks: `'exact'` mode runs kept windows in chunks of `ceil(nW / chunks)`.
   """
 
@@ -117,6 +121,7 @@ class AdaWPTStage(nn.Module):
   drop_path: Sequence[float] = ()
   capacity: str | float = 'exact'
   chunks: int = pruning.DEFAULT_CHUNKS
+  train_capacity: str | float = 'dense'
   remat: bool = False
   dtype: Any = jnp.float32
 
@@ -140,6 +145,8 @@ class AdaWPTStage(nn.Module):
     plans: list[pruning.WindowPlan | None] = [None, None]
     scores, decisions, dropped = [], [], []
     gathered = self.prune and not train and self.capacity != 'masked'
+    # Pruned training: every block of a parity runs the same K windows of its plan.
+    gathered_train = self.prune and train and self.train_capacity != 'dense'
 
     for i in range(self.depth):
       parity = i % 2
@@ -161,6 +168,12 @@ class AdaWPTStage(nn.Module):
             cap, pad = pruning.fixed_capacity(nh * nw, self.capacity), 0
           plans[parity] = pruning.plan_windows(policies[parity], confidence, cap, pad)
           dropped.append(plans[parity].dropped)
+        elif gathered_train:
+          confidence = pruning.keep_probability(window_logits).reshape(b, nh * nw)
+          cap = pruning.fixed_capacity(nh * nw, self.train_capacity)
+          plans[parity] = pruning.plan_windows(jax.lax.stop_gradient(policies[parity]),
+                                               jax.lax.stop_gradient(confidence), cap)
+          dropped.append(plans[parity].dropped)
         else:
           dropped.append(jnp.zeros((b,), jnp.int32))
 
@@ -172,6 +185,9 @@ class AdaWPTStage(nn.Module):
       regions = Regions(nh, nw, ws, shift) if shift else None
       if plans[parity] is None or self.is_initializing():
         wins = _run_all(block, wins, policies[parity], regions, train)
+      elif train:
+        wins = _run_train_slice(block, wins, plans[parity], policies[parity],
+                                pruning.fixed_capacity(nh * nw, self.train_capacity), regions)
       else:
         wins = self._run_gathered(block, wins, plans[parity], regions)
       x = win.roll(win.reverse(wins, ws, h, w), shift)
@@ -221,6 +237,30 @@ def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
     reg = reg.reshape(b * nwin, -1)
   out = block(wins.reshape(b * nwin, ws, ws, c), policy.reshape(-1), reg, train)
   return out.reshape(wins.shape)
+
+
+def _run_train_slice(block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan,
+                     policy: jax.Array, k: int, regions: Regions | None) -> jax.Array:
+  """Pruned training: the first `k` windows of the plan's ranking `[B, k]`
+  through the block, each with its straight-through keep value, written back.
+
+  The ranking puts kept windows first (most confident first), then the
+  unkept ones nearest to being kept: slots the kept windows leave free run
+  those with keep 0, which leaves them unchanged in the forward pass but
+  gives their decision the gradient the dense step would (the block's
+  residual branches times the keep value). Kept windows beyond `k` are not
+  computed, as a fixed inference budget drops them.
+  """
+  b = wins.shape[0]
+  ws, c = wins.shape[2], wins.shape[-1]
+  idx = plan.order[:, :k]
+  keep = jnp.take_along_axis(policy, idx, axis=1)  # Differentiable: the decisions' gradient.
+  reg = None
+  if regions is not None:
+    reg = regions.of(idx).reshape(b * k, -1)
+  out = block(pruning.gather_windows(wins, idx).reshape(b * k, ws, ws, c), keep.reshape(-1),
+              reg, True)
+  return pruning.scatter_windows(wins, idx, out.reshape(b, k, ws, ws, c))
 
 
 def _run_slice(block: TransformerBlock, wins: jax.Array, idx: jax.Array, start: jax.Array | int,

@@ -113,6 +113,10 @@ class LMDViT(nn.Module):
     capacity_chunks: chunks per block in `'exact'` mode; at most
       `1 / capacity_chunks` of a block's windows is computed beyond the
       batch's largest kept count.
+    train_capacity: `'dense'` (training computes every window, the paper's
+      way) or a fraction in (0, 1]: training runs attention and feed-forward
+      on the gathered windows only (`adawpt.AdaWPTStage`); no effect on
+      inference.
     drop_path_rate: stochastic depth rate (training only).
     remat: rematerialise each Transformer block in the backward pass (training
       memory; no effect on results).
@@ -131,6 +135,7 @@ class LMDViT(nn.Module):
   block: str = 'lewin'
   capacity: str | float = 'exact'
   capacity_chunks: int = pruning.DEFAULT_CHUNKS
+  train_capacity: str | float = 'dense'
   drop_path_rate: float = 0.0
   remat: bool = False
   dtype: Any = jnp.float32
@@ -170,6 +175,7 @@ class LMDViT(nn.Module):
       raise ValueError(f"capacity must be 'exact', 'masked' or a float in (0, 1], "
                        f'got {self.capacity!r}')
     pruning.chunk_size(1, self.capacity_chunks)  # raises on a bad value
+    pruning.parse_train_capacity(self.train_capacity)  # raises on a bad value
     if not 0 <= self.keep_threshold < 1:
       raise ValueError(f'keep_threshold must be in [0, 1), got {self.keep_threshold}')
     if self.block not in BLOCKS:
@@ -203,8 +209,9 @@ class LMDViT(nn.Module):
           width, self.depths[i], self.num_heads[i], self.win_size, self.mlp_ratio,
           modulator=self.modulator and i > 4, prune=bool(self.prune_loc[i]),
           keep_threshold=self.keep_threshold, decision_rule=self.decision_rule, block=self.block,
-          drop_path=dpr[i], capacity=self.capacity,
-          chunks=self.capacity_chunks, remat=self.remat, dtype=self.dtype,
+          drop_path=dpr[i], capacity=self.capacity, chunks=self.capacity_chunks,
+          train_capacity=pruning.parse_train_capacity(self.train_capacity), remat=self.remat,
+          dtype=self.dtype,
           name=STAGE_NAMES[i])(
               y, train=train)
       scores.extend(s)

@@ -212,6 +212,19 @@ def parse_capacity(value: str | float) -> str | float:
   return value
 
 
+def parse_train_capacity(value: str | float) -> str | float:
+  """'dense' | a number in (0, 1] (as text or float) -> the model's `train_capacity`."""
+  if isinstance(value, str) and value.strip().lower() == 'dense':
+    return 'dense'
+  try:
+    fraction = float(value)
+  except (TypeError, ValueError):
+    fraction = float('nan')
+  if isinstance(value, bool) or not 0 < fraction <= 1:
+    raise ValueError(f"train_capacity must be 'dense' or a kept fraction in (0, 1], got {value!r}")
+  return fraction
+
+
 def fixed_capacity(num_windows: int, fraction: float) -> int:
   """Windows per image for a fixed budget `fraction` in (0, 1]."""
   return min(num_windows, max(1, math.ceil(fraction * num_windows)))
