@@ -15,29 +15,42 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
 from lmdvit_jax import cli
 
 _CONFIG = config_flags.DEFINE_config_file(
-    'config', str(Path(__file__).resolve().parent / 'configs' / 'demo.py'),
-    'Demo configuration file.', lock_config=True)
+  'config',
+  str(Path(__file__).resolve().parent / 'configs' / 'demo.py'),
+  'Demo configuration file.',
+  lock_config=True,
+)
 _WORKDIR = flags.DEFINE_string('workdir', 'workdirs/demo', 'Directory for the model and results.')
-_TRAIN = flags.DEFINE_bool('train', False, 'Train the model from scratch instead of installing '
-                           'the shipped demo weights.')
-_EXPORT = flags.DEFINE_bool('export_weights', False, "Write the workdir's model over the shipped "
-                            'demo weights (lmdvit_jax/demo_weights/), with its training log.')
+_TRAIN = flags.DEFINE_bool(
+  'train', False, 'Train the model from scratch instead of installing the shipped demo weights.'
+)
+_EXPORT = flags.DEFINE_bool(
+  'export_weights',
+  False,
+  "Write the workdir's model over the shipped "
+  'demo weights (lmdvit_jax/demo_weights/), with its training log.',
+)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  from lmdvit_jax import compilation_cache, demo  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax import compilation_cache, demo
+
   compilation_cache.enable()
-  demo.run(_CONFIG.value, Path(_WORKDIR.value), train=_TRAIN.value, export=_EXPORT.value,
-           overrides=config_flags.get_override_values(flags.FLAGS["config"]))
+  demo.run(
+    _CONFIG.value,
+    Path(_WORKDIR.value),
+    train=_TRAIN.value,
+    export=_EXPORT.value,
+    overrides=config_flags.get_override_values(flags.FLAGS["config"]),
+  )
 
 
 if __name__ == '__main__':

@@ -18,18 +18,20 @@ from absl import flags
 import numpy as np
 from scipy import ndimage
 
+from analyses.pruning_ranking import roc_auc
 from lmdvit_jax import cli
 from lmdvit_jax.data import specs
-from analyses.pruning_ranking import roc_auc
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
   # Only when run as a program, so that importing the module claims no flag names.
-  flags.DEFINE_list('specs', ['synthetic?size=256&count=40',
-                              'synthetic?size=256&count=40&min_blur=4&max_blur=16'],
-                    'data specs (training split)')
+  flags.DEFINE_list(
+    'specs',
+    ['synthetic?size=256&count=40', 'synthetic?size=256&count=40&min_blur=4&max_blur=16'],
+    'data specs (training split)',
+  )
   flags.DEFINE_integer('window', 4, 'window side in pixels')
   flags.DEFINE_list('contexts', ['4', '8', '16'], 'neighbourhood sides in pixels')
 
@@ -45,10 +47,13 @@ def main(argv):
     for i in range(len(source)):
       sample = source[i]
       grey = sample['blur'].mean(axis=-1)
-      energy = (np.abs(np.diff(grey, axis=1, append=grey[:, -1:]))
-                + np.abs(np.diff(grey, axis=0, append=grey[-1:])))
+      energy = np.abs(np.diff(grey, axis=1, append=grey[:, -1:])) + np.abs(
+        np.diff(grey, axis=0, append=grey[-1:])
+      )
       h, w = (grey.shape[0] // ws) * ws, (grey.shape[1] // ws) * ws
-      pool = lambda a: a[:h, :w].reshape(h // ws, ws, w // ws, ws).mean(axis=(1, 3)).ravel()
+      pool = lambda a, h=h, w=w: (
+        a[:h, :w].reshape(h // ws, ws, w // ws, ws).mean(axis=(1, 3)).ravel()
+      )
       labels.append(pool(sample['mask'][..., 0]) >= 0.5)
       for j, c in enumerate(contexts):
         cues[j].append(-pool(ndimage.uniform_filter(energy, c)))

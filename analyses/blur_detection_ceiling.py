@@ -34,27 +34,36 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from analyses.pruning_ranking import ranking
 from lmdvit_jax import cli
 from lmdvit_jax.data import specs
-from analyses.pruning_ranking import ranking
 
 FLAGS = flags.FLAGS
 
 
 def _define_flags() -> None:
   # Only when run as a program, so that tests can import the module.
-  flags.DEFINE_string('train_data', 'synthetic?size=128&count=1000000',
-                      'training data spec (split train)')
-  flags.DEFINE_multi_string('data', ['synthetic?size=384x256&count=16', 'outside?size=384x256&count=12'],
-                            'held-out data specs (split test), repeat the flag for more: the '
-                            "demo's held-out set and the outside set by default")
-  flags.DEFINE_string('validation_data', 'synthetic?size=384x256&count=16&seed=1',
-                      'also scored: data spec of training photos (split train); empty: none')
+  flags.DEFINE_string(
+    'train_data', 'synthetic?size=128&count=1000000', 'training data spec (split train)'
+  )
+  flags.DEFINE_multi_string(
+    'data',
+    ['synthetic?size=384x256&count=16', 'outside?size=384x256&count=12'],
+    'held-out data specs (split test), repeat the flag for more: the '
+    "demo's held-out set and the outside set by default",
+  )
+  flags.DEFINE_string(
+    'validation_data',
+    'synthetic?size=384x256&count=16&seed=1',
+    'also scored: data spec of training photos (split train); empty: none',
+  )
   flags.DEFINE_integer('steps', 1500, 'training steps')
   flags.DEFINE_integer('batch', 8, 'images per step')
   flags.DEFINE_integer('width', 16, 'channels at full resolution (doubling per scale, at most 4x)')
   flags.DEFINE_float('lr', 2e-3, 'peak learning rate (cosine decay after at most 50 warm-up steps)')
-  flags.DEFINE_list('windows', ['4', '8'], 'window sides in pixels the probabilities are pooled over')
+  flags.DEFINE_list(
+    'windows', ['4', '8'], 'window sides in pixels the probabilities are pooled over'
+  )
   flags.DEFINE_float('recall', 0.9, 'recall the best precision is read at')
   flags.DEFINE_integer('seed', 0, 'initialisation seed')
 
@@ -64,6 +73,7 @@ class BlurDetector(nn.Module):
 
   H and W must be multiples of 8.
   """
+
   width: int = 16
 
   @nn.compact
@@ -109,8 +119,10 @@ def batches(spec: str, batch: int):
   while True:
     samples = [source[(i + k) % len(source)] for k in range(batch)]
     i += batch
-    yield (np.stack([np.asarray(s['blur'], np.float32) for s in samples]),
-           np.stack([np.asarray(s['mask'], np.float32)[..., 0] for s in samples]))
+    yield (
+      np.stack([np.asarray(s['blur'], np.float32) for s in samples]),
+      np.stack([np.asarray(s['mask'], np.float32)[..., 0] for s in samples]),
+    )
 
 
 def train(model: BlurDetector, steps: int, batch: int, lr: float, seed: int, spec: str):
@@ -118,14 +130,16 @@ def train(model: BlurDetector, steps: int, batch: int, lr: float, seed: int, spe
   data = batches(spec, batch)
   blur, _ = next(data)
   params = model.init(jax.random.PRNGKey(seed), jnp.asarray(blur))['params']
-  optimizer = optax.adamw(optax.warmup_cosine_decay_schedule(
-      0.0, lr, min(50, steps // 2), steps, lr * 0.01))
+  optimizer = optax.adamw(
+    optax.warmup_cosine_decay_schedule(0.0, lr, min(50, steps // 2), steps, lr * 0.01)
+  )
   state = optimizer.init(params)
 
   @jax.jit
   def step(params, state, blur, mask):
     loss, grads = jax.value_and_grad(
-        lambda p: balanced_bce(model.apply({'params': p}, blur), mask))(params)
+      lambda p: balanced_bce(model.apply({'params': p}, blur), mask)
+    )(params)
     updates, state = optimizer.update(grads, state, params)
     return optax.apply_updates(params, updates), state, loss
 
@@ -135,8 +149,10 @@ def train(model: BlurDetector, steps: int, batch: int, lr: float, seed: int, spe
     params, state, loss = step(params, state, jnp.asarray(blur), jnp.asarray(mask))
     losses.append(float(loss))
     if (k + 1) % max(1, steps // 10) == 0:
-      print(f'step {k + 1}: balanced BCE {np.mean(losses[-50:]):.4f}, '
-            f'{time.time() - start:.0f} s', flush=True)
+      print(
+        f'step {k + 1}: balanced BCE {np.mean(losses[-50:]):.4f}, {time.time() - start:.0f} s',
+        flush=True,
+      )
   return params
 
 
@@ -150,10 +166,14 @@ def main(argv):
   sets = [(spec, 'test') for spec in FLAGS.data]
   if FLAGS.validation_data:
     sets.append((FLAGS.validation_data, 'train'))
-  print(f'Blur detector: {n_params / 1e3:.0f} k params, {FLAGS.steps} steps of '
-        f'{FLAGS.batch} images of {FLAGS.train_data} (train)')
-  print(f'| data | blurred pixels | decisions | ROC AUC | recall at 0.5 | precision at 0.5 | '
-        f'best precision at recall >= {FLAGS.recall} |')
+  print(
+    f'Blur detector: {n_params / 1e3:.0f} k params, {FLAGS.steps} steps of '
+    f'{FLAGS.batch} images of {FLAGS.train_data} (train)'
+  )
+  print(
+    f'| data | blurred pixels | decisions | ROC AUC | recall at 0.5 | precision at 0.5 | '
+    f'best precision at recall >= {FLAGS.recall} |'
+  )
   print('| --- | --- | --- | --- | --- | --- | --- |')
   for spec, split in sets:
     source = specs.open_source(spec, split=split)
@@ -168,8 +188,10 @@ def main(argv):
     for side, m in maps.items():
       r = ranking(np.concatenate(m), blurred, 0.5, FLAGS.recall)
       name = 'per pixel' if side == 1 else f'{side}x{side} windows'
-      print(f'| {spec} ({split}) | {blurred.mean():.3f} | {name} | {r["auc"]:.3f} | '
-            f'{r["recall"]:.3f} | {r["precision"]:.3f} | {r["best_precision"]:.3f} |')
+      print(
+        f'| {spec} ({split}) | {blurred.mean():.3f} | {name} | {r["auc"]:.3f} | '
+        f'{r["recall"]:.3f} | {r["precision"]:.3f} | {r["best_precision"]:.3f} |'
+      )
 
 
 if __name__ == '__main__':

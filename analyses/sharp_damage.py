@@ -24,7 +24,8 @@ from scipy import ndimage
 
 from lmdvit_jax import cli, evaluation
 from lmdvit_jax.data.specs import open_source
-from lmdvit_jax.inference import Deblurrer, quantize, split_settings
+from lmdvit_jax.image_io import quantize
+from lmdvit_jax.inference import Deblurrer
 
 FLAGS = flags.FLAGS
 
@@ -40,8 +41,9 @@ def _define_flags() -> None:
   flags.DEFINE_list('thresholds', ['0.5', '0.6', '0.7', '0.8', '0.9'], 'keep thresholds to score')
 
 
-def error_split(squared_error: np.ndarray, outside: np.ndarray,
-                groups: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+def error_split(
+  squared_error: np.ndarray, outside: np.ndarray, groups: np.ndarray, n_groups: int
+) -> tuple[np.ndarray, np.ndarray]:
   """Sums of squared error and pixel counts outside the mask, per group.
 
   Args:
@@ -53,20 +55,25 @@ def error_split(squared_error: np.ndarray, outside: np.ndarray,
     ([n_groups] error sums, [n_groups] pixel counts).
   """
   g = groups[outside]
-  return (np.bincount(g, squared_error[outside], n_groups),
-          np.bincount(g, minlength=n_groups).astype(np.float64))
+  return (
+    np.bincount(g, squared_error[outside], n_groups),
+    np.bincount(g, minlength=n_groups).astype(np.float64),
+  )
 
 
 def distance_group(mask: np.ndarray) -> np.ndarray:
   """[H, W] bool mask -> [H, W] index of each pixel's distance bin (DISTANCE_BINS)."""
   distance = ndimage.distance_transform_edt(~mask) if mask.any() else np.full(mask.shape, np.inf)
-  return np.clip(np.searchsorted(DISTANCE_BINS, distance, side='left') - 1, 0,
-                 len(DISTANCE_BINS) - 2)
+  return np.clip(
+    np.searchsorted(DISTANCE_BINS, distance, side='left') - 1, 0, len(DISTANCE_BINS) - 2
+  )
 
 
 def _psnr(error: np.ndarray, count: np.ndarray) -> list[str]:
-  return [f'{10 * np.log10(c / e):.1f}' if e > 0 else 'inf' if c > 0 else '-'
-          for e, c in zip(error, count)]
+  return [
+    f'{10 * np.log10(c / e):.1f}' if e > 0 else 'inf' if c > 0 else '-'
+    for e, c in zip(error, count)
+  ]
 
 
 def main(argv):
@@ -74,8 +81,7 @@ def main(argv):
   settings = cli.inference_settings()
 
   def load(**changes):
-    overrides, options = split_settings({**settings, **changes})
-    return Deblurrer.from_checkpoint(FLAGS.checkpoint, FLAGS.step, overrides, **options)
+    return Deblurrer.from_checkpoint(FLAGS.checkpoint, FLAGS.step, settings.replace(**changes))
 
   deblurrer = load()
   source = open_source(FLAGS.data, split=FLAGS.split)
@@ -85,16 +91,21 @@ def main(argv):
   for i in range(len(source)):
     sample = source[i]
     result = deblurrer(sample['blur'])
-    error = np.mean((np.asarray(quantize(result.restored), np.float64)
-                     - np.asarray(sample['sharp'], np.float64)) ** 2, axis=-1)
+    error = np.mean(
+      (np.asarray(quantize(result.restored), np.float64) - np.asarray(sample['sharp'], np.float64))
+      ** 2,
+      axis=-1,
+    )
     mask = np.asarray(sample['mask'])[..., 0] > 0
     kept = sum(k.astype(np.int64) for k in result.kept_maps())
     by_kept += error_split(error, ~mask, kept, n_blocks + 1)
     by_distance += error_split(error, ~mask, distance_group(mask), n_bins)
 
-  print(f'{len(source)} images of {FLAGS.data} ({FLAGS.split}), {FLAGS.checkpoint}, keep '
-        f'threshold {deblurrer.model.keep_threshold}, {deblurrer.self_ensemble} pass(es) per '
-        'image: squared error outside the blur mask\n')
+  print(
+    f'{len(source)} images of {FLAGS.data} ({FLAGS.split}), {FLAGS.checkpoint}, keep '
+    f'threshold {deblurrer.model.keep_threshold}, {deblurrer.self_ensemble} pass(es) per '
+    'image: squared error outside the blur mask\n'
+  )
   print('| blocks that kept the pixel | share of pixels | share of error | PSNR (dB) |')
   print('| --- | --- | --- | --- |')
   for k, (e, c, p) in enumerate(zip(*by_kept, _psnr(*by_kept))):
@@ -103,17 +114,23 @@ def main(argv):
   print('| --- | --- | --- | --- |')
   for k, (e, c, p) in enumerate(zip(*by_distance, _psnr(*by_distance))):
     low, high = DISTANCE_BINS[k], DISTANCE_BINS[k + 1]
-    print(f'| ({low}, {high}] | {c / by_distance[1].sum():.3f} | '
-          f'{e / by_distance[0].sum():.3f} | {p} |')
+    print(
+      f'| ({low}, {high}] | {c / by_distance[1].sum():.3f} | {e / by_distance[0].sum():.3f} | {p} |'
+    )
 
-  print('\n| keep threshold | weighted PSNR gain (dB) | whole-image PSNR gain (dB) | '
-        'PSNR outside (dB) | recall | precision | kept |')
+  print(
+    '\n| keep threshold | weighted PSNR gain (dB) | whole-image PSNR gain (dB) | '
+    'PSNR outside (dB) | recall | precision | kept |'
+  )
   print('| --- | --- | --- | --- | --- | --- | --- |')
   for t in FLAGS.thresholds:
     m = evaluation.run(load(keep_threshold=float(t)), source)['mean']
-    print(f'| {t} | {m["wpsnr"] - m["input_wpsnr"]:+.3f} | {m["psnr"] - m["input_psnr"]:+.3f} | '
-          f'{m["sharp_psnr"]:.2f} | {m["prune_recall"]:.3f} | {m["prune_precision"]:.3f} | '
-          f'{m["kept_fraction"]:.3f} |', flush=True)
+    print(
+      f'| {t} | {m["wpsnr"] - m["input_wpsnr"]:+.3f} | {m["psnr"] - m["input_psnr"]:+.3f} | '
+      f'{m["sharp_psnr"]:.2f} | {m["prune_recall"]:.3f} | {m["prune_precision"]:.3f} | '
+      f'{m["kept_fraction"]:.3f} |',
+      flush=True,
+    )
 
 
 if __name__ == '__main__':

@@ -26,20 +26,25 @@ def random_batch(batch: int, patch: int) -> dict[str, np.ndarray]:
   """Random blurred/sharp images `[B, P, P, 3]` and a centred square mask `[B, P, P, 1]`."""
   rng = np.random.default_rng(0)
   mask = np.zeros((batch, patch, patch, 1), np.float32)
-  mask[:, patch // 4:3 * patch // 4, patch // 4:3 * patch // 4] = 1
-  return {'blur': rng.random((batch, patch, patch, 3), np.float32),
-          'sharp': rng.random((batch, patch, patch, 3), np.float32), 'mask': mask}
+  mask[:, patch // 4 : 3 * patch // 4, patch // 4 : 3 * patch // 4] = 1
+  return {
+    'blur': rng.random((batch, patch, patch, 3), np.float32),
+    'sharp': rng.random((batch, patch, patch, 3), np.float32),
+    'mask': mask,
+  }
 
 
 def predictor_paths(model) -> list[tuple[str, str]]:
   """(stage, predictor) names in network order."""
-  from lmdvit_jax import inference  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax import inference
+
   return [(b.stage, f'predictor_{b.block}') for b in inference.decision_blocks(model)]
 
 
 def keep_all(model, params):
   """`params` with every confidence predictor set to keep every window."""
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+
   params = jax.tree_util.tree_map(np.array, params)
   for stage, pred in predictor_paths(model):
     params[stage][pred]['out_linear3']['kernel'][:] = 0
@@ -53,8 +58,10 @@ def calibrate(model, params, x, fraction: float):
   Predictors are set in network order, each after the ones upstream of it
   (their decisions change its input), so every block keeps about `fraction`.
   """
-  import jax  # pylint: disable=g-import-not-at-top
-  from lmdvit_jax.models import windows as win  # pylint: disable=g-import-not-at-top
+  import jax
+
+  from lmdvit_jax.models import windows as win
+
   params = jax.tree_util.tree_map(np.array, params)
   masked = model.clone(capacity='masked')
   apply = jax.jit(lambda p, x: masked.apply({'params': p}, x))
@@ -77,7 +84,7 @@ def import_official(repo: str):
   """Imports the official `model_hw`, standing in for the imports it makes but never
   needs to train (a module the repository does not ship; torchvision's
   `save_image`; timm's three layer helpers, when timm is not installed)."""
-  import torch  # pylint: disable=g-import-not-at-top,import-error
+  import torch
 
   def stub(name, **attrs):
     if name in sys.modules:
@@ -108,8 +115,13 @@ def import_official(repo: str):
 
   stub('mimo_modules.MIMOUNet', EBlock=None, DBlock=None)
   stub('torchvision.utils', save_image=None)
-  stub('timm.models.layers', DropPath=DropPath, to_2tuple=lambda v: (v, v),
-       trunc_normal_=lambda t, std=1.0: torch.nn.init.trunc_normal_(t, std=std))
+  stub(
+    'timm.models.layers',
+    DropPath=DropPath,
+    to_2tuple=lambda v: (v, v),
+    trunc_normal_=lambda t, std=1.0: torch.nn.init.trunc_normal_(t, std=std),
+  )
   sys.path.insert(0, repo)
-  import model_hw  # pylint: disable=g-import-not-at-top,import-error
+  import model_hw
+
   return torch, model_hw

@@ -28,10 +28,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from configs import lmdvit as lmdvit_config
-from lmdvit_jax.models import LMDViT, init_params, pruning
 from benchmarks.common import calibrate, keep_all
-from lmdvit_jax import cli, inference
+from configs import lmdvit as lmdvit_config
+from lmdvit_jax import cli, programs
+from lmdvit_jax.models import LMDViT, init_params, pruning
 
 FLAGS = flags.FLAGS
 
@@ -58,15 +58,20 @@ def compile_program(model: LMDViT, params, x) -> dict:
   compile_s = time.perf_counter() - t0
   cost = compiled.cost_analysis()
   cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-  peak = inference.compiled_memory(compiled)
+  peak = programs.compiled_memory(compiled)
   peak = float('nan') if peak is None else peak
   out = compiled(params, x)  # warm-up
   jax.block_until_ready(out)
   kept = [float(np.mean(d)) for d in out.decisions]
   weights = [d.size for d in out.decisions]
-  return dict(compiled=compiled, params=params, compile_s=compile_s,
-              gflops=cost['flops'] / 1e9, peak_mb=peak / 2**20,
-              kept=float(np.average(kept, weights=weights)) if kept else 1.0)
+  return dict(
+    compiled=compiled,
+    params=params,
+    compile_s=compile_s,
+    gflops=cost['flops'] / 1e9,
+    peak_mb=peak / 2**20,
+    kept=float(np.average(kept, weights=weights)) if kept else 1.0,
+  )
 
 
 def time_alternately(programs: list[dict], x, repeats: int) -> list[float]:
@@ -81,8 +86,10 @@ def time_alternately(programs: list[dict], x, repeats: int) -> list[float]:
 
 
 def row(h: int, w: int, mode: str, kept: float, seconds: float, r: dict) -> str:
-  return (f'| {h}x{w} | {mode} | {kept:.3f} | {seconds:.2f} | {r["compile_s"]:.1f} | '
-          f'{r["gflops"]:.0f} | {r["peak_mb"]:.0f} |')
+  return (
+    f'| {h}x{w} | {mode} | {kept:.3f} | {seconds:.2f} | {r["compile_s"]:.1f} | '
+    f'{r["gflops"]:.0f} | {r["peak_mb"]:.0f} |'
+  )
 
 
 def main(argv):
@@ -90,9 +97,11 @@ def main(argv):
   cfg = dict(lmdvit_config.get_config().model)
   cfg['embed_dim'] = FLAGS.embed_dim
   rng = np.random.default_rng(0)
-  print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{jax.device_count()} device(s), embed_dim {cfg["embed_dim"]}, '
-        f"exact mode in chunks of 1/{FLAGS.chunks} of a block's windows")
+  print(
+    f'jax {jax.__version__}, backend {jax.default_backend()}, '
+    f'{jax.device_count()} device(s), embed_dim {cfg["embed_dim"]}, '
+    f"exact mode in chunks of 1/{FLAGS.chunks} of a block's windows"
+  )
   print('| size | mode | kept | run (s) | compile (s) | XLA GFLOPs | XLA memory (MB) |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
   ratios = []
@@ -124,8 +133,10 @@ def main(argv):
       print(row(h, w, 'budget=exact', exact['kept'], t_budget, budget), flush=True)
       ratios.append((f'{h}x{w}', t_exact / t_budget, exact['compile_s'] / budget['compile_s']))
   for size, time_ratio, compile_ratio in ratios:
-    print(f'{size}: exact / fixed budget at its kept fraction: time {time_ratio:.2f}x, '
-          f'compile {compile_ratio:.2f}x')
+    print(
+      f'{size}: exact / fixed budget at its kept fraction: time {time_ratio:.2f}x, '
+      f'compile {compile_ratio:.2f}x'
+    )
 
 
 if __name__ == '__main__':

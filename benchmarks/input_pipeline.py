@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 import shutil
 import tempfile
 import time
-from pathlib import Path
 
 from absl import flags
 import numpy as np
@@ -30,10 +30,10 @@ from PIL import Image
 from lmdvit_jax import cli
 
 
-
 def _define_flags() -> None:
-  flags.DEFINE_string('data', None, 'Folder for the generated data sets (default: a temporary '
-                      'folder).')
+  flags.DEFINE_string(
+    'data', None, 'Folder for the generated data sets (default: a temporary folder).'
+  )
   flags.DEFINE_integer('frames', 24, 'Frames in each data set.')
   flags.DEFINE_string('reloblur_size', '2152x1436', 'WxH of the ReLoBlur-layout frames.')
   flags.DEFINE_string('gopro_size', '1280x720', 'WxH of the GoPro-layout frames.')
@@ -41,9 +41,13 @@ def _define_flags() -> None:
   flags.DEFINE_integer('batch', 12, 'Batch size.')
   flags.DEFINE_integer('batches', 8, 'Batches timed per row (after two warm-up batches).')
   flags.DEFINE_integer('png_batches', 3, 'Batches timed per row of the PNG path (it is slow).')
-  flags.DEFINE_list('settings', ['2:0', '1:0', '1:2', '2:2'],
-                    'Reader settings as THREADS:WORKER_PROCESSES; the first is the default.')
+  flags.DEFINE_list(
+    'settings',
+    ['2:0', '1:0', '1:2', '2:2'],
+    'Reader settings as THREADS:WORKER_PROCESSES; the first is the default.',
+  )
   flags.DEFINE_string('output', None, 'Also write the numbers as JSON here.')
+
 
 ONE_PASS = 'origin, read, crop, flip and conversion in one pass, as the pipeline runs them'
 PHOTO_NOISE = 3.0  # Grey levels of sensor noise: PNGs of about 5 MB at 2152x1436.
@@ -54,12 +58,13 @@ def _size(text: str) -> tuple[int, int]:
   return h, w
 
 
-def _frame(rng: np.random.Generator, photo: np.ndarray, h: int, w: int
-           ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _frame(
+  rng: np.random.Generator, photo: np.ndarray, h: int, w: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
   """(sharp, blur, mask): a noisy photo, smeared inside one to three blobs."""
   ph, pw = photo.shape[:2]
   y, x = rng.integers(0, ph // 4), rng.integers(0, pw // 4)
-  crop = photo[y:y + 3 * ph // 4, x:x + 3 * pw // 4]
+  crop = photo[y : y + 3 * ph // 4, x : x + 3 * pw // 4]
   base = np.asarray(Image.fromarray(crop).resize((w, h), Image.BICUBIC), np.float32)
   sharp = np.clip(base + rng.normal(0, PHOTO_NOISE, base.shape), 0, 255).astype(np.uint8)
   yy, xx = np.mgrid[:h, :w]
@@ -74,16 +79,23 @@ def _frame(rng: np.random.Generator, photo: np.ndarray, h: int, w: int
   return sharp, np.clip(blur, 0, 255).astype(np.uint8), mask.astype(np.uint8) * 255
 
 
-def make_datasets(root: Path, frames: int, reloblur_size: tuple[int, int],
-                  gopro_size: tuple[int, int] | None) -> dict[str, str]:
+def make_datasets(
+  root: Path, frames: int, reloblur_size: tuple[int, int], gopro_size: tuple[int, int] | None
+) -> dict[str, str]:
   """ReLoBlur and GoPro layouts under `root` (kept: made once; no GoPro
   without `gopro_size`); their data specs."""
-  import skimage.data  # pylint: disable=g-import-not-at-top
-  photos = [skimage.data.astronaut(), skimage.data.coffee(), skimage.data.chelsea(),
-            skimage.data.rocket()]
+  import skimage.data
+
+  photos = [
+    skimage.data.astronaut(),
+    skimage.data.coffee(),
+    skimage.data.chelsea(),
+    skimage.data.rocket(),
+  ]
   reloblur, gopro = root / 'reloblur', root / 'gopro'
   layouts = [('reloblur', reloblur, reloblur_size)] + (
-      [('gopro', gopro, gopro_size)] if gopro_size else [])
+    [('gopro', gopro, gopro_size)] if gopro_size else []
+  )
   for name, folder, (h, w) in layouts:
     done = folder / '.complete'
     if done.is_file() and done.read_text() == f'{frames} {h}x{w}':
@@ -114,12 +126,15 @@ def cores() -> int:
   return len(os.sched_getaffinity(0))
 
 
-def time_reader(spec: str, threads: int, workers: int, batches: int, patch: int = 512,
-                batch: int = 12) -> dict[str, float]:
+def time_reader(
+  spec: str, threads: int, workers: int, batches: int, patch: int = 512, batch: int = 12
+) -> dict[str, float]:
   """Crops/s of `make_train_iterator` over `batches` batches, after two warm-up batches."""
-  from lmdvit_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  it = pipeline.make_train_iterator([spec], patch_size=patch, batch_size=batch, seed=0,
-                                    num_threads=threads, worker_count=workers)
+  from lmdvit_jax.data import pipeline
+
+  it = pipeline.make_train_iterator(
+    [spec], patch_size=patch, batch_size=batch, seed=0, num_threads=threads, worker_count=workers
+  )
   for _ in range(2):
     it.next_local()
   cpu0, t0 = time.process_time(), time.perf_counter()
@@ -127,9 +142,12 @@ def time_reader(spec: str, threads: int, workers: int, batches: int, patch: int 
     it.next_local()
   seconds = time.perf_counter() - t0
   crops = batches * batch
-  return {'crops_per_s': crops / seconds, 'crops_per_s_per_core': crops / seconds / cores(),
-          'seconds_per_batch': seconds / batches,
-          'main_process_cpu_s_per_crop': (time.process_time() - cpu0) / crops}
+  return {
+    'crops_per_s': crops / seconds,
+    'crops_per_s_per_core': crops / seconds / cores(),
+    'seconds_per_batch': seconds / batches,
+    'main_process_cpu_s_per_crop': (time.process_time() - cpu0) / crops,
+  }
 
 
 def memory_bandwidth() -> float:
@@ -150,12 +168,14 @@ def _seconds(fn) -> float:
 def crop_parts(spec: str, patch: int, batch: int, batches: int = 20) -> dict[str, float]:
   """Milliseconds per crop of each part of the cached path, one core, in turn,
   batch after batch (memory is reused as in the pipeline)."""
-  from lmdvit_jax.data import crops, open_source  # pylint: disable=g-import-not-at-top
-  from lmdvit_jax.data.examples import IMAGE_KEYS, to_sample  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.data import crops, open_source
+  from lmdvit_jax.data.examples import IMAGE_KEYS, to_sample
+
   source = open_source(spec, split='train')
   rng = np.random.default_rng(0)
-  parts = dict.fromkeys(('origin (mask runs)', 'read and crop', 'flip', 'float conversion',
-                         'batching', ONE_PASS), 0.0)
+  parts = dict.fromkeys(
+    ('origin (mask runs)', 'read and crop', 'flip', 'float conversion', 'batching', ONE_PASS), 0.0
+  )
   for b in range(batches + 1):
     if b == 1:  # The first batch maps the frames and warms the allocator.
       parts = dict.fromkeys(parts, 0.0)
@@ -165,7 +185,7 @@ def crop_parts(spec: str, patch: int, batch: int, batches: int = 20) -> dict[str
       t0 = time.perf_counter()
       y, x, _ = crops.crop_origin(rng, example['mask'], patch, 0.5, example['mask_runs'])
       t1 = time.perf_counter()
-      cut = {k: np.array(example[k][y:y + patch, x:x + patch]) for k in IMAGE_KEYS}
+      cut = {k: np.array(example[k][y : y + patch, x : x + patch]) for k in IMAGE_KEYS}
       t2 = time.perf_counter()
       cut = {k: np.ascontiguousarray(v) for k, v in crops.random_flips(rng, cut).items()}
       t3 = time.perf_counter()
@@ -191,7 +211,8 @@ def crop_parts(spec: str, patch: int, batch: int, batches: int = 20) -> dict[str
 def main(argv):
   del argv
   fl = flags.FLAGS
-  from lmdvit_jax.data import build  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.data import build
+
   root = Path(fl.data) if fl.data else Path(tempfile.gettempdir()) / 'lmdvit_input_pipeline'
   specs = make_datasets(root, fl.frames, _size(fl.reloblur_size), _size(fl.gopro_size))
   cache_dir = root / 'cache'
@@ -201,21 +222,27 @@ def main(argv):
     cached = f'{spec}?cache={cache_dir}'
     shutil.rmtree(cache_dir, ignore_errors=True)
     report['builds'][name] = build.build_cache(cached)
-  print('\n| data | reader | threads | worker processes | crops/s | crops/s per core | s per batch |')
+  print(
+    '\n| data | reader | threads | worker processes | crops/s | crops/s per core | s per batch |'
+  )
   print('| --- | --- | --- | --- | --- | --- | --- |')
   for name, spec in specs.items():
     for path, use in (('PNG', spec), ('cache', f'{spec}?cache={cache_dir}')):
       for setting in fl.settings:
         threads, workers = (int(v) for v in setting.split(':'))
-        row = time_reader(use, threads, workers, fl.png_batches if path == 'PNG' else fl.batches,
-                          fl.patch, fl.batch)
+        row = time_reader(
+          use, threads, workers, fl.png_batches if path == 'PNG' else fl.batches, fl.patch, fl.batch
+        )
         row.update(data=name, reader=path, threads=threads, workers=workers)
         report['rows'].append(row)
-        print(f'| {name} | {path} | {threads} | {workers} | {row["crops_per_s"]:.1f} | '
-              f'{row["crops_per_s_per_core"]:.1f} | {row["seconds_per_batch"]:.3f} |', flush=True)
+        print(
+          f'| {name} | {path} | {threads} | {workers} | {row["crops_per_s"]:.1f} | '
+          f'{row["crops_per_s_per_core"]:.1f} | {row["seconds_per_batch"]:.3f} |',
+          flush=True,
+        )
   parts = crop_parts(f'{specs["reloblur"]}?cache={cache_dir}', fl.patch, fl.batch)
   bandwidth = memory_bandwidth()
-  per_crop = fl.patch ** 2 * 7
+  per_crop = fl.patch**2 * 7
   # Bytes a crop moves: read the uint8 crop, write and read the float32 sample
   # (4 bytes a value), write the float32 batch.
   moved = per_crop * (1 + 4 + 4 + 4)
@@ -227,9 +254,11 @@ def main(argv):
     print(f'| {key} | {ms:.2f} |')
   print(f'| all, one after another | {sum(separate.values()):.2f} |')
   print(f'| {ONE_PASS}, then batching | {parts[ONE_PASS] + parts["batching"]:.2f} |')
-  print(f'\nMemory bandwidth, one core copying: {bandwidth / 1e9:.1f} GB/s; a crop moves about '
-        f'{moved / 1e6:.1f} MB (uint8 read, float32 written, read and batched), so one core '
-        f'moves at most {bandwidth / moved:.0f} crops/s.')
+  print(
+    f'\nMemory bandwidth, one core copying: {bandwidth / 1e9:.1f} GB/s; a crop moves about '
+    f'{moved / 1e6:.1f} MB (uint8 read, float32 written, read and batched), so one core '
+    f'moves at most {bandwidth / moved:.0f} crops/s.'
+  )
   if fl.output:
     Path(fl.output).write_text(json.dumps(report, indent=1))
 

@@ -21,20 +21,20 @@ for `--rounds` rounds; each is reported as the median, with every round's time.
 from __future__ import annotations
 
 import collections
+from collections.abc import Callable
 import math
 import os
 import re
 import statistics
 import time
-from typing import Callable
 
 from absl import flags
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmdvit_jax import cli
 from benchmarks import train_step
+from lmdvit_jax import cli
 
 FLAGS = flags.FLAGS
 
@@ -46,11 +46,14 @@ def _define_flags() -> None:
   flags.DEFINE_integer('patch', 256, 'square patch side')
   flags.DEFINE_integer('batch', 2, 'batch size')
   flags.DEFINE_integer('repeats', 5, 'timed calls per shape (median)')
-  flags.DEFINE_integer('rounds', 3, 'rounds of: our step, the official step (with '
-                       '--official_repo), then the step\'s dots in each library; medians '
-                       'are reported')
-  flags.DEFINE_string('official_repo', None,
-                      'checkout of LeiaLi/LMD-ViT: also time its train step')
+  flags.DEFINE_integer(
+    'rounds',
+    3,
+    'rounds of: our step, the official step (with '
+    '--official_repo), then the step\'s dots in each library; medians '
+    'are reported',
+  )
+  flags.DEFINE_string('official_repo', None, 'checkout of LeiaLi/LMD-ViT: also time its train step')
 
 
 _DEF = re.compile(r'^\s*(?:ROOT\s+)?([\w.\-]+) = \w+\[([\d,]*)\]')
@@ -105,8 +108,7 @@ def _median_seconds(run: Callable[[], object], repeats: int) -> float:
 def _operands(shape: Shape, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
   b, m, k, n = shape
   rng = np.random.default_rng(seed)
-  return (rng.standard_normal((b, m, k), np.float32),
-          rng.standard_normal((b, k, n), np.float32))
+  return (rng.standard_normal((b, m, k), np.float32), rng.standard_normal((b, k, n), np.float32))
 
 
 def jax_timer(shape: Shape) -> Callable[[], object]:
@@ -129,7 +131,8 @@ def main(argv):
 
   libraries = {'jax': jax_timer}
   try:
-    import torch  # pylint: disable=g-import-not-at-top,import-error
+    import torch
+
     libraries['torch'] = lambda shape: torch_timer(torch, shape)
   except ImportError:
     torch = None
@@ -143,8 +146,9 @@ def main(argv):
   square_timers = {name: make(square) for name, make in libraries.items()}
 
   def sweep(name):
-    return sum(count * _median_seconds(timers[name][shape], FLAGS.repeats)
-               for shape, count in counts.items())
+    return sum(
+      count * _median_seconds(timers[name][shape], FLAGS.repeats) for shape, count in counts.items()
+    )
 
   rounds = collections.defaultdict(list)
   for _ in range(FLAGS.rounds):  # alternating: the steps, then each library's dots
@@ -153,26 +157,34 @@ def main(argv):
       rounds[name].append(train_step.timed(run)[0])
     for name in libraries:
       rounds[name].append(sweep(name))
-  best = {name: flops(square) / _median_seconds(square_timers[name], FLAGS.repeats) / 1e9
-          for name in libraries}
+  best = {
+    name: flops(square) / _median_seconds(square_timers[name], FLAGS.repeats) / 1e9
+    for name in libraries
+  }
   seconds = {name: statistics.median(times) for name, times in rounds.items()}
 
   dot_gflops = sum(flops(s) * c for s, c in counts.items()) / 1e9
-  print(f'{FLAGS.configs}, {FLAGS.patch}x{FLAGS.patch}, batch {FLAGS.batch}, float32: '
-        f'{sum(counts.values())} dots in {len(counts)} shapes, {dot_gflops:.1f} GFLOPs '
-        f'of the step\'s {facts["gflops"]:.1f} (XLA cost analysis)')
+  print(
+    f'{FLAGS.configs}, {FLAGS.patch}x{FLAGS.patch}, batch {FLAGS.batch}, float32: '
+    f'{sum(counts.values())} dots in {len(counts)} shapes, {dot_gflops:.1f} GFLOPs '
+    f'of the step\'s {facts["gflops"]:.1f} (XLA cost analysis)'
+  )
   for name in steps:
     print(f'{name}: {seconds[name]:.2f} s (rounds: {train_step.format_seconds(rounds[name])})')
   if 'official step' in seconds:
     print(f'goal, 0.67x of the official step: {0.67 * seconds["official step"]:.2f} s')
   print()
-  print('| library | the step\'s dots, each at its measured time (s; rounds) | their mean rate (GFLOP/s) '
-        '| 4096^3 product (GFLOP/s) |')
+  print(
+    "| library | the step's dots, each at its measured time (s; rounds) "
+    '| their mean rate (GFLOP/s) | 4096^3 product (GFLOP/s) |'
+  )
   print('| --- | --- | --- | --- |')
   for name in libraries:
     version = (torch if name == 'torch' else jax).__version__
-    print(f'| {name} {version} | {seconds[name]:.2f} ({train_step.format_seconds(rounds[name])}) '
-          f'| {dot_gflops / seconds[name]:.1f} | {best[name]:.1f} |')
+    print(
+      f'| {name} {version} | {seconds[name]:.2f} ({train_step.format_seconds(rounds[name])}) '
+      f'| {dot_gflops / seconds[name]:.1f} | {best[name]:.1f} |'
+    )
 
 
 if __name__ == '__main__':

@@ -30,14 +30,21 @@ import numpy as np
 
 from benchmarks.common import import_official
 
+RELEASED = dict(
+  embed_dim=32,
+  win_size=8,
+  depths=[1, 2, 8, 8, 2, 8, 8, 2, 1],
+  num_heads=[1, 2, 4, 8, 16, 16, 8, 4, 2],
+  mlp_ratio=4.0,
+  modulator=True,
+  drop_path_rate=0.1,
+  prune_loc=[1] * 9,
+)
 
-RELEASED = dict(embed_dim=32, win_size=8, depths=[1, 2, 8, 8, 2, 8, 8, 2, 1],
-                num_heads=[1, 2, 4, 8, 16, 16, 8, 4, 2], mlp_ratio=4.0, modulator=True,
-                drop_path_rate=0.1, prune_loc=[1] * 9)
 
-
-def official_train_step(repo: str, arch: dict, host: dict[str, np.ndarray], lr: float = 2e-4,
-                        weight_decay: float = 0.02):
+def official_train_step(
+  repo: str, arch: dict, host: dict[str, np.ndarray], lr: float = 2e-4, weight_decay: float = 0.02
+):
   """One official train step per call (train mode: Gumbel decisions, stochastic
   depth): forward, L1 loss, backward, AdamW. `arch`: LMDViT's keyword arguments
   (`RELEASED`'s keys); `host`: numpy `blur`, `sharp` [B, H, W, 3]."""
@@ -45,12 +52,20 @@ def official_train_step(repo: str, arch: dict, host: dict[str, np.ndarray], lr: 
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
   # img_size 512: every stage keeps win_size windows with shifts, as ours (FACTS.md).
-  net = model_hw.LMD(img_size=512, embed_dim=arch['embed_dim'], win_size=arch['win_size'],
-                     token_projection='linear', token_mlp='lefflocal',
-                     depths=list(arch['depths']), num_heads=list(arch['num_heads']),
-                     mlp_ratio=arch['mlp_ratio'], modulator=arch['modulator'], dd_in=3,
-                     drop_path_rate=arch['drop_path_rate'],
-                     prune_loc=list(arch['prune_loc'])).train()
+  net = model_hw.LMD(
+    img_size=512,
+    embed_dim=arch['embed_dim'],
+    win_size=arch['win_size'],
+    token_projection='linear',
+    token_mlp='lefflocal',
+    depths=list(arch['depths']),
+    num_heads=list(arch['num_heads']),
+    mlp_ratio=arch['mlp_ratio'],
+    modulator=arch['modulator'],
+    dd_in=3,
+    drop_path_rate=arch['drop_path_rate'],
+    prune_loc=list(arch['prune_loc']),
+  ).train()
   opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=weight_decay)
   to_nchw = lambda a: torch.from_numpy(np.ascontiguousarray(a.transpose(0, 3, 1, 2)))
   blur, sharp = to_nchw(host['blur']), to_nchw(host['sharp'])
@@ -68,18 +83,17 @@ def official_train_step(repo: str, arch: dict, host: dict[str, np.ndarray], lr: 
 def train(args) -> None:
   """`--train`: the median seconds of `--repeats` official train steps after one,
   printed as one JSON line (`benchmarks.train_step` runs this in its own process)."""
-  from benchmarks.common import random_batch  # pylint: disable=g-import-not-at-top
+  from benchmarks.common import random_batch
+
   arch = {**RELEASED, **json.loads(args.arch or '{}')}
-  run, facts = official_train_step(args.official_repo, arch,
-                                   random_batch(args.batch, args.size))
+  run, facts = official_train_step(args.official_repo, arch, random_batch(args.batch, args.size))
   run()
   times = []
   for _ in range(args.repeats):
     start = time.perf_counter()
     run()
     times.append(time.perf_counter() - start)
-  print(json.dumps({'s_per_step': statistics.median(times), 'times': times, **facts}),
-        flush=True)
+  print(json.dumps({'s_per_step': statistics.median(times), 'times': times, **facts}), flush=True)
 
 
 def main() -> None:
@@ -88,11 +102,18 @@ def main() -> None:
   parser.add_argument('--size', type=int, default=512)
   parser.add_argument('--kept', default='1.0,0.25', help='comma-separated kept fractions')
   parser.add_argument('--repeats', type=int, default=3)
-  parser.add_argument('--train', action='store_true', help='time the train step instead '
-                      '(--size is the patch side) and print it as JSON')
+  parser.add_argument(
+    '--train',
+    action='store_true',
+    help='time the train step instead (--size is the patch side) and print it as JSON',
+  )
   parser.add_argument('--batch', type=int, default=2, help='--train: batch size')
-  parser.add_argument('--arch', default=None, help='--train: JSON of LMDViT keyword arguments '
-                      'that differ from the released ones, e.g. {"embed_dim": 16}')
+  parser.add_argument(
+    '--arch',
+    default=None,
+    help='--train: JSON of LMDViT keyword arguments '
+    'that differ from the released ones, e.g. {"embed_dim": 16}',
+  )
   args = parser.parse_args()
   if not os.path.isfile(os.path.join(args.official_repo, 'model_hw.py')):
     parser.error(f'no model_hw.py in {args.official_repo}')
@@ -103,25 +124,29 @@ def main() -> None:
   torch, model_hw = import_official(args.official_repo)
   torch.manual_seed(0)
   torch.set_num_threads(os.cpu_count() or 1)
-  net = model_hw.LMD(img_size=512, token_projection='linear', token_mlp='lefflocal', dd_in=3,
-                     **RELEASED).eval()
+  net = model_hw.LMD(
+    img_size=512, token_projection='linear', token_mlp='lefflocal', dd_in=3, **RELEASED
+  ).eval()
 
   rng = np.random.default_rng(0)
   patterns: dict[tuple[int, float], np.ndarray] = {}
   setting = {'kept': 1.0}
   real_forward = model_hw.PredictorLG.forward
-  shifts = {id(m.score_predictor): m.shift_size for m in net.modules()
-            if getattr(m, 'score_predictor', None) is not None}
+  shifts = {
+    id(m.score_predictor): m.shift_size
+    for m in net.modules()
+    if getattr(m, 'score_predictor', None) is not None
+  }
 
   def forward(self, x):
     real_forward(self, x)  # Pay for the predictor, then override its decision.
     b, n, _ = x.shape
-    side = int(round(n ** 0.5))
+    side = int(round(n**0.5))
     grid = side // 8
     key = (grid, setting['kept'])
     if key not in patterns:
       keep = np.zeros(grid * grid, bool)
-      keep[rng.permutation(grid * grid)[:int(round(setting['kept'] * grid * grid))]] = True
+      keep[rng.permutation(grid * grid)[: int(round(setting['kept'] * grid * grid))]] = True
       patterns[key] = keep.reshape(grid, grid)
     keep = torch.from_numpy(np.kron(patterns[key], np.ones((8, 8), bool)))
     shift = shifts.get(id(self), 0)

@@ -24,22 +24,22 @@ program's own estimate fits `--whole_limit` of this machine's memory.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 import re
 import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
 from absl import flags
 import jax
 import numpy as np
 from PIL import Image
 
-from configs import lmdvit as lmdvit_config
-from lmdvit_jax import checkpointing, cli, inference
-from lmdvit_jax.models import LMDViT, init_params
 from benchmarks.common import calibrate
+from configs import lmdvit as lmdvit_config
+from lmdvit_jax import checkpointing, cli, programs
+from lmdvit_jax.models import LMDViT, init_params
 
 FLAGS = flags.FLAGS
 REAL = Path(__file__).resolve().parents[2] / 'shared' / 'data' / 'real'
@@ -51,17 +51,24 @@ BYTES_PER_PIXEL = {'dense': 3148, 'pruned': 1361}
 
 def _define_flags() -> None:
   # Only when run as a program, so that importing the module claims no flag names.
-  flags.DEFINE_list('sizes', ['1152x864', '2304x1728', '4000x3000', '6000x4000'],
-                    'photo sizes WxH (about 1, 4, 12 and 24 megapixels)')
+  flags.DEFINE_list(
+    'sizes',
+    ['1152x864', '2304x1728', '4000x3000', '6000x4000'],
+    'photo sizes WxH (about 1, 4, 12 and 24 megapixels)',
+  )
   flags.DEFINE_list('modes', ['dense', 'pruned'], 'dense and/or pruned')
   flags.DEFINE_list('layouts', ['auto', 'whole'], 'auto (the default command) and/or whole')
   flags.DEFINE_string('photo', str(REAL / 'gopro_1fromGOPR0950.png'), 'source photograph')
   flags.DEFINE_float('keep', 0.25, 'share of windows the pruned model keeps')
   flags.DEFINE_string('max_memory', None, '--max_memory of the runs (default: the command\'s)')
-  flags.DEFINE_float('whole_limit', 0.8, 'run whole images only if they need less than this '
-                     "share of the machine's memory")
-  flags.DEFINE_string('workdir', None, 'where checkpoints, photos and outputs go '
-                      '(default: a temporary folder)')
+  flags.DEFINE_float(
+    'whole_limit',
+    0.8,
+    'run whole images only if they need less than this share of the machine\'s memory',
+  )
+  flags.DEFINE_string(
+    'workdir', None, 'where checkpoints, photos and outputs go (default: a temporary folder)'
+  )
 
 
 def make_checkpoints(root: Path, photo: np.ndarray, keep: float) -> dict[str, Path]:
@@ -78,9 +85,10 @@ def make_checkpoints(root: Path, photo: np.ndarray, keep: float) -> dict[str, Pa
     model = LMDViT(**cfg, capacity='exact')
     h, w = photo.shape[:2]
     top, left = (h - 512) // 2, (w - 512) // 2
-    crop = jax.numpy.asarray(photo[None, top:top + 512, left:left + 512], np.float32) / 255
-    checkpointing.save_model(root / 'pruned', calibrate(model, init_params(model, 0), crop, keep),
-                             cfg)
+    crop = jax.numpy.asarray(photo[None, top : top + 512, left : left + 512], np.float32) / 255
+    checkpointing.save_model(
+      root / 'pruned', calibrate(model, init_params(model, 0), crop, keep), cfg
+    )
   out['pruned'] = root / 'pruned'
   return out
 
@@ -109,9 +117,11 @@ def main(argv):
     source = im.convert('RGB')
   checkpoints = make_checkpoints(root, np.asarray(source), FLAGS.keep)
   budget = FLAGS.max_memory
-  shown = budget or f'{inference.default_max_memory() / 2**30:.2f} GiB (default)'
-  print(f'jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cores, '
-        f'{machine_memory() / 2**30:.0f} GiB; photo {Path(FLAGS.photo).name}; max_memory {shown}')
+  shown = budget or f'{programs.default_max_memory() / 2**30:.2f} GiB (default)'
+  print(
+    f'jax {jax.__version__} on {jax.devices()[0].device_kind}, {os.cpu_count()} cores, '
+    f'{machine_memory() / 2**30:.0f} GiB; photo {Path(FLAGS.photo).name}; max_memory {shown}'
+  )
   print('| photo | MP | mode | layout | tiles | peak RSS (GB) | wall (s) | model (s) |')
   print('| --- | --- | --- | --- | --- | --- | --- | --- |')
   for size in FLAGS.sizes:
@@ -128,8 +138,14 @@ def main(argv):
           print(f'{label} - | does not fit ({need / 1e9:.1f} GB needed) | - | - |', flush=True)
           continue
         out = root / f'out_{mode}_{layout}'
-        command = [sys.executable, '-m', 'lmdvit_jax.deblur', f'--checkpoint={checkpoints[mode]}',
-                   str(photo), f'--output={out}']
+        command = [
+          sys.executable,
+          '-m',
+          'lmdvit_jax.deblur',
+          f'--checkpoint={checkpoints[mode]}',
+          str(photo),
+          f'--output={out}',
+        ]
         command += ['--capacity=1.0'] if mode == 'dense' else []
         command += ['--tile=0'] if layout == 'whole' else []
         command += [f'--max_memory={budget}'] if budget else []
@@ -140,8 +156,11 @@ def main(argv):
           continue
         model_s = re.search(r'([0-9.]+) s per image', text)
         tiles = re.search(r'ran as tiles \(([0-9]+ tiles of [0-9x]+)', text)
-        print(f'{label} {tiles.group(1) if tiles else "whole"} | {rss / 1e9:.2f} | {wall:.0f} | '
-              f'{float(model_s.group(1)) if model_s else float("nan"):.1f} |', flush=True)
+        print(
+          f'{label} {tiles.group(1) if tiles else "whole"} | {rss / 1e9:.2f} | {wall:.0f} | '
+          f'{float(model_s.group(1)) if model_s else float("nan"):.1f} |',
+          flush=True,
+        )
 
 
 if __name__ == '__main__':

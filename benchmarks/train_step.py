@@ -39,6 +39,7 @@ time, per `benchmarks/train_step_parts.py`.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import ctypes
 import ctypes.util
 import json
@@ -50,7 +51,6 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Callable
 
 from absl import flags
 import jax
@@ -58,7 +58,7 @@ import numpy as np
 
 from benchmarks.common import load_config, random_batch
 from benchmarks.pytorch_reference import official_train_step
-from lmdvit_jax import cli, inference, train_lib
+from lmdvit_jax import cli, programs, train_lib
 from lmdvit_jax.models import count_params, pruning
 
 
@@ -77,25 +77,39 @@ def _define_flags() -> None:
   flags.DEFINE_integer('patch', 256, 'square patch side')
   flags.DEFINE_integer('batch', 2, 'batch size')
   flags.DEFINE_integer('steps', 3, 'timed steps (rounds, when alternating)')
-  flags.DEFINE_integer('steps_per_turn', 1,
-                       'steps each framework runs in a row before the other takes its turn; '
-                       'above 1, the first of each turn is timed apart and s/step is the '
-                       'median of the others')
+  flags.DEFINE_integer(
+    'steps_per_turn',
+    1,
+    'steps each framework runs in a row before the other takes its turn; '
+    'above 1, the first of each turn is timed apart and s/step is the '
+    'median of the others',
+  )
   flags.DEFINE_enum('dtype', 'float32', sorted(train_lib.COMPUTE_DTYPES), 'compute dtype')
   flags.DEFINE_enum('remat', 'none', sorted(train_lib.REMAT_POLICIES), 'rematerialisation')
-  flags.DEFINE_string('official_repo', None,
-                      'checkout of LeiaLi/LMD-ViT (model_hw.py): also time its train step')
-  flags.DEFINE_list('capacities', ['dense'], "our step's train_capacity per row: 'dense' or "
-                    'a kept fraction in (0, 1]')
-  flags.DEFINE_enum('mode', 'separate', ['separate', 'alternate'],
-                    'separate: every row in its own process, one after another, as users run '
-                    'them (peak RSS of each process); alternate: both frameworks in this '
-                    'process, step by step (step RSS, page faults)')
-  flags.DEFINE_string('official_python', sys.executable,
-                      'Python with torch and einops for the official rows (separate mode); '
-                      'jax is not needed there')
-  flags.DEFINE_string('row', None, 'internal: CONFIG:CAPACITY, one row of ours in this '
-                      'process, printed as JSON')
+  flags.DEFINE_string(
+    'official_repo', None, 'checkout of LeiaLi/LMD-ViT (model_hw.py): also time its train step'
+  )
+  flags.DEFINE_list(
+    'capacities',
+    ['dense'],
+    "our step's train_capacity per row: 'dense' or a kept fraction in (0, 1]",
+  )
+  flags.DEFINE_enum(
+    'mode',
+    'separate',
+    ['separate', 'alternate'],
+    'separate: every row in its own process, one after another, as users run '
+    'them (peak RSS of each process); alternate: both frameworks in this '
+    'process, step by step (step RSS, page faults)',
+  )
+  flags.DEFINE_string(
+    'official_python',
+    sys.executable,
+    'Python with torch and einops for the official rows (separate mode); jax is not needed there',
+  )
+  flags.DEFINE_string(
+    'row', None, 'internal: CONFIG:CAPACITY, one row of ours in this process, printed as JSON'
+  )
 
 
 class PeakRSS:
@@ -139,29 +153,46 @@ def ours(config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]
   lowered = step.lower(state, data)
   compiled = lowered.compile()
   compile_s = time.perf_counter() - t0
-  xla_gib = inference.compiled_memory(compiled) / 2**30
+  xla_gib = programs.compiled_memory(compiled) / 2**30
   holder = {'state': state}
 
   def run():
     holder['state'], metrics = compiled(holder['state'], data)
     jax.block_until_ready(metrics)
 
-  return run, dict(params=count_params(state.params), compile_s=compile_s, xla_gib=xla_gib,
-                   gflops=compiled.cost_analysis()['flops'] / 1e9, lowered=lowered)
+  return run, dict(
+    params=count_params(state.params),
+    compile_s=compile_s,
+    xla_gib=xla_gib,
+    gflops=compiled.cost_analysis()['flops'] / 1e9,
+    lowered=lowered,
+  )
 
 
 def official(repo: str, config, host: dict[str, np.ndarray]) -> tuple[Callable[[], None], dict]:
   """The official model of `config`'s architecture, one train step per call."""
-  return official_train_step(repo, _arch(config), host, lr=float(config.optim.lr),
-                             weight_decay=float(config.optim.weight_decay))
+  return official_train_step(
+    repo,
+    _arch(config),
+    host,
+    lr=float(config.optim.lr),
+    weight_decay=float(config.optim.weight_decay),
+  )
 
 
 def _arch(config) -> dict:
   """The architecture of `config.model` as the official model takes it."""
   m = config.model
-  return dict(embed_dim=m.embed_dim, win_size=m.win_size, depths=list(m.depths),
-              num_heads=list(m.num_heads), mlp_ratio=m.mlp_ratio, modulator=m.modulator,
-              drop_path_rate=m.drop_path_rate, prune_loc=list(m.prune_loc))
+  return dict(
+    embed_dim=m.embed_dim,
+    win_size=m.win_size,
+    depths=list(m.depths),
+    num_heads=list(m.num_heads),
+    mlp_ratio=m.mlp_ratio,
+    modulator=m.modulator,
+    drop_path_rate=m.drop_path_rate,
+    prune_loc=list(m.prune_loc),
+  )
 
 
 def timed(run: Callable[[], None], trim: bool = True) -> tuple[float, int, int, float]:
@@ -182,8 +213,12 @@ def timed(run: Callable[[], None], trim: bool = True) -> tuple[float, int, int, 
     run()
     seconds = time.perf_counter() - t0
   after = resource.getrusage(resource.RUSAGE_SELF)
-  return (seconds, rss.peak - before, after.ru_minflt - usage.ru_minflt,
-          after.ru_stime - usage.ru_stime)
+  return (
+    seconds,
+    rss.peak - before,
+    after.ru_minflt - usage.ru_minflt,
+    after.ru_stime - usage.ru_stime,
+  )
 
 
 def format_seconds(times: list[float]) -> str:
@@ -223,24 +258,46 @@ def separate(args) -> list[dict]:
   """Each row in its own process, one after another: ours per capacity, then
   the official step (in `--official_python`)."""
   rows = []
-  common = [f'--patch={args.patch}', f'--batch={args.batch}', f'--steps={args.steps}',
-            f'--dtype={args.dtype}', f'--remat={args.remat}']
+  common = [
+    f'--patch={args.patch}',
+    f'--batch={args.batch}',
+    f'--steps={args.steps}',
+    f'--dtype={args.dtype}',
+    f'--remat={args.remat}',
+  ]
   for name in args.configs:
     first = len(rows)
     for capacity in args.capacities:
-      r = _child([sys.executable, '-m', 'benchmarks.train_step', f'--row={name}:{capacity}',
-                  *common])
+      r = _child(
+        [sys.executable, '-m', 'benchmarks.train_step', f'--row={name}:{capacity}', *common]
+      )
       rows.append(dict(config=name, framework='ours', capacity=capacity, **r))
       print(_row_line(rows[-1]), flush=True)
     if args.official_repo:
       arch = json.dumps(_arch(load_config(name, args.patch, args.batch, 'float32', 'none')))
-      r = _child([args.official_python, '-m', 'benchmarks.pytorch_reference', '--train',
-                  f'--official_repo={args.official_repo}', f'--size={args.patch}',
-                  f'--batch={args.batch}', f'--repeats={args.steps}', f'--arch={arch}'])
-      rows.append(dict(config=name, framework=f'official (torch {r.pop("version")})',
-                       capacity='dense (Gumbel)', **r))
+      r = _child(
+        [
+          args.official_python,
+          '-m',
+          'benchmarks.pytorch_reference',
+          '--train',
+          f'--official_repo={args.official_repo}',
+          f'--size={args.patch}',
+          f'--batch={args.batch}',
+          f'--repeats={args.steps}',
+          f'--arch={arch}',
+        ]
+      )
+      rows.append(
+        dict(
+          config=name,
+          framework=f'official (torch {r.pop("version")})',
+          capacity='dense (Gumbel)',
+          **r,
+        )
+      )
       print(_row_line(rows[-1]), flush=True)
-    mine = rows[first:first + len(args.capacities)]
+    mine = rows[first : first + len(args.capacities)]
     dense = next((r['s_per_step'] for r in mine if r['capacity'] == 'dense'), None)
     theirs = rows[-1]['s_per_step'] if args.official_repo else None
     for r in mine:
@@ -250,19 +307,27 @@ def separate(args) -> list[dict]:
 
 
 def _row_line(r: dict) -> str:
-  return ' '.join(f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
-                  for k, v in r.items() if k not in ('times',))
+  return ' '.join(
+    f'{k}={v:.3g}' if isinstance(v, float) else f'{k}={v}'
+    for k, v in r.items()
+    if k not in ('times',)
+  )
 
 
 def separate_table(rows: list[dict], args) -> str:
   fmt = lambda v, d=2: '-' if v is None else f'{v:.{d}f}'
-  lines = ['| config | framework | train_capacity | s/step | images/s | peak RSS GiB | '
-           'compile s | ours / our dense | ours / official |', '|' + ' --- |' * 9]
+  lines = [
+    '| config | framework | train_capacity | s/step | images/s | peak RSS GiB | '
+    'compile s | ours / our dense | ours / official |',
+    '|' + ' --- |' * 9,
+  ]
   for r in rows:
-    lines.append(f"| {r['config']} | {r['framework']} | {r['capacity']} | "
-                 f"{r['s_per_step']:.2f} | {args.batch / r['s_per_step']:.3f} | "
-                 f"{r['peak_rss_gib']:.1f} | {fmt(r.get('compile_s'), 1)} | "
-                 f"{fmt(r.get('vs_dense'))} | {fmt(r.get('vs_official'))} |")
+    lines.append(
+      f"| {r['config']} | {r['framework']} | {r['capacity']} | "
+      f"{r['s_per_step']:.2f} | {args.batch / r['s_per_step']:.3f} | "
+      f"{r['peak_rss_gib']:.1f} | {fmt(r.get('compile_s'), 1)} | "
+      f"{fmt(r.get('vs_dense'))} | {fmt(r.get('vs_official'))} |"
+    )
   return '\n'.join(lines)
 
 
@@ -274,7 +339,7 @@ def bench(name: str, args) -> list[dict]:
   if args.official_repo:
     runs['official'] = official(args.official_repo, config, host)
   steps = {k: [] for k in runs}  # (position in its turn, timed(...)) of every step
-  for k, (run, _) in runs.items():  # warm-up
+  for run, _ in runs.values():  # warm-up
     run()
   for _ in range(args.steps):  # alternate
     for k, (run, _) in runs.items():
@@ -289,17 +354,31 @@ def bench(name: str, args) -> list[dict]:
     seconds, _, faults, kernel = (statistics.median(column) for column in zip(*table))
     peak = max(r[1] for p, r in steps[k] if p == 0)
     s_per_step[k] = seconds
-    rows.append(dict(config=name, framework=k, patch=args.patch, batch=args.batch,
-                     dtype=args.dtype if k == 'ours' else 'float32',
-                     remat=args.remat if k == 'ours' else 'none', s_per_step=seconds,
-                     images_per_s=args.batch / seconds, step_rss_gib=peak / 2**30,
-                     faults=faults, kernel_s=kernel, **facts))
+    rows.append(
+      dict(
+        config=name,
+        framework=k,
+        patch=args.patch,
+        batch=args.batch,
+        dtype=args.dtype if k == 'ours' else 'float32',
+        remat=args.remat if k == 'ours' else 'none',
+        s_per_step=seconds,
+        images_per_s=args.batch / seconds,
+        step_rss_gib=peak / 2**30,
+        faults=faults,
+        kernel_s=kernel,
+        **facts,
+      )
+    )
     if args.steps_per_turn > 1:
       firsts = [r for p, r in steps[k] if p == 0]
-      print(f'{name}, {k}: first step of each turn {format_seconds([r[0] for r in firsts])} '
-            f'(kernel CPU {format_seconds([r[3] for r in firsts])}), the others '
-            f'{format_seconds([r[0] for r in table])} '
-            f'(kernel CPU {format_seconds([r[3] for r in table])})', flush=True)
+      print(
+        f'{name}, {k}: first step of each turn {format_seconds([r[0] for r in firsts])} '
+        f'(kernel CPU {format_seconds([r[3] for r in firsts])}), the others '
+        f'{format_seconds([r[0] for r in table])} '
+        f'(kernel CPU {format_seconds([r[3] for r in table])})',
+        flush=True,
+      )
   if 'official' in s_per_step:
     rows[0]['ratio'] = s_per_step['ours'] / s_per_step['official']
   return rows
@@ -315,17 +394,20 @@ def main(argv):
     return
   if args.official_repo and not os.path.isfile(os.path.join(args.official_repo, 'model_hw.py')):
     raise FileNotFoundError(f'no model_hw.py in --official_repo={args.official_repo}')
-  print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, '
-        f'{_cpu()}')
+  print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, {_cpu()}')
   if args.mode == 'separate':
     rows = separate(args)
-    print(f'\n{args.patch}x{args.patch}, batch {args.batch}, {args.dtype}, remat {args.remat}; '
-          f'median of {args.steps} steps after one, each row in its own process\n')
+    print(
+      f'\n{args.patch}x{args.patch}, batch {args.batch}, {args.dtype}, remat {args.remat}; '
+      f'median of {args.steps} steps after one, each row in its own process\n'
+    )
     print(separate_table(rows, args))
     return
-  header = ('| config | framework | params | patch | batch | dtype | remat | compile s '
-            '| XLA buffers GiB | step RSS GiB | page faults/step | kernel CPU s/step | s/step '
-            '| images/s | ours / official |')
+  header = (
+    '| config | framework | params | patch | batch | dtype | remat | compile s '
+    '| XLA buffers GiB | step RSS GiB | page faults/step | kernel CPU s/step | s/step '
+    '| images/s | ours / official |'
+  )
   rows = []
   for name in args.configs:
     for r in bench(name, args):
@@ -333,11 +415,13 @@ def main(argv):
       xla = f"{r['xla_gib']:.1f}" if 'xla_gib' in r else '-'
       framework = r['framework'] if 'version' not in r else f"official (torch {r['version']})"
       ratio = f"{r['ratio']:.2f}" if 'ratio' in r else '-'
-      rows.append(f"| {r['config']} | {framework} | {r['params'] / 1e6:.2f} M | {r['patch']} "
-                  f"| {r['batch']} | {r['dtype']} | {r['remat']} | {compile_s} | {xla} "
-                  f"| {r['step_rss_gib']:.1f} | {r['faults'] / 1e6:.2f} M | {r['kernel_s']:.2f} "
-                  f"| {r['s_per_step']:.2f} "
-                  f"| {r['images_per_s']:.3f} | {ratio} |")
+      rows.append(
+        f"| {r['config']} | {framework} | {r['params'] / 1e6:.2f} M | {r['patch']} "
+        f"| {r['batch']} | {r['dtype']} | {r['remat']} | {compile_s} | {xla} "
+        f"| {r['step_rss_gib']:.1f} | {r['faults'] / 1e6:.2f} M | {r['kernel_s']:.2f} "
+        f"| {r['s_per_step']:.2f} "
+        f"| {r['images_per_s']:.3f} | {ratio} |"
+      )
       print(rows[-1].replace('|', ' ').strip(), flush=True)
   print('\n' + header + '\n|' + ' --- |' * 15 + '\n' + '\n'.join(rows))
 

@@ -39,11 +39,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from benchmarks.common import load_config, random_batch
 from lmdvit_jax import cli, losses, train_lib
-from lmdvit_jax.models import lmdvit, pruning, windows as win
+from lmdvit_jax.models import lmdvit, pruning
+from lmdvit_jax.models import windows as win
 from lmdvit_jax.models.attention import WindowAttention
 from lmdvit_jax.models.feedforward import DepthwiseConv3x3Reflect, gelu
-from benchmarks.common import load_config, random_batch
 
 FLAGS = flags.FLAGS
 
@@ -75,28 +76,39 @@ def measure(fn, *args, repeats: int = 3) -> dict[str, Any]:
   cost = compiled.cost_analysis()
   cost = (cost[0] if isinstance(cost, (list, tuple)) else cost) or {}
   mem = compiled.memory_analysis()
-  return dict(ms=1e3 * statistics.median(times), gflops=cost.get('flops', np.nan) / 1e9,
-              gbytes=cost.get('bytes accessed', np.nan) / 1e9,
-              temp_gib=mem.temp_size_in_bytes / 2**30 if mem else np.nan, compiled=compiled)
+  return dict(
+    ms=1e3 * statistics.median(times),
+    gflops=cost.get('flops', np.nan) / 1e9,
+    gbytes=cost.get('bytes accessed', np.nan) / 1e9,
+    temp_gib=mem.temp_size_in_bytes / 2**30 if mem else np.nan,
+    compiled=compiled,
+  )
 
 
 def _component(op_name: str) -> str:
   """What an HLO op belongs to, from its metadata's op_name (a flax module path)."""
   path = re.sub(r'\b(jit|jvp|transpose|checkpoint|remat)\(', '', op_name).replace(')', '')
-  for key, label in (('dwconv', 'W-LeFF depthwise 3x3'), ('predictor', 'confidence predictor'),
-                     ('/attn/', 'W-MSA'), ('/mlp/', 'W-LeFF linears + GELUs'),
-                     ('/norm', 'LayerNorm'), ('ssim', 'loss: SSIM'), ('fft', 'loss: FFT'),
-                     ('block_', 'block: residuals, keep multiply'),
-                     ('coder_', 'stage: roll, partition, decisions'),
-                     ('bottleneck', 'stage: roll, partition, decisions'),
-                     ('LMDViT', 'convolutions, up/down-sampling')):
+  for key, label in (
+    ('dwconv', 'W-LeFF depthwise 3x3'),
+    ('predictor', 'confidence predictor'),
+    ('/attn/', 'W-MSA'),
+    ('/mlp/', 'W-LeFF linears + GELUs'),
+    ('/norm', 'LayerNorm'),
+    ('ssim', 'loss: SSIM'),
+    ('fft', 'loss: FFT'),
+    ('block_', 'block: residuals, keep multiply'),
+    ('coder_', 'stage: roll, partition, decisions'),
+    ('bottleneck', 'stage: roll, partition, decisions'),
+    ('LMDViT', 'convolutions, up/down-sampling'),
+  ):
     if key in path:
       return label
   return 'losses, optimizer, other'
 
 
-def trace_table(compiled, args, trace_dir: str
-                ) -> tuple[list[tuple[str, float, float]], list[tuple[str, float]]]:
+def trace_table(
+  compiled, args, trace_dir: str
+) -> tuple[list[tuple[str, float, float]], list[tuple[str, float]]]:
   """Profiles one run of `compiled(*args)`: per component (forward ms, backward
   ms), and per kind of HLO op (`ynn_fusion`, `copy_bitcast_fusion`, ...: the op's
   name without its number) the ms of op time."""
@@ -116,20 +128,25 @@ def trace_table(compiled, args, trace_dir: str
     op_name = names.get(op, '')
     total[_component(op_name)]['transpose(' in op_name] += e['dur'] / 1e3
     kinds[re.sub(r'\.\d+$', '', op)] += e['dur'] / 1e3
-  return (sorted(((k, f, b) for k, (f, b) in total.items()), key=lambda r: -(r[1] + r[2])),
-          kinds.most_common())
+  return (
+    sorted(((k, f, b) for k, (f, b) in total.items()), key=lambda r: -(r[1] + r[2])),
+    kinds.most_common(),
+  )
 
 
 def fwd_bwd(apply, params, *inputs):
   """`(params, inputs) -> grads` of a random projection of `apply`'s output."""
   out = jax.eval_shape(apply, params, *inputs)
-  probe = jax.tree.map(lambda s: jnp.asarray(
-      np.random.default_rng(0).standard_normal(s.shape), s.dtype), out)
+  probe = jax.tree.map(
+    lambda s: jnp.asarray(np.random.default_rng(0).standard_normal(s.shape), s.dtype), out
+  )
 
   def loss(p, *xs):
     y = apply(p, *xs)
-    return sum(jnp.vdot(a.astype(jnp.float32), b.astype(jnp.float32))
-               for a, b in zip(jax.tree.leaves(y), jax.tree.leaves(probe)))
+    return sum(
+      jnp.vdot(a.astype(jnp.float32), b.astype(jnp.float32))
+      for a, b in zip(jax.tree.leaves(y), jax.tree.leaves(probe))
+    )
 
   return lambda p, *xs: jax.grad(loss, argnums=tuple(range(1 + len(xs))))(p, *xs)
 
@@ -170,16 +187,29 @@ def main(argv):
 
   # Stages at their input shapes.
   dpr = lmdvit.drop_path_rates(model.depths, model.drop_path_rate)
-  widths = [c * 2**i for i in range(5)] + [2 * c * 2**(3 - j) for j in range(4)]
-  sides = [s // 2**i for i in range(5)] + [s // 2**(3 - j) for j in range(4)]
+  widths = [c * 2**i for i in range(5)] + [2 * c * 2 ** (3 - j) for j in range(4)]
+  sides = [s // 2**i for i in range(5)] + [s // 2 ** (3 - j) for j in range(4)]
   for i, name in enumerate(lmdvit.STAGE_NAMES):
     stage = lmdvit.AdaWPTStage(
-        widths[i], model.depths[i], model.num_heads[i], ws, model.mlp_ratio,
-        modulator=model.modulator and i > 4, prune=bool(model.prune_loc[i]),
-        drop_path=dpr[i], capacity='masked', dtype=dtype)
+      widths[i],
+      model.depths[i],
+      model.num_heads[i],
+      ws,
+      model.mlp_ratio,
+      modulator=model.modulator and i > 4,
+      prune=bool(model.prune_loc[i]),
+      drop_path=dpr[i],
+      capacity='masked',
+      dtype=dtype,
+    )
     x = jnp.asarray(rng.random((b, sides[i], sides[i], widths[i])), jnp.float32)
-    add_module(f'stage {name} ({model.depths[i]} blocks, {sides[i]}x{sides[i]}x{widths[i]})',
-               stage, x, rngs=rngs, train=True)
+    add_module(
+      f'stage {name} ({model.depths[i]} blocks, {sides[i]}x{sides[i]}x{widths[i]})',
+      stage,
+      x,
+      rngs=rngs,
+      train=True,
+    )
 
   # One block's pieces at full resolution.
   n = b * (s // ws) ** 2
@@ -198,43 +228,66 @@ def main(argv):
       return nn.Dense(c, dtype=dtype)(gelu(h))
 
   add_module('  W-LeFF linears + GELUs', LeFFLinears(), wins)
-  add_module('  W-LeFF depthwise 3x3 (reflect)', DepthwiseConv3x3Reflect(hidden),
-             jnp.asarray(rng.random((n, ws, ws, hidden)), dtype))
+  add_module(
+    '  W-LeFF depthwise 3x3 (reflect)',
+    DepthwiseConv3x3Reflect(hidden),
+    jnp.asarray(rng.random((n, ws, ws, hidden)), dtype),
+  )
   add_module('  confidence predictor', pruning.ConfidencePredictor(c), fmap)
-  add('  partition + roll + reverse', fwd_bwd(
-      lambda p, x: win.roll(win.reverse(win.partition(win.roll(x, -ws // 2), ws), ws, s, s),
-                            ws // 2), {}, fmap), {}, fmap)
+  add(
+    '  partition + roll + reverse',
+    fwd_bwd(
+      lambda p, x: win.roll(
+        win.reverse(win.partition(win.roll(x, -ws // 2), ws), ws, s, s), ws // 2
+      ),
+      {},
+      fmap,
+    ),
+    {},
+    fmap,
+  )
 
   # Losses and the optimizer.
-  out = jax.eval_shape(lambda p, x: model.apply({'params': p}, x, train=True, rngs=rngs),
-                       state.params, batch['blur'])
+  out = jax.eval_shape(
+    lambda p, x: model.apply({'params': p}, x, train=True, rngs=rngs), state.params, batch['blur']
+  )
   scores = tuple(jnp.zeros(o.shape, jnp.float32) for o in out.scores)
-  weights, fft_mode, hard, balanced = train_lib._loss_settings(config)  # pylint: disable=protected-access
+  weights, fft_mode, hard, balanced = train_lib._loss_settings(config)
 
   def loss_apply(p, restored, sc):
     del p
-    value, _ = losses.total_loss(_Outputs(restored, sc), batch, weights, fft_mode, hard,
-                                 balanced)
+    value, _ = losses.total_loss(_Outputs(restored, sc), batch, weights, fft_mode, hard, balanced)
     return value
 
-  add('losses (L1, SSIM, FFT, pruning)', fwd_bwd(loss_apply, {}, batch['sharp'], scores), {},
-      batch['sharp'], scores)
+  add(
+    'losses (L1, SSIM, FFT, pruning)',
+    fwd_bwd(loss_apply, {}, batch['sharp'], scores),
+    {},
+    batch['sharp'],
+    scores,
+  )
   update = lambda p, g, o: tx.update(g, o, p)
   grads = jax.tree.map(jnp.ones_like, state.params)
   add('AdamW update', jax.jit(update), state.params, grads, state.opt_state)
 
   total = rows[0][1]['ms']
-  print(f'\n{FLAGS.config}, {s}x{s}, batch {b}, {FLAGS.dtype}; jax {jax.__version__} on '
-        f'{jax.device_count()} x {jax.devices()[0].device_kind}; forward + backward per part\n')
+  print(
+    f'\n{FLAGS.config}, {s}x{s}, batch {b}, {FLAGS.dtype}; jax {jax.__version__} on '
+    f'{jax.device_count()} x {jax.devices()[0].device_kind}; forward + backward per part\n'
+  )
   print('| part | ms | share of the step | XLA GFLOPs | GB accessed | temp GiB |')
   print('| --- | --- | --- | --- | --- | --- |')
   for name, r in rows:
-    print(f'| {name} | {r["ms"]:.1f} | {100 * r["ms"] / total:.1f}% | {r["gflops"]:.1f} | '
-          f'{r["gbytes"]:.2f} | {r["temp_gib"]:.2f} |')
+    print(
+      f'| {name} | {r["ms"]:.1f} | {100 * r["ms"] / total:.1f}% | {r["gflops"]:.1f} | '
+      f'{r["gbytes"]:.2f} | {r["temp_gib"]:.2f} |'
+    )
   if traced:
     op_total = sum(f + b for _, f, b in traced)
-    print(f'\nOne profiled step ({FLAGS.trace_dir}): HLO op time by what the op belongs to '
-          f'({op_total / 1e3:.2f} s of op time over all threads)\n')
+    print(
+      f'\nOne profiled step ({FLAGS.trace_dir}): HLO op time by what the op belongs to '
+      f'({op_total / 1e3:.2f} s of op time over all threads)\n'
+    )
     print('| component | forward ms | backward ms | share |')
     print('| --- | --- | --- | --- |')
     for name, f, b in traced:

@@ -36,33 +36,36 @@ from configs import lmdvit
 def get_config() -> ml_collections.ConfigDict:
   config = lmdvit.get_config()
   config.model.update(
-      embed_dim=16,
-      depths=(2, 2, 1, 1, 1, 1, 1, 2, 2),
-      num_heads=(1, 1, 2, 2, 4, 4, 2, 1, 1),
-      win_size=4,
-      prune_loc=(0, 0, 0, 0, 0, 0, 0, 1, 1),
-      drop_path_rate=0.0,
+    embed_dim=16,
+    depths=(2, 2, 1, 1, 1, 1, 1, 2, 2),
+    num_heads=(1, 1, 2, 2, 4, 4, 2, 1, 1),
+    win_size=4,
+    prune_loc=(0, 0, 0, 0, 0, 0, 0, 1, 1),
+    drop_path_rate=0.0,
   )
   config.update(
-      num_train_steps=3500,
-      batch_size=8,
-      patch_size=64,
-      log_every_steps=50,
-      checkpoint_every_steps=100,
-      keep_checkpoints=2,
-      eval_every_steps=500,
-      identity_start=True,
-      fan_in_predictors=True,
+    num_train_steps=3500,
+    batch_size=8,
+    patch_size=64,
+    log_every_steps=50,
+    checkpoint_every_steps=100,
+    keep_checkpoints=2,
+    eval_every_steps=500,
+    identity_start=True,
+    fan_in_predictors=True,
   )
-  config.optim.update(lr=1e-3, warmup_steps=100, restart_every=0, end_lr=1e-5, grad_clip=1.0,
-                      predictor_lr_scale=3.0)
+  config.optim.update(
+    lr=1e-3, warmup_steps=100, restart_every=0, end_lr=1e-5, grad_clip=1.0, predictor_lr_scale=3.0
+  )
   config.loss.update(prune=1.0, prune_balanced=True, sharp=10.0, sharp_margin=0.5 / 255)
   config.data.update(sources=('synthetic?size=128',), weights=None, num_threads=2)
   config.eval.update(source='synthetic?size=384x256&count=4', max_images=4)
   # Held-out evaluation that demo.py runs after training.
   with config.unlocked():
-    config.demo = ml_collections.ConfigDict(dict(
-        data='synthetic?size=384x256&count=16', num_panels=4,
+    config.demo = ml_collections.ConfigDict(
+      dict(
+        data='synthetic?size=384x256&count=16',
+        num_panels=4,
         # A second held-out set sharing nothing with training (other photos,
         # shapes, motion, noise, JPEG: lmdvit_jax/data/outside.py); '' skips it.
         outside_data='outside?size=384x256&count=12',
@@ -70,8 +73,11 @@ def get_config() -> ml_collections.ConfigDict:
         # photos in neither the training nor the held-out split (split `val`): the
         # highest that keeps recall there at least calibration_recall. ('' keeps the
         # checkpoint's; on training photos recall never reached 0.9, docs/demo_training.md.)
-        calibration_data='synthetic?size=384x256&count=16&seed=1', calibration_recall=0.9,
+        calibration_data='synthetic?size=384x256&count=16&seed=1',
+        calibration_recall=0.9,
         # Passes per image at evaluation, flipped and transposed copies averaged
         # (inference.Deblurrer); --export_weights records it in inference.json.
-        self_ensemble=8))
+        self_ensemble=8,
+      )
+    )
   return config

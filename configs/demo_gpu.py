@@ -1,7 +1,7 @@
 """The demo model trained on one GPU in one short call, on data without a ceiling.
 
     timeout -s TERM 420 python demo.py --train --config=configs/demo_gpu.py --workdir=W
-    python demo.py --workdir=W --export_weights        # calibrates on val, replaces the shipped weights
+    python demo.py --workdir=W --export_weights  # calibrates on val, replaces the shipped weights
 
 The first command trains until the schedule ends or, at 7 minutes, SIGTERM
 stops it after the step in flight with a checkpoint (train.py's preemption
@@ -32,10 +32,22 @@ from configs import demo
 
 def get_config() -> ml_collections.ConfigDict:
   config = demo.get_config()
-  config.update(num_train_steps=20_000, batch_size=32, patch_size=128, log_every_steps=200,
-                checkpoint_every_steps=1000, eval_every_steps=5000)
+  config.update(
+    num_train_steps=20_000,
+    batch_size=32,
+    patch_size=128,
+    log_every_steps=200,
+    checkpoint_every_steps=1000,
+    eval_every_steps=5000,
+  )
   config.optim.update(lr=1e-3, warmup_steps=500, end_lr=1e-5)
-  config.data.update(sources=('synthetic?size=160&photos=packages,deadleaves&preset=varied',
-                              'synthetic?size=160&photos=packages,deadleaves'),
-                     weights=(1.0, 1.0), num_threads=4, worker_count=12)
+  config.data.update(
+    sources=(
+      'synthetic?size=160&photos=packages,deadleaves&preset=varied',
+      'synthetic?size=160&photos=packages,deadleaves',
+    ),
+    weights=(1.0, 1.0),
+    num_threads=4,
+    worker_count=12,
+  )
   return config

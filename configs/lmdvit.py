@@ -28,7 +28,8 @@ import ml_collections
 
 def get_model_config() -> ml_collections.ConfigDict:
   """Keyword arguments of `lmdvit_jax.models.LMDViT` for the released model."""
-  return ml_collections.ConfigDict(dict(
+  return ml_collections.ConfigDict(
+    dict(
       embed_dim=32,
       depths=(1, 2, 8, 8, 2, 8, 8, 2, 1),
       num_heads=(1, 2, 4, 8, 16, 16, 8, 4, 2),
@@ -38,7 +39,8 @@ def get_model_config() -> ml_collections.ConfigDict:
       prune_loc=(1, 1, 1, 1, 1, 1, 1, 1, 1),
       keep_threshold=0.5,
       drop_path_rate=0.1,
-  ))
+    )
+  )
 
 
 def get_config() -> ml_collections.ConfigDict:
@@ -48,14 +50,14 @@ def get_config() -> ml_collections.ConfigDict:
 
   config.seed = 0
   config.num_train_steps = 200_000
-  config.batch_size = 12            # global, split over the `data` mesh axis
+  config.batch_size = 12  # global, split over the `data` mesh axis
   config.patch_size = 512
   config.log_every_steps = 100
   config.checkpoint_every_steps = 2_000
-  config.keep_checkpoints = 3       # latest N steps kept in WORKDIR/checkpoints
+  config.keep_checkpoints = 3  # latest N steps kept in WORKDIR/checkpoints
   config.eval_every_steps = 10_000  # 0: never (best/ is then not written)
   config.compute_dtype = 'float32'  # or 'bfloat16' (params stay float32)
-  config.remat = 'none'             # 'none', 'blocks', 'dots', 'dots_no_batch' (train_lib)
+  config.remat = 'none'  # 'none', 'blocks', 'dots', 'dots_no_batch' (train_lib)
   # 'dense' (the paper: every window computed, times its straight-through
   # decision) or a kept fraction in (0, 1]: the blocks run on that share of
   # the windows only, forward and backward (docs/training.md, pruned training).
@@ -63,42 +65,55 @@ def get_config() -> ml_collections.ConfigDict:
   # Float32 matmuls: 'default' (the backend's choice: TF32-like on NVIDIA GPUs,
   # bfloat16 passes on TPUs), 'high' or 'highest' (full float32, as PyTorch).
   config.matmul_precision = 'default'
-  config.init_from = ''             # a checkpoint directory (e.g. converted weights)
-  config.identity_start = False     # zero the output projection: start as the identity
+  config.init_from = ''  # a checkpoint directory (e.g. converted weights)
+  config.identity_start = False  # zero the output projection: start as the identity
   config.fan_in_predictors = False  # predictor kernels N(0, 1/fan_in), not the official 0.02
-  config.distributed = ''           # '' auto, 'true' or 'false': jax.distributed.initialize()
+  config.distributed = ''  # '' auto, 'true' or 'false': jax.distributed.initialize()
 
-  config.optim = ml_collections.ConfigDict(dict(
-      lr=2e-4,             # initial (peak) rate; see the docstring
-      end_lr=1e-6,         # floor of each cosine cycle
+  config.optim = ml_collections.ConfigDict(
+    dict(
+      lr=2e-4,  # initial (peak) rate; see the docstring
+      end_lr=1e-6,  # floor of each cosine cycle
       warmup_steps=0,
       restart_every=2_000,  # 0: one cosine over num_train_steps
       b1=0.9,
       b2=0.999,
       eps=1e-8,
       weight_decay=0.02,
-      grad_clip=0.0,       # max global gradient norm; 0: off
+      grad_clip=0.0,  # max global gradient norm; 0: off
       predictor_lr_scale=1.0,  # step size of the confidence predictors / the rest's
-      trainable='all',     # or 'predictors': only they learn, the rest stays frozen
-  ))
-  config.loss = ml_collections.ConfigDict(dict(
-      l1=1.0, ssim=1.0, fft=0.1, prune=1.0, fft_mode='modulus', hard_targets=False,
-      sharp=0.0,             # L1 outside the blur mask (not in the paper)
-      sharp_margin=0.0,      # its free error (0.5 / 255: what 8-bit output hides)
+      trainable='all',  # or 'predictors': only they learn, the rest stays frozen
+    )
+  )
+  config.loss = ml_collections.ConfigDict(
+    dict(
+      l1=1.0,
+      ssim=1.0,
+      fft=0.1,
+      prune=1.0,
+      fft_mode='modulus',
+      hard_targets=False,
+      sharp=0.0,  # L1 outside the blur mask (not in the paper)
+      sharp_margin=0.0,  # its free error (0.5 / 255: what 8-bit output hides)
       prune_balanced=False,  # class-balanced pruning loss (not in the paper)
-  ))
-  config.data = ml_collections.ConfigDict(dict(
+    )
+  )
+  config.data = ml_collections.ConfigDict(
+    dict(
       sources=('gopro:data/GoPro', 'reloblur:data/ReLoBlur'),
       weights=(0.5, 0.5),
-      blur_prob=0.5,       # blur-aware crops: half centred on blurred pixels
+      blur_prob=0.5,  # blur-aware crops: half centred on blurred pixels
       flips=True,
       num_threads=8,
       worker_count=0,
-  ))
-  config.eval = ml_collections.ConfigDict(dict(
+    )
+  )
+  config.eval = ml_collections.ConfigDict(
+    dict(
       source='reloblur:data/ReLoBlur?split=test',
-      max_images=8,        # first N images of the held-out set
-      capacity='masked',   # model capacity for evaluation ('masked' = dense reference)
-  ))
+      max_images=8,  # first N images of the held-out set
+      capacity='masked',  # model capacity for evaluation ('masked' = dense reference)
+    )
+  )
   config.lock()
   return config

@@ -26,25 +26,27 @@ step and metrics.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import json
 import logging as logging_lib
+from pathlib import Path
 import shutil
 import sys
 import traceback
-from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import jax
 from jax.experimental import multihost_utils
 import numpy as np
 import orbax.checkpoint as ocp
 
-from lmdvit_jax.errors import CheckpointError  # pylint: disable=unused-import (re-exported)
+from lmdvit_jax.errors import CheckpointError
 from lmdvit_jax.files import jsonable, write_json_atomic
+from lmdvit_jax.inference_settings import RECORDED
 
 MODEL_FILE = 'model.json'
 INFERENCE_FILE = 'inference.json'
-INFERENCE_KEYS = ('self_ensemble',)
+INFERENCE_KEYS = RECORDED  # What inference.json may hold: `InferenceSettings` says.
 CHECKPOINTS = 'checkpoints'
 TRAIN_ITEMS = ('params', 'opt_state', 'meta', 'data')
 BEST_DIR = 'best'
@@ -95,11 +97,21 @@ class _AbandonedReads:
   def _keep(self, record: logging_lib.LogRecord) -> bool:
     error = record.exc_info[1] if record.exc_info else None
     text = f'{record.getMessage()} {error}'
-    in_orbax = self.failed and 'never retrieved' in text and any(
+    in_orbax = (
+      self.failed
+      and 'never retrieved' in text
+      and any(
         '/orbax/' in frame.filename for frame in traceback.extract_tb(error.__traceback__ or None)
-    ) if error is not None else False
-    return not (self._closed_loop(error) or self.CLOSED in text or in_orbax
-                or any(step in text for step in self.steps))
+      )
+      if error is not None
+      else False
+    )
+    return not (
+      self._closed_loop(error)
+      or self.CLOSED in text
+      or in_orbax
+      or any(step in text for step in self.steps)
+    )
 
 
 _ABANDONED = _AbandonedReads()
@@ -112,28 +124,35 @@ def restore_newest_intact(steps, restore, directory: str | Path):
   skipped with a warning naming it and the reason; only when every step fails
   does this raise `CheckpointError`, one line naming the directory.
   """
-  from absl import logging  # pylint: disable=g-import-not-at-top
+  from absl import logging
+
   skipped = []
   _ABANDONED.install()
   for step in sorted(steps, reverse=True):
     # `directory` is a workdir or its checkpoints/ folder: the step's files lie in either.
-    _ABANDONED.steps.update(f'{folder / str(step)}/' for folder in (
-        Path(directory).absolute(), Path(directory).absolute() / CHECKPOINTS))
+    _ABANDONED.steps.update(
+      f'{folder / str(step)}/'
+      for folder in (Path(directory).absolute(), Path(directory).absolute() / CHECKPOINTS)
+    )
     try:
       return step, restore(step)
-    except Exception as e:  # pylint: disable=broad-except  # orbax/tensorstore raise many kinds
+    except Exception as e:  # orbax/tensorstore raise many kinds
       _ABANDONED.failed = True
       skipped.append(f'step {step} ({_first_line(e)})')
-      logging.warning('Skipping damaged checkpoint step %d in %s: %s', step, directory,
-                      _first_line(e))
+      logging.warning(
+        'Skipping damaged checkpoint step %d in %s: %s', step, directory, _first_line(e)
+      )
   if not skipped:
     raise CheckpointError(f'no checkpoint steps in {directory}')
   raise CheckpointError(f'no intact checkpoint in {directory}: ' + '; '.join(skipped))
 
 
-def manager(directory: str | Path, max_to_keep: int | None = None,
-            item_names: tuple[str, ...] = ('params',),
-            async_save: bool = False) -> ocp.CheckpointManager:
+def manager(
+  directory: str | Path,
+  max_to_keep: int | None = None,
+  item_names: tuple[str, ...] = ('params',),
+  async_save: bool = False,
+) -> ocp.CheckpointManager:
   """The orbax manager of `directory/checkpoints`.
 
   `async_save=True` returns from `save` once the arrays are copied to the
@@ -141,8 +160,9 @@ def manager(directory: str | Path, max_to_keep: int | None = None,
   `close`).
   """
   path = Path(directory).absolute() / CHECKPOINTS
-  options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True,
-                                         enable_async_checkpointing=async_save)
+  options = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+  )
   return ocp.CheckpointManager(path, item_names=item_names, options=options)
 
 
@@ -165,70 +185,13 @@ def check_model_kwargs(directory: str | Path, model_kwargs: Mapping[str, Any]) -
     raise ValueError(f'{path} records a different model ({details}); use a new workdir')
 
 
-CONFIG_FILE = 'config.json'
-# What a resumed run may change without asking: how often it logs, saves and
-# evaluates, how it reads its data, how its processes start. Not what it computes.
-FREE_ON_RESUME = ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints',
-                  'eval_every_steps', 'eval.', 'data.num_threads', 'data.worker_count',
-                  'distributed', 'init_from')
-
-
-def _flatten_config(tree: Mapping[str, Any], prefix: str = '') -> dict[str, Any]:
-  out = {}
-  for key, value in tree.items():
-    if isinstance(value, Mapping):
-      out.update(_flatten_config(value, f'{prefix}{key}.'))
-    else:
-      out[f'{prefix}{key}'] = value
-  return out
-
-
-def record_config(workdir: str | Path, config: Mapping[str, Any], trained_to: int | None,
-                  allow_change: bool = False, write: bool = True) -> list[str]:
-  """Writes `WORKDIR/config.json`; when resuming a run, first compares it
-  with the config recorded there.
-
-  `num_train_steps` may change freely when the learning-rate schedule does
-  not depend on it (`optim.restart_every` > 0), as may `FREE_ON_RESUME`;
-  any other change is refused unless `allow_change`. Whatever changed, the
-  earlier config is kept as `config.STEP.json`.
-
-  Args:
-    config: the run's config as JSON (`json.loads(config.to_json())`).
-    trained_to: the step the workdir's newest checkpoint holds (None: a new run).
-    write: write the files (process 0 only, on a pod).
-
-  Returns:
-    The changes, one 'key: old -> new' each.
-
-  Raises:
-    ValueError: naming the changes, with the flag that accepts them.
-  """
-  path = Path(workdir) / CONFIG_FILE
-  changes = []
-  if trained_to is not None and path.is_file():
-    before, after = _flatten_config(json.loads(path.read_text())), _flatten_config(config)
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
-    schedule_free = int(after.get('optim.restart_every', 0) or 0) > 0
-    binding = [k for k in changed if not k.startswith(FREE_ON_RESUME)
-               and not (k == 'num_train_steps' and schedule_free)]
-    changes = [f'{k}: {before.get(k, "(none)")!r} -> {after.get(k, "(none)")!r}' for k in changed]
-    if binding and not allow_change:
-      shown = '; '.join(c for c, k in zip(changes, changed) if k in binding)
-      raise ValueError(f'{workdir} holds a run trained to step {trained_to} with another config '
-                       f'({shown}); rerun with --allow_config_change to go on with the new '
-                       f'settings (config.{trained_to}.json keeps the earlier ones), or give '
-                       'another --workdir')
-    if changes and write:
-      write_json_atomic(path.with_name(f'config.{trained_to}.json'),
-                        json.loads(path.read_text()))
-  if write:
-    write_json_atomic(path, config)
-  return changes
-
-
-def save_model(directory: str | Path, params: Any, model_kwargs: Mapping[str, Any],
-               step: int = 0, max_to_keep: int | None = None) -> Path:
+def save_model(
+  directory: str | Path,
+  params: Any,
+  model_kwargs: Mapping[str, Any],
+  step: int = 0,
+  max_to_keep: int | None = None,
+) -> Path:
   """Writes `model.json` and the params as step `step` under `directory`.
 
   `max_to_keep` limits the number of step folders kept (oldest removed).
@@ -248,8 +211,9 @@ def read_model_kwargs(directory: str | Path) -> dict[str, Any]:
     hint = ''
     if Path(directory).name.isdigit() or Path(directory).name == CHECKPOINTS:
       hint = ' (pass the directory that holds model.json and checkpoints/, not a step folder)'
-    raise FileNotFoundError(f'{path} not found: {directory} is not an lmdvit-jax checkpoint '
-                            f'directory{hint}')
+    raise FileNotFoundError(
+      f'{path} not found: {directory} is not an lmdvit-jax checkpoint directory{hint}'
+    )
   with open(path) as f:
     return json.load(f)
 
@@ -313,6 +277,7 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
       raise CheckpointError(f'no checkpoint at step {step} in {directory}; steps: {shown}')
     steps = [step]
   with manager(directory) as mngr:
+
     def restore(s):
       # Onto this process's first device, whatever devices saved it (a run
       # on two processes or eight GPUs is read back on one CPU).
@@ -327,10 +292,12 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
       # Orbax versions differ in how they wrap the tree of array metadata.
       metadata = getattr(metadata, 'item_metadata', metadata)
       target = jax.tree_util.tree_map(
-          lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-          getattr(metadata, 'tree', metadata))
+        lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+        getattr(metadata, 'tree', metadata),
+      )
       out = mngr.restore(s, args=ocp.args.Composite(params=ocp.args.StandardRestore(target)))
       return jax.tree_util.tree_map(np.asarray, out['params'])
+
     _, params = restore_newest_intact(steps, restore, directory)
   return kwargs, params
 
@@ -339,15 +306,19 @@ def load_model(directory: str | Path, step: int | None = None) -> tuple[dict[str
 # Training state.
 
 
-def train_manager(workdir: str | Path, max_to_keep: int | None = None,
-                  async_save: bool = True) -> ocp.CheckpointManager:
+def train_manager(
+  workdir: str | Path, max_to_keep: int | None = None, async_save: bool = True
+) -> ocp.CheckpointManager:
   """The manager of a training workdir: items `TRAIN_ITEMS` per step."""
-  return manager(workdir, max_to_keep=max_to_keep, item_names=TRAIN_ITEMS,
-                 async_save=async_save)
+  return manager(workdir, max_to_keep=max_to_keep, item_names=TRAIN_ITEMS, async_save=async_save)
 
 
-def save_train_state(mngr: ocp.CheckpointManager, state: Any,
-                     data_state: Mapping[str, Any] | None = None, step: int | None = None) -> int:
+def save_train_state(
+  mngr: ocp.CheckpointManager,
+  state: Any,
+  data_state: Mapping[str, Any] | None = None,
+  step: int | None = None,
+) -> int:
   """Saves a `train_lib.TrainState` (and iterator position) at its step.
 
   `step`, when the caller knows it, saves reading `state.step` back from the
@@ -357,16 +328,22 @@ def save_train_state(mngr: ocp.CheckpointManager, state: Any,
   if step is None:
     step = int(jax.device_get(state.step))
   meta = {'step': state.step, 'rng': state.rng, 'skipped': state.skipped}
-  mngr.save(step, args=ocp.args.Composite(
+  mngr.save(
+    step,
+    args=ocp.args.Composite(
       params=ocp.args.StandardSave(state.params),
       opt_state=ocp.args.StandardSave(state.opt_state),
       meta=ocp.args.StandardSave(meta),
-      data=ocp.args.JsonSave(dict(data_state or {}))), force=True)
+      data=ocp.args.JsonSave(dict(data_state or {})),
+    ),
+    force=True,
+  )
   return step
 
 
-def restore_train_state(mngr: ocp.CheckpointManager, target: Any,
-                        step: int | None = None) -> tuple[Any, dict[str, Any]]:
+def restore_train_state(
+  mngr: ocp.CheckpointManager, target: Any, step: int | None = None
+) -> tuple[Any, dict[str, Any]]:
   """Restores `(state, data_state)` from step `step` (default: the latest).
 
   Args:
@@ -382,16 +359,25 @@ def restore_train_state(mngr: ocp.CheckpointManager, target: Any,
   meta = {'step': abstract.step, 'rng': abstract.rng, 'skipped': abstract.skipped}
 
   def restore(s):
-    return mngr.restore(s, args=ocp.args.Composite(
+    return mngr.restore(
+      s,
+      args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract.params),
         opt_state=ocp.args.StandardRestore(abstract.opt_state),
         meta=ocp.args.StandardRestore(meta),
-        data=ocp.args.JsonRestore()))
+        data=ocp.args.JsonRestore(),
+      ),
+    )
 
   _, restored = restore_newest_intact(steps, restore, mngr.directory)
   m = restored['meta']
-  state = type(target)(step=m['step'], params=restored['params'],
-                       opt_state=restored['opt_state'], rng=m['rng'], skipped=m['skipped'])
+  state = type(target)(
+    step=m['step'],
+    params=restored['params'],
+    opt_state=restored['opt_state'],
+    rng=m['rng'],
+    skipped=m['skipped'],
+  )
   return state, dict(restored['data'] or {})
 
 
@@ -428,8 +414,14 @@ def read_best(directory: str | Path) -> dict[str, Any] | None:
     return json.load(f)
 
 
-def save_best(workdir: str | Path, params: Any, model_kwargs: Mapping[str, Any], step: int,
-              metrics: Mapping[str, float], key: str = 'wpsnr') -> bool:
+def save_best(
+  workdir: str | Path,
+  params: Any,
+  model_kwargs: Mapping[str, Any],
+  step: int,
+  metrics: Mapping[str, float],
+  key: str = 'wpsnr',
+) -> bool:
   """Keeps `params` in `WORKDIR/best` if `metrics[key]` beats the recorded best.
 
   Returns whether it saved. NaN never counts as better.
@@ -446,6 +438,7 @@ def save_best(workdir: str | Path, params: Any, model_kwargs: Mapping[str, Any],
     multihost_utils.sync_global_devices(f'lmdvit_jax best {step}')
   save_model(directory, params, model_kwargs, step=step, max_to_keep=1)
   if jax.process_index() == 0:
-    write_json_atomic(directory / BEST_FILE,
-                      {'step': int(step), key: value, 'metrics': dict(metrics)})
+    write_json_atomic(
+      directory / BEST_FILE, {'step': int(step), key: value, 'metrics': dict(metrics)}
+    )
   return True

@@ -14,16 +14,19 @@ interrupted by Ctrl-C (one line, no traceback).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import logging as logging_lib
+from pathlib import Path
 import re
 import sys
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from absl import app, flags, logging
 
 from lmdvit_jax import errors, host_memory
+
+if TYPE_CHECKING:
+  from lmdvit_jax.inference_settings import InferenceSettings
 
 EXIT_PARTIAL = 1
 EXIT_USAGE = 2
@@ -97,45 +100,91 @@ def define_inference_flags(tiling: bool = True) -> None:
 
   The flags are the calling command's own: its `--help` lists them.
   """
-  caller = sys._getframe(1).f_globals.get('__name__')  # pylint: disable=protected-access
-  own = {'module_name': sys.argv[0] if caller == '__main__' else caller}
-  flags.DEFINE_string('checkpoint', None, 'Checkpoint directory (convert or train.py).', **own)
-  flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).', **own)
-  flags.DEFINE_string('capacity', 'exact', "'exact', 'masked' or a window fraction in (0, 1] "
-                      '(a fixed budget).', **own)
-  flags.DEFINE_float('keep_threshold', None, 'Override the keep threshold of the checkpoint.',
-                     **own)
-  flags.DEFINE_enum('dtype', None, ['float32', 'bfloat16'], 'Compute dtype (default: the '
-                    "checkpoint's model.json, else float32); params stay float32.", **own)
-  flags.DEFINE_enum('self_ensemble', None, ['1', '2', '4', '8'], 'Passes per image, flipped and '
-                    "transposed, averaged (default: the checkpoint's inference.json, else 1).",
-                    **own)
-  flags.DEFINE_enum('matmul_precision', 'default', ['default', 'high', 'highest'], 'Float32 '
-                    "matmul precision: 'default' is the backend's (TF32-like on NVIDIA GPUs); "
-                    "'highest' computes in full float32 as PyTorch does.", **own)
+  caller = sys._getframe(1).f_globals.get('__name__')
+  own = sys.argv[0] if caller == '__main__' else str(caller)
+  flags.DEFINE_string(
+    'checkpoint', None, 'Checkpoint directory (convert or train.py).', module_name=own
+  )
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: newest).', module_name=own)
+  flags.DEFINE_string(
+    'capacity',
+    'exact',
+    "'exact', 'masked' or a window fraction in (0, 1] (a fixed budget).",
+    module_name=own,
+  )
+  flags.DEFINE_float(
+    'keep_threshold', None, 'Override the keep threshold of the checkpoint.', module_name=own
+  )
+  flags.DEFINE_enum(
+    'dtype',
+    None,
+    ['float32', 'bfloat16'],
+    'Compute dtype (default: the checkpoint\'s model.json, else float32); params stay float32.',
+    module_name=own,
+  )
+  flags.DEFINE_enum(
+    'self_ensemble',
+    None,
+    ['1', '2', '4', '8'],
+    'Passes per image, flipped and '
+    "transposed, averaged (default: the checkpoint's inference.json, else 1).",
+    module_name=own,
+  )
+  flags.DEFINE_enum(
+    'matmul_precision',
+    'default',
+    ['default', 'high', 'highest'],
+    'Float32 '
+    "matmul precision: 'default' is the backend's (TF32-like on NVIDIA GPUs); "
+    "'highest' computes in full float32 as PyTorch does.",
+    module_name=own,
+  )
   if not tiling:
     return
-  flags.DEFINE_integer('tile', None, 'Tile side in pixels, a multiple of 16 x win_size; 0: '
-                       'always the whole image (default: tiles only for images that need more '
-                       'than --max_memory, as large as it allows).', **own)
-  flags.DEFINE_integer('tile_overlap', None, 'Pixels shared by neighbouring tiles, a multiple '
-                       'of 16 x win_size (default: 16 x win_size).', **own)
-  flags.DEFINE_string('max_memory', None, "Memory one compiled call may use, e.g. '3G' or "
-                      "'800M' (default: 3G on a CPU, or a quarter of its memory if less; 80% of "
-                      "an accelerator's free memory).", **own)
+  flags.DEFINE_integer(
+    'tile',
+    None,
+    'Tile side in pixels, a multiple of 16 x win_size; 0: '
+    'always the whole image (default: tiles only for images that need more '
+    'than --max_memory, as large as it allows).',
+    module_name=own,
+  )
+  flags.DEFINE_integer(
+    'tile_overlap',
+    None,
+    'Pixels shared by neighbouring tiles, a multiple of 16 x win_size (default: 16 x win_size).',
+    module_name=own,
+  )
+  flags.DEFINE_string(
+    'max_memory',
+    None,
+    "Memory one compiled call may use, e.g. '3G' or "
+    "'800M' (default: 3G on a CPU, or a quarter of its memory if less; 80% of "
+    "an accelerator's free memory).",
+    module_name=own,
+  )
 
 
-def inference_settings() -> dict[str, Any]:
-  """The values of `define_inference_flags` but `checkpoint` and `step`, as
-  keyword arguments of `evaluation.evaluate` and `deblur.run`."""
+def inference_settings() -> InferenceSettings:
+  """The values of `define_inference_flags` but `checkpoint` and `step`: the
+  settings `evaluation.evaluate`, `deblur.run` and `export` take."""
+  # Imported here: the settings pull in the model; flag parsing and --help stay light.
+  from lmdvit_jax.inference_settings import InferenceSettings
+
   fl = flags.FLAGS
-  settings = dict(
-      capacity=fl.capacity, keep_threshold=fl.keep_threshold, dtype=fl.dtype,
-      self_ensemble=None if fl.self_ensemble is None else int(fl.self_ensemble),
-      matmul_precision=fl.matmul_precision)
+  settings = InferenceSettings(
+    capacity=fl.capacity,
+    keep_threshold=fl.keep_threshold,
+    dtype=fl.dtype,
+    self_ensemble=fl.self_ensemble,
+    matmul_precision=fl.matmul_precision,
+  )
   if 'tile' in fl:
-    settings.update(tile=fl.tile, tile_overlap=fl.tile_overlap,
-                    max_memory=None if fl.max_memory is None else parse_bytes(fl.max_memory))
+    settings = settings.replace(
+      tile=fl.tile,
+      tile_overlap=fl.tile_overlap,
+      max_memory=None if fl.max_memory is None else parse_bytes(fl.max_memory),
+    )
   return settings
 
 
@@ -144,8 +193,11 @@ def _ours(record: logging_lib.LogRecord) -> bool:
   logged by this project (not by an installed library: jax probing for a TPU,
   orbax describing every file it writes)."""
   path = record.pathname.replace('\\', '/')
-  return (record.levelno >= logging_lib.WARNING or '/lmdvit_jax/' in path
-          or not ('site-packages/' in path or 'dist-packages/' in path))
+  return (
+    record.levelno >= logging_lib.WARNING
+    or '/lmdvit_jax/' in path
+    or not ('site-packages/' in path or 'dist-packages/' in path)
+  )
 
 
 def _config_file_error(error: OSError) -> str | None:
@@ -170,18 +222,20 @@ def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
       logging.get_absl_handler().addFilter(_ours)
       if quiet:
         logging.set_verbosity(logging.WARNING)
+    # With --verbosity=1 or more, a user's error shows its traceback too.
+    one_line = (flags.FLAGS['verbosity'].value or 0) < 1
     try:
       return main(argv)
     except app.UsageError as e:  # absl would print the whole --help first
       fail(str(e))
     except OSError as e:
-      if (message := _config_file_error(e)) and flags.FLAGS['verbosity'].value < 1:
+      if (message := _config_file_error(e)) and one_line:
         fail(message)
-      if isinstance(e, errors.USER_ERRORS) and flags.FLAGS['verbosity'].value < 1:
+      if isinstance(e, errors.USER_ERRORS) and one_line:
         fail(_message(e))
       raise
-    except Exception as e:  # pylint: disable=broad-except
-      if isinstance(e, errors.USER_ERRORS) and flags.FLAGS['verbosity'].value < 1:
+    except Exception as e:
+      if isinstance(e, errors.USER_ERRORS) and one_line:
         fail(_message(e))
       raise
 

@@ -33,8 +33,9 @@ def cache_dir() -> Path | None:
   return Path(value).expanduser()
 
 
-def enable(directory: str | os.PathLike | None = None,
-           min_compile_seconds: float = 1.0) -> Path | None:
+def enable(
+  directory: str | os.PathLike | None = None, min_compile_seconds: float = 1.0
+) -> Path | None:
   """Turns the persistent cache on (unless the environment turns it off).
 
   Args:

@@ -9,12 +9,12 @@ params, so `OUT_DIR` is all that `evaluate.py` and `lmdvit_jax.deblur` need.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import math
-import re
-import zipfile
-from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Callable
+import re
+from typing import Any
+import zipfile
 
 from absl import app
 import numpy as np
@@ -23,32 +23,38 @@ from lmdvit_jax.models.lmdvit import STAGE_NAMES
 from lmdvit_jax.models.windows import relative_position_index
 
 # Official stage prefixes in network order.
-TORCH_STAGES = tuple([f'encoderlayer_{i}' for i in range(4)] + ['conv'] +
-                     [f'decoderlayer_{i}' for i in range(4)])
+TORCH_STAGES = tuple(
+  [f'encoderlayer_{i}' for i in range(4)] + ['conv'] + [f'decoderlayer_{i}' for i in range(4)]
+)
 
-_linear = lambda w: np.ascontiguousarray(w.T)                    # [out, in] -> [in, out]
+_linear = lambda w: np.ascontiguousarray(w.T)  # [out, in] -> [in, out]
 _conv = lambda w: np.ascontiguousarray(w.transpose(2, 3, 1, 0))  # [O, I, kh, kw] -> [kh, kw, I, O]
-_deconv = lambda w: np.ascontiguousarray(w.transpose(2, 3, 0, 1))  # [I, O, kh, kw] -> [kh, kw, I, O]
+_deconv = lambda w: np.ascontiguousarray(
+  w.transpose(2, 3, 0, 1)
+)  # [I, O, kh, kw] -> [kh, kw, I, O]
 _dwconv = lambda w: np.ascontiguousarray(w[:, 0].transpose(1, 2, 0))  # [C, 1, 3, 3] -> [3, 3, C]
 _same = lambda w: w
 
 # (official suffix inside a block, our path inside the block, weight transform)
 _LINEAR_MODULES = {
-    'attn.qkv.to_q': ('attn', 'to_q'),
-    'attn.qkv.to_kv': ('attn', 'to_kv'),
-    'attn.proj': ('attn', 'proj'),
-    'mlp.linear1.0': ('mlp', 'linear1'),
-    'mlp.linear2.0': ('mlp', 'linear2'),
+  'attn.qkv.to_q': ('attn', 'to_q'),
+  'attn.qkv.to_kv': ('attn', 'to_kv'),
+  'attn.proj': ('attn', 'proj'),
+  'mlp.linear1.0': ('mlp', 'linear1'),
+  'mlp.linear2.0': ('mlp', 'linear2'),
 }
 _PREDICTOR_MODULES = {
-    'in_conv.0': 'in_linear1', 'in_conv.3': 'in_linear2',
-    'out_conv.0': 'out_linear1', 'out_conv.2': 'out_linear2', 'out_conv.4': 'out_linear3',
+  'in_conv.0': 'in_linear1',
+  'in_conv.3': 'in_linear2',
+  'out_conv.0': 'out_linear1',
+  'out_conv.2': 'out_linear2',
+  'out_conv.4': 'out_linear3',
 }
 _TOP_MODULES = {
-    'input_proj.proj.0': (('input_proj',), _conv),
-    'output_proj.proj.0': (('output_proj',), _conv),
-    **{f'dowsample_{i}.conv.0': ((f'downsample_{i}',), _conv) for i in range(4)},
-    **{f'upsample_{i}.deconv.0': ((f'upsample_{i}',), _deconv) for i in range(4)},
+  'input_proj.proj.0': (('input_proj',), _conv),
+  'output_proj.proj.0': (('output_proj',), _conv),
+  **{f'dowsample_{i}.conv.0': ((f'downsample_{i}',), _conv) for i in range(4)},
+  **{f'upsample_{i}.deconv.0': ((f'upsample_{i}',), _deconv) for i in range(4)},
 }
 
 
@@ -62,7 +68,7 @@ def strip_prefix(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     state_dict = state_dict['state_dict']
   out = {}
   for k, v in state_dict.items():
-    out[k[len('module.'):] if k.startswith('module.') else k] = v
+    out[k[len('module.') :] if k.startswith('module.') else k] = v
   return out
 
 
@@ -71,7 +77,9 @@ def _target(key: str) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarra
   module, _, leaf = key.rpartition('.')
   for prefix, (path, fn) in _TOP_MODULES.items():
     if module == prefix:
-      return path + ({'weight': 'kernel', 'bias': 'bias'}[leaf],), (fn if leaf == 'weight' else _same)
+      return path + ({'weight': 'kernel', 'bias': 'bias'}[leaf],), (
+        fn if leaf == 'weight' else _same
+      )
   m = re.fullmatch(r'(encoderlayer_\d|conv|decoderlayer_\d)\.blocks\.(\d+)\.(.+)', module)
   if m is None:
     return None
@@ -88,18 +96,21 @@ def _target(key: str) -> tuple[tuple[str, ...], Callable[[np.ndarray], np.ndarra
     return block + ('modulator',), _same
   if rest in _LINEAR_MODULES:
     return block + _LINEAR_MODULES[rest] + ({'weight': 'kernel', 'bias': 'bias'}[leaf],), (
-        _linear if leaf == 'weight' else _same)
+      _linear if leaf == 'weight' else _same
+    )
   if rest == 'mlp.dwconv.0':
     return block + ('mlp', 'dwconv', {'weight': 'kernel', 'bias': 'bias'}[leaf]), (
-        _dwconv if leaf == 'weight' else _same)
+      _dwconv if leaf == 'weight' else _same
+    )
   if rest.startswith('score_predictor.'):
-    sub = rest[len('score_predictor.'):]
+    sub = rest[len('score_predictor.') :]
     pred = (stage, f'predictor_{n}')
     if sub == 'in_conv.2':
       return pred + ('in_norm', {'weight': 'scale', 'bias': 'bias'}[leaf]), _same
     if sub in _PREDICTOR_MODULES:
       return pred + (_PREDICTOR_MODULES[sub], {'weight': 'kernel', 'bias': 'bias'}[leaf]), (
-          _linear if leaf == 'weight' else _same)
+        _linear if leaf == 'weight' else _same
+      )
   return None
 
 
@@ -107,15 +118,17 @@ def model_kwargs_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   """Infers the `LMDViT` keyword arguments from official key names and shapes."""
   sd = strip_prefix(state_dict)
   if 'input_proj.proj.0.weight' not in sd:
-    raise ConversionError('not an LMD-ViT state dict: no input_proj.proj.0.weight '
-                          f'(first keys: {sorted(sd)[:5]})')
+    raise ConversionError(
+      f'not an LMD-ViT state dict: no input_proj.proj.0.weight (first keys: {sorted(sd)[:5]})'
+    )
   embed_dim = int(np.shape(sd['input_proj.proj.0.weight'])[0])
   depths, heads, prune_loc = [], [], []
   win_size = mlp_ratio = None
   modulator = False
   for prefix in TORCH_STAGES:
-    blocks = {int(m.group(1)) for k in sd
-              if (m := re.match(re.escape(prefix) + r'\.blocks\.(\d+)\.', k))}
+    blocks = {
+      int(m.group(1)) for k in sd if (m := re.match(re.escape(prefix) + r'\.blocks\.(\d+)\.', k))
+    }
     if not blocks:
       raise ConversionError(f'no blocks found for stage {prefix!r}')
     if blocks != set(range(len(blocks))):
@@ -131,9 +144,16 @@ def model_kwargs_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     mlp_ratio = np.shape(sd[f'{prefix}.blocks.0.mlp.linear1.0.weight'])[0] / dim
     prune_loc.append(int(f'{prefix}.blocks.0.score_predictor.in_conv.0.weight' in sd))
     modulator = modulator or f'{prefix}.blocks.0.modulator.weight' in sd
-  return dict(embed_dim=embed_dim, depths=depths, num_heads=heads, win_size=win_size,
-              mlp_ratio=float(mlp_ratio), modulator=modulator, prune_loc=prune_loc,
-              keep_threshold=0.5)
+  return dict(
+    embed_dim=embed_dim,
+    depths=depths,
+    num_heads=heads,
+    win_size=win_size,
+    mlp_ratio=float(mlp_ratio or 4.0),
+    modulator=modulator,
+    prune_loc=prune_loc,
+    keep_threshold=0.5,
+  )
 
 
 def params_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
@@ -159,10 +179,14 @@ def params_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
   kwargs = model_kwargs_from_torch(sd)
   ws = kwargs['win_size']
   side = ws * 16
-  abstract = jax.eval_shape(lambda x: LMDViT(**kwargs).init(jax.random.PRNGKey(0), x),
-                            jax.ShapeDtypeStruct((1, side, side, 3), np.float32))['params']
-  expected = {tuple(k.key for k in path): leaf.shape
-              for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)}
+  abstract = jax.eval_shape(
+    lambda x: LMDViT(**kwargs).init(jax.random.PRNGKey(0), x),
+    jax.ShapeDtypeStruct((1, side, side, 3), np.float32),
+  )['params']
+  expected = {
+    tuple(k.key for k in path): leaf.shape
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract)
+  }
 
   params: dict[str, Any] = {}
   unplaced = []
@@ -179,8 +203,10 @@ def params_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
     path, fn = target
     arr = fn(arr).astype(np.float32)
     if arr.shape != tuple(expected[path]):
-      raise ConversionError(f'{key}: shape {arr.shape} after conversion, the model expects '
-                            f'{tuple(expected[path])} at {"/".join(path)}')
+      raise ConversionError(
+        f'{key}: shape {arr.shape} after conversion, the model expects '
+        f'{tuple(expected[path])} at {"/".join(path)}'
+      )
     node = params
     for p in path[:-1]:
       node = node.setdefault(p, {})
@@ -188,10 +214,8 @@ def params_from_torch(state_dict: Mapping[str, Any]) -> dict[str, Any]:
       raise ConversionError(f'{key} maps onto {"/".join(path)}, which is already filled')
     node[path[-1]] = arr
   if unplaced:
-    raise ConversionError(f'{len(unplaced)} state-dict keys could not be placed: '
-                          f'{unplaced[:10]}')
-  filled = {tuple(k.key for k in path)
-            for path, _ in jax.tree_util.tree_leaves_with_path(params)}
+    raise ConversionError(f'{len(unplaced)} state-dict keys could not be placed: {unplaced[:10]}')
+  filled = {tuple(k.key for k in path) for path, _ in jax.tree_util.tree_leaves_with_path(params)}
   missing = sorted('/'.join(p) for p in set(expected) - filled)
   if missing:
     raise ConversionError(f'{len(missing)} params were left unfilled: {missing[:10]}')
@@ -208,21 +232,24 @@ def load_state_dict(path: str | Path) -> dict[str, np.ndarray]:
       with np.load(path, allow_pickle=False) as z:
         return {k: z[k] for k in z.files}
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
-      raise ConversionError(f'{path} is damaged or not a numpy .npz state dict '
-                            f'({type(e).__name__}: {e})') from None
+      raise ConversionError(
+        f'{path} is damaged or not a numpy .npz state dict ({type(e).__name__}: {e})'
+      ) from None
   if path.suffix in ('.pth', '.pt', '.ckpt'):
     try:
-      import torch  # pylint: disable=import-outside-toplevel
+      import torch
     except ImportError as e:
       raise ImportError(
-          f'reading {path.name} needs PyTorch (pip install torch); alternatively save the '
-          'state dict as .npz with numpy and convert that') from e
+        f'reading {path.name} needs PyTorch (pip install torch); alternatively save the '
+        'state dict as .npz with numpy and convert that'
+      ) from e
     try:
       obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pylint: disable=broad-except  # torch raises many kinds
-      raise ConversionError(f'{path} is damaged or not a PyTorch state dict '
-                            f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
-                            ) from None
+    except Exception as e:  # torch raises many kinds
+      raise ConversionError(
+        f'{path} is damaged or not a PyTorch state dict '
+        f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""})'
+      ) from None
     if not isinstance(obj, Mapping):
       raise ConversionError(f'{path} holds a {type(obj).__name__}, not a state dict')
     return {k: v.numpy() for k, v in strip_prefix(obj).items() if hasattr(v, 'numpy')}
@@ -239,26 +266,33 @@ def check_output(directory: str | Path, kwargs: Mapping[str, Any], overwrite: bo
   Raises:
     FileExistsError: naming what is there and the flag.
   """
-  from lmdvit_jax import checkpointing, files  # pylint: disable=import-outside-toplevel
+  from lmdvit_jax import checkpointing, files
+
   directory = Path(directory)
   files.check_writable_dir(directory, 'OUT_DIR')
   steps = checkpointing.all_steps(directory)
-  recorded = (checkpointing.read_model_kwargs(directory)
-              if (directory / checkpointing.MODEL_FILE).is_file() else None)
+  recorded = (
+    checkpointing.read_model_kwargs(directory)
+    if (directory / checkpointing.MODEL_FILE).is_file()
+    else None
+  )
   if not steps and recorded in (None, files.jsonable(kwargs)):
     return
   if not overwrite:
     what = f'checkpoint steps {steps}' if steps else 'a model.json of another model'
-    raise FileExistsError(f'{directory} already holds {what}; choose another OUT_DIR, or pass '
-                          '--overwrite to replace its checkpoint')
-  import shutil  # pylint: disable=import-outside-toplevel
+    raise FileExistsError(
+      f'{directory} already holds {what}; choose another OUT_DIR, or pass '
+      '--overwrite to replace its checkpoint'
+    )
+  import shutil
+
   shutil.rmtree(directory / checkpointing.CHECKPOINTS, ignore_errors=True)
   (directory / checkpointing.MODEL_FILE).unlink(missing_ok=True)
 
 
 def main(argv: list[str], overwrite: bool = False) -> int:
   """Converts IN (argv[1]) into the checkpoint directory OUT_DIR (argv[2])."""
-  from lmdvit_jax import checkpointing  # pylint: disable=import-outside-toplevel
+  from lmdvit_jax import checkpointing
 
   if len(argv) != 3:
     raise app.UsageError(f'usage: {USAGE}')
@@ -270,13 +304,16 @@ def main(argv: list[str], overwrite: bool = False) -> int:
     raise ConversionError(f'{argv[1]}: {e}') from None
   check_output(argv[2], kwargs, overwrite)
   checkpointing.save_model(argv[2], params, kwargs)
-  from lmdvit_jax.models import count_params  # pylint: disable=import-outside-toplevel
+  from lmdvit_jax.models import count_params
+
   print(f'wrote {argv[2]}: {count_params(params):,} params, model {kwargs}')
   return 0
 
 
 if __name__ == '__main__':
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from lmdvit_jax import cli  # pylint: disable=g-import-not-at-top
+  from absl import flags
+
+  from lmdvit_jax import cli
+
   _OVERWRITE = flags.DEFINE_bool('overwrite', False, 'Replace a checkpoint already in OUT_DIR.')
   cli.run(lambda argv: main(argv, _OVERWRITE.value), quiet=True)

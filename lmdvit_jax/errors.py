@@ -27,6 +27,16 @@ class WorkdirInUseError(RuntimeError):
 
 # Exceptions that mean a bad input or setting, not a bug.
 USER_ERRORS: tuple[type[BaseException], ...] = (
-    ValueError, TypeError, ImportError, FileNotFoundError, NotADirectoryError,
-    IsADirectoryError, FileExistsError, PermissionError, DataError, CheckpointError, OutOfMemoryError,
-    WorkdirInUseError)
+  ValueError,
+  TypeError,
+  ImportError,
+  FileNotFoundError,
+  NotADirectoryError,
+  IsADirectoryError,
+  FileExistsError,
+  PermissionError,
+  DataError,
+  CheckpointError,
+  OutOfMemoryError,
+  WorkdirInUseError,
+)

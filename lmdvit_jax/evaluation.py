@@ -15,8 +15,8 @@ ground truth.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
+import math
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +25,26 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from lmdvit_jax import files, metrics, panels
+from lmdvit_jax import files, image_io, metrics, panels
 from lmdvit_jax.data import DataError, open_source
-from lmdvit_jax.inference import Deblurrer, DeblurResult, checkpoint_overrides, quantize, to_uint8
+from lmdvit_jax.inference import Deblurrer, DeblurResult
+from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.models import count_params
 
 # The released model in the paper's Table 1 (ReLoBlur test set, full resolution).
 # Its complexity column (1.485 T) counts multiply-adds (MACs), the usual convention
 # of the tools such papers use; XLA's cost analysis counts 2 FLOPs per multiply-add.
-PAPER_ROW = ('LMD-ViT (paper, Table 1)', 35.43, 0.9288, 30.29, 0.8934, 0.56, 54.50e6, 1.485e12,
-             None)
+PAPER_ROW = (
+  'LMD-ViT (paper, Table 1)',
+  35.43,
+  0.9288,
+  30.29,
+  0.8934,
+  0.56,
+  54.50e6,
+  1.485e12,
+  None,
+)
 
 IMAGE_METRICS = ('psnr', 'ssim', 'wpsnr', 'wssim', 'sharp_psnr')
 
@@ -52,11 +62,11 @@ def image_scores(pred: np.ndarray, sharp: np.ndarray, mask: np.ndarray) -> dict[
     mask: [H, W, 1] blur mask in {0, 1}.
   """
   return {
-      'psnr': _float(metrics.psnr(pred, sharp)),
-      'ssim': _float(metrics.ssim(pred, sharp)),
-      'wpsnr': _float(metrics.weighted_psnr(pred, sharp, mask)),
-      'wssim': _float(metrics.weighted_ssim(pred, sharp, mask)),
-      'sharp_psnr': _float(metrics.sharp_psnr(pred, sharp, mask)),
+    'psnr': _float(metrics.psnr(pred, sharp)),
+    'ssim': _float(metrics.ssim(pred, sharp)),
+    'wpsnr': _float(metrics.weighted_psnr(pred, sharp, mask)),
+    'wssim': _float(metrics.weighted_ssim(pred, sharp, mask)),
+    'sharp_psnr': _float(metrics.sharp_psnr(pred, sharp, mask)),
   }
 
 
@@ -67,8 +77,11 @@ def pruning_scores(result: DeblurResult, mask: np.ndarray) -> dict[str, np.ndarr
   """
   g = result.geometry
   out = metrics.pruning_metrics(
-      [d[None] for d in result.decisions], g.pad(mask)[None], g.valid()[None],
-      shifted=[b.shifted for b in result.blocks])
+    [d[None] for d in result.decisions],
+    g.pad(mask)[None],
+    g.valid()[None],
+    shifted=[b.shifted for b in result.blocks],
+  )
   return {k: np.asarray(v[0], np.float64) for k, v in out.items()}
 
 
@@ -90,8 +103,10 @@ def _fmt(value: float, digits: int) -> str:
 def table_markdown(summary: Mapping[str, Any]) -> str:
   """Table 1 layout: Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs."""
   m = summary['mean']
-  head = ('| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs |\n'
-          '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n')
+  head = (
+    '| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs |\n'
+    '| --- | --- | --- | --- | --- | --- | --- | --- | --- |\n'
+  )
 
   def count(value):
     if value is None or not math.isfinite(value):
@@ -101,41 +116,68 @@ def table_markdown(summary: Mapping[str, Any]) -> str:
   def row(name, psnr, ssim, wpsnr, wssim, seconds, params, macs, flops):
     time_s = '-' if seconds is None else f'{seconds:.2f}s'
     params_s = '-' if params is None else f'{params / 1e6:.2f}M'
-    return (f'| {name} | {_fmt(psnr, 2)} | {_fmt(ssim, 4)} | {_fmt(wpsnr, 2)} | '
-            f'{_fmt(wssim, 4)} | {time_s} | {params_s} | {count(macs)} | {count(flops)} |\n')
+    return (
+      f'| {name} | {_fmt(psnr, 2)} | {_fmt(ssim, 4)} | {_fmt(wpsnr, 2)} | '
+      f'{_fmt(wssim, 4)} | {time_s} | {params_s} | {count(macs)} | {count(flops)} |\n'
+    )
 
   name = f'LMD-ViT (lmdvit-jax, {Path(summary["checkpoint"]).name})'
   flops = m.get('flops')
   flops = float('nan') if flops is None else flops
-  lines = [head, row(*PAPER_ROW),
-           row(name, m['psnr'], m['ssim'], m['wpsnr'], m['wssim'], m['seconds_per_image'],
-               summary['params'], flops / 2, flops),
-           row('Blurred input', m['input_psnr'], m['input_ssim'], m['input_wpsnr'],
-               m['input_wssim'], None, None, None, None)]
-  sizes = ', '.join(f'{k} ({v["count"]} images, padded {v["padded"]}, {v.get("tiles", "whole")})'
-                    for k, v in summary['sizes'].items())
+  lines = [
+    head,
+    row(*PAPER_ROW),
+    row(
+      name,
+      m['psnr'],
+      m['ssim'],
+      m['wpsnr'],
+      m['wssim'],
+      m['seconds_per_image'],
+      summary['params'],
+      flops / 2,
+      flops,
+    ),
+    row(
+      'Blurred input',
+      m['input_psnr'],
+      m['input_ssim'],
+      m['input_wpsnr'],
+      m['input_wssim'],
+      None,
+      None,
+      None,
+      None,
+    ),
+  ]
+  sizes = ', '.join(
+    f'{k} ({v["count"]} images, padded {v["padded"]}, {v.get("tiles", "whole")})'
+    for k, v in summary['sizes'].items()
+  )
   notes = [
-      '',
-      f'Data: `{summary["data"]}`, {summary["count"]} images; sizes {sizes}.',
-      f'Device: {summary["device"]}. Time: seconds per image, compilation excluded.',
-      f'Capacity `{summary["model"]["capacity"]}`, keep threshold '
-      f'{summary["model"]["keep_threshold"]}; windows kept: '
-      f'{_fmt(100 * m["kept_fraction"], 1)}%, pruning precision '
-      f'{_fmt(100 * m["prune_precision"], 1)}%, recall {_fmt(100 * m["prune_recall"], 1)}%.',
-      'XLA FLOPs: XLA cost analysis of the compiled model at the evaluated (padded) size, '
-      'per image; MACs: half of it, the multiply-adds the paper counts (XLA counts each '
-      'multiply-add as 2 FLOPs; its few element-wise FLOPs make this a slight over-count). '
-      'With capacity `exact` (shown as -) each pruned block loops over chunks of kept '
-      'windows as often as they need, which XLA cannot count; pass a fixed `--capacity` '
-      'fraction to count that budget.',
-      'PSNR_w / SSIM_w: weighted by the blur mask. Paper row: the released model on a '
-      'GPU, quoted from the paper.',
+    '',
+    f'Data: `{summary["data"]}`, {summary["count"]} images; sizes {sizes}.',
+    f'Device: {summary["device"]}. Time: seconds per image, compilation excluded.',
+    f'Capacity `{summary["model"]["capacity"]}`, keep threshold '
+    f'{summary["model"]["keep_threshold"]}; windows kept: '
+    f'{_fmt(100 * m["kept_fraction"], 1)}%, pruning precision '
+    f'{_fmt(100 * m["prune_precision"], 1)}%, recall {_fmt(100 * m["prune_recall"], 1)}%.',
+    'XLA FLOPs: XLA cost analysis of the compiled model at the evaluated (padded) size, '
+    'per image; MACs: half of it, the multiply-adds the paper counts (XLA counts each '
+    'multiply-add as 2 FLOPs; its few element-wise FLOPs make this a slight over-count). '
+    'With capacity `exact` (shown as -) each pruned block loops over chunks of kept '
+    'windows as often as they need, which XLA cannot count; pass a fixed `--capacity` '
+    'fraction to count that budget.',
+    'PSNR_w / SSIM_w: weighted by the blur mask. Paper row: the released model on a '
+    'GPU, quoted from the paper.',
   ]
   passes = summary.get('self_ensemble', 1)
   if passes > 1:
-    notes.append(f'Self-ensemble: the model ran on {passes} flipped and transposed copies of '
-                 'each image, outputs averaged; time and FLOPs are of all passes, kept windows, '
-                 'precision and recall their mean over the passes.')
+    notes.append(
+      f'Self-ensemble: the model ran on {passes} flipped and transposed copies of '
+      'each image, outputs averaged; time and FLOPs are of all passes, kept windows, '
+      'precision and recall their mean over the passes.'
+    )
   return ''.join(lines) + '\n'.join(notes) + '\n'
 
 
@@ -159,10 +201,20 @@ def check_source(source: Any, count: int = 0) -> tuple[list[int], list[str]]:
   return good, bad
 
 
-def run(deblurrer: Deblurrer, source: Sequence[Mapping[str, Any]], *, count: int = 0,
-        indices: Sequence[int] | None = None, quantize_output: bool = True, num_panels: int = 0, panel_dir: str | Path | None = None,
-        panel_height: int = 192, image_dir: str | Path | None = None,
-        progress: bool = False) -> dict[str, Any]:
+def run(
+  deblurrer: Deblurrer,
+  source: Sequence[Mapping[str, Any]],
+  *,
+  count: int = 0,
+  indices: Sequence[int] | None = None,
+  quantize_output: bool = True,
+  num_panels: int = 0,
+  panel_dir: str | Path | None = None,
+  panel_height: int = 192,
+  image_dir: str | Path | None = None,
+  keep: int = 0,
+  progress: bool = False,
+) -> dict[str, Any]:
   """Scores `deblurrer` on samples ({'blur', 'sharp', 'mask', 'name'}).
 
   The one evaluator of the project: `train.py` (held-out evaluation during
@@ -177,88 +229,136 @@ def run(deblurrer: Deblurrer, source: Sequence[Mapping[str, Any]], *, count: int
     num_panels: write panels for the first N images into `panel_dir`.
     panel_dir, panel_height: where and how tall.
     image_dir: write the restored images as PNG there (None: do not).
+    keep: hand back the first `keep` images as scored (for a picture).
     progress: show a progress bar.
 
   Returns:
-    {'count', 'mean', 'blocks', 'images', 'sizes', 'images_without_blur'}:
-    means over images (NaN skipped: e.g. pruning precision and recall of an
-    image without blurred pixels), per predicting block pruning scores, per
-    image records, the image sizes seen, and how many images had no blur.
+    {'count', 'mean', 'blocks', 'images', 'sizes', 'images_without_blur',
+    'shown'}: means over images (NaN skipped: e.g. pruning precision and
+    recall of an image without blurred pixels), per predicting block pruning
+    scores, per image records, the image sizes seen, how many images had no
+    blur, and for the first `keep` images their sample, the scored output
+    `pred` and `kept_maps` (per block, [H, W] bool).
   """
   if indices is None:
     indices = range(len(source) if count <= 0 else min(count, len(source)))
-  images, sizes = [], {}
+  images: list[dict[str, Any]] = []
+  sizes: dict[str, dict[str, Any]] = {}
+  shown: list[dict[str, Any]] = []
   bar = tqdm(indices, desc='evaluate', unit='img', disable=not progress)
   for n, i in enumerate(bar):
     sample = source[i]
     blur, sharp, mask = sample['blur'], sample['sharp'], sample['mask']
     result = deblurrer(blur)
-    pred = quantize(result.restored) if quantize_output else result.restored
-    record: dict[str, Any] = {'name': sample.get('name', f'image_{i:06d}'),
-                              'height': blur.shape[0], 'width': blur.shape[1]}
+    pred = image_io.quantize(result.restored) if quantize_output else result.restored
+    record: dict[str, Any] = {
+      'name': sample.get('name', f'image_{i:06d}'),
+      'height': blur.shape[0],
+      'width': blur.shape[1],
+    }
     record.update(image_scores(pred, sharp, mask))
     record.update({f'input_{k}': v for k, v in image_scores(blur, sharp, mask).items()})
     prune = pruning_scores(result, mask)
     record.update(
-        mask_fraction=float(np.mean(mask)),
-        prune_precision=nanmean(prune['precision']),
-        prune_recall=nanmean(prune['recall']),
-        prune_accuracy=nanmean(prune['accuracy']),
-        kept_fraction=nanmean(prune['kept_fraction']),
-        dropped_windows=int(sum(result.dropped)),
-        seconds=result.seconds, flops=result.flops,
-        blocks={k: v.tolist() for k, v in prune.items()})
+      mask_fraction=float(np.mean(mask)),
+      prune_precision=nanmean(prune['precision']),
+      prune_recall=nanmean(prune['recall']),
+      prune_accuracy=nanmean(prune['accuracy']),
+      kept_fraction=nanmean(prune['kept_fraction']),
+      dropped_windows=int(sum(result.dropped)),
+      seconds=result.seconds,
+      flops=result.flops,
+      blocks={k: v.tolist() for k, v in prune.items()},
+    )
     images.append(record)
     key = f'{blur.shape[0]}x{blur.shape[1]}'
     g = result.geometry
-    sizes.setdefault(key, {'count': 0, 'padded': f'{g.padded_height}x{g.padded_width}',
-                           'flops': result.flops,
-                           'tiles': result.tiles.describe() if result.tiles else 'whole'}
-                     )['count'] += 1
+    sizes.setdefault(
+      key,
+      {
+        'count': 0,
+        'padded': f'{g.padded_height}x{g.padded_width}',
+        'flops': result.flops,
+        'tiles': result.tiles.describe() if result.tiles else 'whole',
+      },
+    )['count'] += 1
     bar.set_postfix(psnr=f'{record["psnr"]:.2f}', wpsnr=f'{record["wpsnr"]:.2f}')
 
+    if n < keep:
+      shown.append({'sample': sample, 'pred': pred, 'kept_maps': result.kept_maps()})
     if n < num_panels and panel_dir is not None:
       picture = panels.evaluation_panel(blur, pred, sharp, mask, result, panel_height)
-      panels.save_png(Path(panel_dir) / f'{n:03d}_{safe_name(record["name"])}.png',
-                      picture, compress_level=6)
+      image_io.save_png(
+        Path(panel_dir) / f'{n:03d}_{safe_name(record["name"])}.png', picture, compress_level=6
+      )
     if image_dir is not None:
-      panels.save_png(Path(image_dir) / f'{safe_name(record["name"])}.png',
-                      Image.fromarray(to_uint8(pred)))
+      image_io.save_png(
+        Path(image_dir) / f'{safe_name(record["name"])}.png',
+        Image.fromarray(image_io.to_uint8(pred)),
+      )
 
-  mean = {k: nanmean(r[k] for r in images) for k in
-          IMAGE_METRICS + tuple(f'input_{k}' for k in IMAGE_METRICS) +
-          ('prune_precision', 'prune_recall', 'prune_accuracy', 'kept_fraction', 'flops',
-           'mask_fraction')}
+  mean = {
+    k: nanmean(r[k] for r in images)
+    for k in IMAGE_METRICS
+    + tuple(f'input_{k}' for k in IMAGE_METRICS)
+    + (
+      'prune_precision',
+      'prune_recall',
+      'prune_accuracy',
+      'kept_fraction',
+      'flops',
+      'mask_fraction',
+    )
+  }
   mean['seconds_per_image'] = nanmean(r['seconds'] for r in images)
   mean['dropped_windows'] = nanmean(r['dropped_windows'] for r in images)
   blocks = []
   for j, b in enumerate(deblurrer.blocks):
     entry = {'stage': b.stage, 'block': b.block, 'shifted': b.shifted}
-    entry.update({k: nanmean(r['blocks'][k][j] for r in images)
-                  for k in ('precision', 'recall', 'accuracy', 'kept_fraction')})
+    entry.update(
+      {
+        k: nanmean(r['blocks'][k][j] for r in images)
+        for k in ('precision', 'recall', 'accuracy', 'kept_fraction')
+      }
+    )
     blocks.append(entry)
   # Images without blurred pixels have no pruning precision or recall: left
   # out of those means, and counted.
   without_blur = sum(1 for r in images if not r['mask_fraction'] > 0)
-  return {'count': len(images), 'mean': mean, 'blocks': blocks, 'images': images,
-          'sizes': sizes, 'images_without_blur': without_blur}
+  return {
+    'count': len(images),
+    'mean': mean,
+    'blocks': blocks,
+    'images': images,
+    'sizes': sizes,
+    'images_without_blur': without_blur,
+    'shown': shown,
+  }
 
 
-def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None,
-             split: str = 'test', capacity: str | float = 'exact',
-             keep_threshold: float | None = None, num_panels: int = 4,
-             panel_height: int = 192, max_images: int = 0, save_images: bool = False,
-             warmup: bool = True, quantize_output: bool = True, skip_bad: bool = False,
-             dtype: str | None = None, self_ensemble: int | None = None,
-             tile: int | None = None, tile_overlap: int | None = None,
-             max_memory: int | None = None, matmul_precision: str = 'default',
-             progress: bool = True) -> dict[str, Any]:
+def evaluate(
+  checkpoint: str,
+  data: str,
+  output: str,
+  settings: InferenceSettings | None = None,
+  *,
+  step: int | None = None,
+  split: str = 'test',
+  num_panels: int = 4,
+  panel_height: int = 192,
+  max_images: int = 0,
+  save_images: bool = False,
+  warmup: bool = True,
+  quantize_output: bool = True,
+  skip_bad: bool = False,
+  keep: int = 0,
+  progress: bool = True,
+) -> dict[str, Any]:
   """Evaluates a checkpoint directory on a data spec; writes metrics.json,
   table.md and panels under `output`.
 
-  `keep_threshold`, `dtype` and `self_ensemble` (see `inference.Deblurrer`)
-  default to the checkpoint's model.json and inference.json; `tile`,
-  `tile_overlap`, `max_memory` and `matmul_precision` are `Deblurrer`'s.
+  `settings` (capacity, keep threshold, dtype, self-ensemble, tiling...)
+  default to the checkpoint's model.json and inference.json.
 
   Every file is opened and validated first (keys, dtypes, sizes, finite
   values): a bad one stops the run before any forward pass, with one message
@@ -266,58 +366,91 @@ def evaluate(checkpoint: str, data: str, output: str, *, step: int | None = None
   'skipped' in metrics.json instead.
 
   Returns:
-    The summary written to OUT/metrics.json (before NaN -> null).
+    The summary written to OUT/metrics.json (before NaN -> null), with
+    `shown`: the first `keep` images as `run` hands them back (not written).
 
   Raises:
-    ValueError: bad data spec or capacity. FileNotFoundError: missing folders.
+    ValueError: bad data spec or settings. FileNotFoundError: missing folders.
     DataError: unreadable or inconsistent data files.
   """
   out_dir = Path(output)
   if num_panels < 0 or max_images < 0:
-    raise ValueError(f'--num_panels and --max_images must be >= 0, got {num_panels} and '
-                     f'{max_images}')
+    raise ValueError(
+      f'--num_panels and --max_images must be >= 0, got {num_panels} and {max_images}'
+    )
   if num_panels and panel_height < panels.MIN_TILE_HEIGHT:
-    raise ValueError(f'--panel_height must be at least {panels.MIN_TILE_HEIGHT} pixels, '
-                     f'got {panel_height}')
+    raise ValueError(
+      f'--panel_height must be at least {panels.MIN_TILE_HEIGHT} pixels, got {panel_height}'
+    )
   if not Path(checkpoint).is_dir():
     raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
-  overrides = checkpoint_overrides(capacity, keep_threshold, dtype, self_ensemble)
   source = open_source(data, split=split)
-  # Loading the model checks the tiling flags against its grid before any data is read.
-  deblurrer = Deblurrer.from_checkpoint(checkpoint, step, overrides, warmup=warmup, tile=tile,
-                                        tile_overlap=tile_overlap, max_memory=max_memory,
-                                        matmul_precision=matmul_precision,
-                                        progress=progress)
+  # Loading the model checks the tiling settings against its grid before any data is read.
+  deblurrer = Deblurrer.from_checkpoint(
+    checkpoint, step, settings, warmup=warmup, progress=progress
+  )
   deblurrer.check_memory()
   files.check_writable_dir(out_dir)  # before minutes of evaluation, not after
   good, bad = check_source(source, max_images)
   if bad and not skip_bad:
-    raise DataError(f'{len(bad)} bad file(s), nothing evaluated (--skip_bad leaves them out): '
-                    + ' | '.join(bad))
+    raise DataError(
+      f'{len(bad)} bad file(s), nothing evaluated (--skip_bad leaves them out): ' + ' | '.join(bad)
+    )
   if not good:
     raise DataError(f'no usable images in {data}')
   out_dir.mkdir(parents=True, exist_ok=True)
-  scored = run(deblurrer, source, indices=good, quantize_output=quantize_output,
-               num_panels=num_panels, panel_dir=out_dir / 'panels', panel_height=panel_height,
-               image_dir=out_dir / 'images' if save_images else None, progress=progress)
+  scored = run(
+    deblurrer,
+    source,
+    indices=good,
+    quantize_output=quantize_output,
+    num_panels=num_panels,
+    panel_dir=out_dir / 'panels',
+    panel_height=panel_height,
+    image_dir=out_dir / 'images' if save_images else None,
+    keep=keep,
+    progress=progress,
+  )
   model = deblurrer.model
   device = jax.devices()[0]
   summary = {
-      'checkpoint': str(checkpoint), 'data': data, 'split': split, 'count': scored['count'],
-      'quantized': quantize_output,
-      'model': {k: getattr(model, k) for k in (
-          'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator',
-          'prune_loc', 'keep_threshold', 'capacity', 'capacity_chunks')},
-      'dtype': np.dtype(model.dtype).name, 'self_ensemble': deblurrer.self_ensemble,
-      'matmul_precision': deblurrer.matmul_precision,
-      'tiling': {'tile': deblurrer.tile, 'tile_overlap': deblurrer.tile_overlap,
-                 'max_memory': deblurrer.max_memory},
-      'params': count_params(deblurrer.params),
-      'device': f'{device.platform} ({device.device_kind}) x{jax.device_count()}',
-      'sizes': scored['sizes'], 'mean': scored['mean'], 'blocks': scored['blocks'],
-      'images': scored['images'], 'skipped': bad,
-      'images_without_blur': scored['images_without_blur'],
+    'checkpoint': str(checkpoint),
+    'data': data,
+    'split': split,
+    'count': scored['count'],
+    'quantized': quantize_output,
+    'model': {
+      k: getattr(model, k)
+      for k in (
+        'embed_dim',
+        'depths',
+        'num_heads',
+        'win_size',
+        'mlp_ratio',
+        'modulator',
+        'prune_loc',
+        'keep_threshold',
+        'capacity',
+        'capacity_chunks',
+      )
+    },
+    'dtype': np.dtype(model.dtype).name,
+    'self_ensemble': deblurrer.self_ensemble,
+    'matmul_precision': deblurrer.matmul_precision,
+    'tiling': {
+      'tile': deblurrer.tile,
+      'tile_overlap': deblurrer.tile_overlap,
+      'max_memory': deblurrer.max_memory,
+    },
+    'params': count_params(deblurrer.params),
+    'device': f'{device.platform} ({device.device_kind}) x{jax.device_count()}',
+    'sizes': scored['sizes'],
+    'mean': scored['mean'],
+    'blocks': scored['blocks'],
+    'images': scored['images'],
+    'skipped': bad,
+    'images_without_blur': scored['images_without_blur'],
   }
   files.write_json_atomic(out_dir / 'metrics.json', summary)
   files.write_bytes_atomic(out_dir / 'table.md', table_markdown(summary).encode())
-  return summary
+  return {**summary, 'shown': scored['shown']}

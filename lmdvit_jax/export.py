@@ -31,8 +31,8 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 from pathlib import Path
+import re
 from typing import Any
 
 from absl import flags
@@ -40,7 +40,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from lmdvit_jax import cli, files, inference
+from lmdvit_jax import cli, ensemble, files, inference, tiling
 
 PLATFORMS = ('cpu', 'cuda', 'rocm', 'tpu')
 
@@ -58,11 +58,13 @@ def parse_size(text: str) -> tuple[int, int]:
 
 
 def parse_platforms(text: str | list[str]) -> tuple[str, ...]:
-  names = tuple(p.strip().lower() for p in (text.split(',') if isinstance(text, str) else text)
-                if p.strip())
+  names = tuple(
+    p.strip().lower() for p in (text.split(',') if isinstance(text, str) else text) if p.strip()
+  )
   if not names or any(p not in PLATFORMS for p in names):
-    raise ValueError(f'--platforms must be a comma-separated subset of {",".join(PLATFORMS)}, '
-                     f'got {text!r}')
+    raise ValueError(
+      f'--platforms must be a comma-separated subset of {",".join(PLATFORMS)}, got {text!r}'
+    )
   return names
 
 
@@ -78,8 +80,10 @@ def _what_failed(error: BaseException) -> str:
   target = re.search(r'custom_call @([\w.]+)', text)
   if target:
     op = re.search(r'loc\("[^"]*/([\w.\-]+)"', text)
-    return (f'custom call {target.group(1)}{f" (op {op.group(1)})" if op else ""} has no '
-            'compatibility guarantee on this platform')
+    return (
+      f'custom call {target.group(1)}{f" (op {op.group(1)})" if op else ""} has no '
+      'compatibility guarantee on this platform'
+    )
   lines = [l.strip() for l in text.strip().splitlines() if l.strip()]
   return f'{type(error).__name__}: {lines[0][:300]}' if lines else type(error).__name__
 
@@ -95,30 +99,47 @@ def lower(fn: Any, *args: Any, platforms: tuple[str, ...]) -> jax.export.Exporte
   fn = fn if hasattr(fn, 'trace') else jax.jit(fn)
   try:
     return jax.export.export(fn, platforms=platforms)(*args)
-  except Exception as e:  # pylint: disable=broad-except
+  except Exception as e:
     error, failing = e, ','.join(platforms)
     for platform in platforms if len(platforms) > 1 else ():
       try:
         jax.export.export(fn, platforms=(platform,))(*args)
-      except Exception as alone:  # pylint: disable=broad-except
+      except Exception as alone:
         error, failing = alone, platform
         break
     raise LoweringError(f'lowering for {failing} failed: {_what_failed(error)}') from e
 
 
-def _pipeline(deblurrer: inference.Deblurrer, geometry: inference.PadGeometry,
-              images: jax.Array) -> dict[str, Any]:
+def _pipeline(
+  deblurrer: inference.Deblurrer, geometry: tiling.PadGeometry, images: jax.Array
+) -> dict[str, Any]:
   g = geometry
-  x = jnp.pad(images, ((0, 0), (g.top, g.padded_height - g.height - g.top),
-                       (g.left, g.padded_width - g.width - g.left), (0, 0)))
-  restored, kept, dropped = inference._forward(  # pylint: disable=protected-access
-      deblurrer.model, deblurrer.params, x, deblurrer.self_ensemble, deblurrer.matmul_precision)
-  return {'restored': restored[:, g.top:g.top + g.height, g.left:g.left + g.width],
-          'kept': kept, 'dropped': dropped}
+  x = jnp.pad(
+    images,
+    (
+      (0, 0),
+      (g.top, g.padded_height - g.height - g.top),
+      (g.left, g.padded_width - g.width - g.left),
+      (0, 0),
+    ),
+  )
+  restored, kept, dropped = ensemble.forward(
+    deblurrer.model, deblurrer.params, x, deblurrer.self_ensemble, deblurrer.matmul_precision
+  )
+  return {
+    'restored': restored[:, g.top : g.top + g.height, g.left : g.left + g.width],
+    'kept': kept,
+    'dropped': dropped,
+  }
 
 
-def export(deblurrer: inference.Deblurrer, height: int, width: int, batch: int = 1,
-           platforms: tuple[str, ...] = ('cpu',)) -> jax.export.Exported:
+def export(
+  deblurrer: inference.Deblurrer,
+  height: int,
+  width: int,
+  batch: int = 1,
+  platforms: tuple[str, ...] = ('cpu',),
+) -> jax.export.Exported:
   """The `jax.export` of `deblurrer`'s pipeline on [batch, height, width, 3]
   float32 images, its params embedded, lowered for `platforms`.
 
@@ -129,8 +150,9 @@ def export(deblurrer: inference.Deblurrer, height: int, width: int, batch: int =
     raise ValueError(f'--batch must be at least 1, got {batch}')
   platforms = parse_platforms(list(platforms))
   fn = jax.jit(functools.partial(_pipeline, deblurrer, deblurrer.geometry(height, width)))
-  return lower(fn, jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32),
-               platforms=platforms)
+  return lower(
+    fn, jax.ShapeDtypeStruct((batch, height, width, 3), jnp.float32), platforms=platforms
+  )
 
 
 def describe(exported: jax.export.Exported, deblurrer: inference.Deblurrer) -> dict[str, Any]:
@@ -139,26 +161,45 @@ def describe(exported: jax.export.Exported, deblurrer: inference.Deblurrer) -> d
   g = deblurrer.geometry(h, w)
   model = deblurrer.model
   return {
-      'input': {'shape': [n, h, w, 3], 'dtype': 'float32', 'layout': 'NHWC',
-                'range': [0.0, 1.0]},
-      'padding': {'canvas': [g.padded_height, g.padded_width], 'top': g.top, 'left': g.left,
-                  'value': 0.0, 'note': 'done inside the program'},
-      'outputs': {
-          'restored': f'[{n}, {h}, {w}, 3] float32 in [0, 1]',
-          'kept': 'per predicting block (network order) [N, gh, gw] float32 keep maps over '
-                  'the window grid of the padded canvas (shares of passes with a self-ensemble)',
-          'dropped': 'per predicting block [N] int32 kept windows a fixed capacity dropped'},
-      'blocks': [{'stage': b.stage, 'block': b.block, 'shifted': b.shifted}
-                 for b in deblurrer.blocks],
-      'platforms': list(exported.platforms),
-      'params': 'embedded as constants',
-      'self_ensemble': deblurrer.self_ensemble,
-      'matmul_precision': deblurrer.matmul_precision,
-      'model': {k: getattr(model, k) for k in (
-          'embed_dim', 'depths', 'num_heads', 'win_size', 'mlp_ratio', 'modulator', 'prune_loc',
-          'keep_threshold', 'decision_rule', 'capacity', 'capacity_chunks')}
-               | {'dtype': np.dtype(model.dtype).name},
-      'jax': jax.__version__,
+    'input': {'shape': [n, h, w, 3], 'dtype': 'float32', 'layout': 'NHWC', 'range': [0.0, 1.0]},
+    'padding': {
+      'canvas': [g.padded_height, g.padded_width],
+      'top': g.top,
+      'left': g.left,
+      'value': 0.0,
+      'note': 'done inside the program',
+    },
+    'outputs': {
+      'restored': f'[{n}, {h}, {w}, 3] float32 in [0, 1]',
+      'kept': 'per predicting block (network order) [N, gh, gw] float32 keep maps over '
+      'the window grid of the padded canvas (shares of passes with a self-ensemble)',
+      'dropped': 'per predicting block [N] int32 kept windows a fixed capacity dropped',
+    },
+    'blocks': [
+      {'stage': b.stage, 'block': b.block, 'shifted': b.shifted} for b in deblurrer.blocks
+    ],
+    'platforms': list(exported.platforms),
+    'params': 'embedded as constants',
+    'self_ensemble': deblurrer.self_ensemble,
+    'matmul_precision': deblurrer.matmul_precision,
+    'model': {
+      k: getattr(model, k)
+      for k in (
+        'embed_dim',
+        'depths',
+        'num_heads',
+        'win_size',
+        'mlp_ratio',
+        'modulator',
+        'prune_loc',
+        'keep_threshold',
+        'decision_rule',
+        'capacity',
+        'capacity_chunks',
+      )
+    }
+    | {'dtype': np.dtype(model.dtype).name},
+    'jax': jax.__version__,
   }
 
 
@@ -176,9 +217,10 @@ def load(path: str | os.PathLike) -> jax.export.Exported:
     raise FileNotFoundError(f'no exported model at {path}')
   try:
     return jax.export.deserialize(bytearray(path.read_bytes()))
-  except Exception as e:  # pylint: disable=broad-except
-    raise ValueError(f'{path} is not a jax.export file or is damaged '
-                     f'({type(e).__name__}); export it again') from None
+  except Exception as e:
+    raise ValueError(
+      f'{path} is not a jax.export file or is damaged ({type(e).__name__}); export it again'
+    ) from None
 
 
 def run(exported: jax.export.Exported, images: np.ndarray) -> dict[str, Any]:
@@ -186,9 +228,11 @@ def run(exported: jax.export.Exported, images: np.ndarray) -> dict[str, Any]:
   want = exported.in_avals[0]
   images = np.asarray(images)
   if images.shape != tuple(want.shape) or images.dtype != np.float32:
-    raise ValueError(f'this exported model takes {want.dtype}{list(want.shape)} images '
-                     f'(N, H, W, 3 in [0, 1]), got {images.dtype}{list(images.shape)}: '
-                     'export it again with --size and --batch of these images')
+    raise ValueError(
+      f'this exported model takes {want.dtype}{list(want.shape)} images '
+      f'(N, H, W, 3 in [0, 1]), got {images.dtype}{list(images.shape)}: '
+      'export it again with --size and --batch of these images'
+    )
   return exported.call(images)
 
 
@@ -223,14 +267,16 @@ def main(argv: list[str]) -> None:
   height, width = parse_size(fl.size)
   platforms = parse_platforms(fl.platforms)
   out = check_output(fl.output, fl.overwrite)
-  overrides, options = inference.split_settings(cli.inference_settings())
-  deblurrer = inference.Deblurrer.from_checkpoint(fl.checkpoint, fl.step, overrides,
-                                                  warmup=False, **options)
+  deblurrer = inference.Deblurrer.from_checkpoint(
+    fl.checkpoint, fl.step, cli.inference_settings(), warmup=False
+  )
   exported = export(deblurrer, height, width, fl.batch, platforms)
   write(exported, describe(exported, deblurrer), out)
-  print(f'Wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {",".join(platforms)}; '
-        f'[{fl.batch}, {height}, {width}, 3] float32 in, restored and keep maps out) and '
-        f'{out.name}.json')
+  print(
+    f'Wrote {out} ({out.stat().st_size / 2**20:.1f} MB, {",".join(platforms)}; '
+    f'[{fl.batch}, {height}, {width}, 3] float32 in, restored and keep maps out) and '
+    f'{out.name}.json'
+  )
 
 
 if __name__ == '__main__':

@@ -8,12 +8,12 @@ the same folder, `fsync`, and a rename. Every JSON it writes is strict JSON
 
 from __future__ import annotations
 
+from collections.abc import Buffer, Mapping, Sequence
 import json
 import math
 import os
-import tempfile
-from collections.abc import Buffer, Mapping, Sequence
 from pathlib import Path
+import tempfile
 from typing import Any
 
 import numpy as np
@@ -74,8 +74,9 @@ def json_line(obj: Any) -> str:
 
 def write_json_atomic(path: str | os.PathLike, obj: Any) -> None:
   """Writes `obj` as indented strict JSON (`jsonable`, sorted keys), atomically."""
-  write_bytes_atomic(path, json.dumps(jsonable(obj), indent=1, sort_keys=True,
-                                      allow_nan=False).encode())
+  write_bytes_atomic(
+    path, json.dumps(jsonable(obj), indent=1, sort_keys=True, allow_nan=False).encode()
+  )
 
 
 def check_writable_dir(path: str | os.PathLike, what: str = '--output') -> Path:

@@ -16,11 +16,11 @@ of the project starts this way; `LMDVIT_HUGE_PAGES=0` turns it off.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 import os
+from pathlib import Path
 import platform
 import sys
-from collections.abc import Mapping
-from pathlib import Path
 
 TUNABLE = 'glibc.malloc.hugetlb=1'
 OPT_OUT = 'LMDVIT_HUGE_PAGES'
@@ -36,7 +36,7 @@ def thp_mode(setting: Path = _THP_SETTING) -> str | None:
   except OSError:
     return None
   start, end = text.find('['), text.find(']')
-  return text[start + 1:end] if 0 <= start < end else None
+  return text[start + 1 : end] if 0 <= start < end else None
 
 
 def glibc_version() -> tuple[int, ...] | None:
@@ -50,16 +50,21 @@ def glibc_version() -> tuple[int, ...] | None:
     return None
 
 
-def needs_restart(environ: Mapping[str, str], thp: str | None,
-                  glibc: tuple[int, ...] | None) -> bool:
+def needs_restart(
+  environ: Mapping[str, str], thp: str | None, glibc: tuple[int, ...] | None
+) -> bool:
   """Whether a restart with `TUNABLE` would put large allocations on huge pages.
 
   Only under the kernel's 'madvise' mode: with 'always' they are on huge pages
   already, with 'never' the tunable does nothing.
   """
-  return (environ.get(OPT_OUT, '1') != '0' and thp == 'madvise'
-          and glibc is not None and glibc >= MIN_GLIBC
-          and 'glibc.malloc.hugetlb' not in environ.get('GLIBC_TUNABLES', ''))
+  return (
+    environ.get(OPT_OUT, '1') != '0'
+    and thp == 'madvise'
+    and glibc is not None
+    and glibc >= MIN_GLIBC
+    and 'glibc.malloc.hugetlb' not in environ.get('GLIBC_TUNABLES', '')
+  )
 
 
 def with_tunable(environ: Mapping[str, str]) -> dict[str, str]:

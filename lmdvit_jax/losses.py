@@ -25,9 +25,9 @@ Pruning loss (paper eq. 8, formula also lost): see `pruning_loss`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import dataclasses
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -47,6 +47,7 @@ class LossWeights:
   blur mask (`sharp_l1_loss`), which the mask-weighted terms never see;
   ``sharp_margin`` is its free error.
   """
+
   l1: float = 1.0
   ssim: float = 1.0
   fft: float = 0.1
@@ -76,7 +77,7 @@ def _masked_mean_or_mean(values: Array, mask: Array | None) -> Array:
   plain = jnp.mean(values, axis=(-3, -2, -1))
   if mask is None:
     return plain
-  weighted, total = metrics._weighted_mean(values, mask)  # pylint: disable=protected-access
+  weighted, total = metrics._weighted_mean(values, mask)
   return jnp.where(total > 0, weighted, plain)
 
 
@@ -120,7 +121,7 @@ def sharp_l1_loss(pred: Array, target: Array, mask: Array, margin: float = 0.0) 
     scalar, the batch mean.
   """
   err = jnp.maximum(jnp.abs(_f32(pred) - _f32(target)) - margin, 0.0)
-  mean, total = metrics._weighted_mean(err, 1.0 - _f32(mask))  # pylint: disable=protected-access
+  mean, total = metrics._weighted_mean(err, 1.0 - _f32(mask))
   return jnp.mean(jnp.where(total > 0, mean, 0.0))
 
 
@@ -138,8 +139,8 @@ def ssim_loss(pred: Array, target: Array, mask: Array | None = None) -> Array:
     scalar, the batch mean of ``1 - SSIM``.
   """
   smap = metrics.ssim_map(_f32(pred), _f32(target))
-  crop = None if mask is None else metrics.crop_to_ssim_map(_f32(mask))
-  return jnp.mean(1.0 - _masked_mean_or_mean(smap, crop))
+  crop = None if mask is None else jnp.asarray(metrics.crop_to_ssim_map(_f32(mask)))
+  return jnp.mean(1.0 - _masked_mean_or_mean(jnp.asarray(smap), crop))
 
 
 def _safe_abs(re: Array, im: Array) -> Array:
@@ -167,8 +168,7 @@ def fft_loss(pred: Array, target: Array, mode: str = 'modulus') -> Array:
   Returns:
     scalar.
   """
-  diff = (jnp.fft.rfft2(_f32(pred), axes=(-3, -2))
-          - jnp.fft.rfft2(_f32(target), axes=(-3, -2)))
+  diff = jnp.fft.rfft2(_f32(pred), axes=(-3, -2)) - jnp.fft.rfft2(_f32(target), axes=(-3, -2))
   if mode == 'modulus':
     return jnp.mean(_safe_abs(diff.real, diff.imag))
   if mode == 'parts':
@@ -189,8 +189,9 @@ def downsample_mask(mask: Array, height: int, width: int) -> Array:
   return m.mean(axis=(2, 4))
 
 
-def pruning_loss(scores: Sequence[Array], mask: Array,
-                 hard_targets: bool = False, balanced: bool = False) -> Array:
+def pruning_loss(
+  scores: Sequence[Array], mask: Array, hard_targets: bool = False, balanced: bool = False
+) -> Array:
   """Cross-entropy between each predictor's keep probability and the blur mask.
 
   For a predictor with token logits ``s`` [B, h, w, 2] (channel 0 = keep /
@@ -235,17 +236,25 @@ def pruning_loss(scores: Sequence[Array], mask: Array,
     keep, prune = t * logp[..., 0], (1.0 - t) * logp[..., 1]
     if balanced:
       pos, neg = jnp.sum(t), jnp.sum(1.0 - t)
-      losses.append(-(jnp.sum(keep) / (2 * jnp.maximum(pos, 1e-6))
-                      + jnp.sum(prune) / (2 * jnp.maximum(neg, 1e-6))))
+      losses.append(
+        -(
+          jnp.sum(keep) / (2 * jnp.maximum(pos, 1e-6))
+          + jnp.sum(prune) / (2 * jnp.maximum(neg, 1e-6))
+        )
+      )
     else:
       losses.append(-jnp.mean(keep + prune))
   return jnp.mean(jnp.stack(losses))
 
 
-def total_loss(outputs: Any, batch: Mapping[str, Array],
-               weights: Any = LossWeights(), fft_mode: str = 'modulus',
-               hard_targets: bool = False,
-               balanced: bool = False) -> tuple[Array, dict[str, Array]]:
+def total_loss(
+  outputs: Any,
+  batch: Mapping[str, Array],
+  weights: Any = LossWeights(),
+  fft_mode: str = 'modulus',
+  hard_targets: bool = False,
+  balanced: bool = False,
+) -> tuple[Array, dict[str, Array]]:
   """Weighted sum of the reconstruction and pruning terms.
 
   Args:
@@ -264,14 +273,19 @@ def total_loss(outputs: Any, batch: Mapping[str, Array],
   """
   pred, target, mask = outputs.restored, batch['sharp'], batch['mask']
   terms = {
-      'l1': l1_loss(pred, target, mask),
-      'ssim': ssim_loss(pred, target, mask),
-      'fft': fft_loss(pred, target, mode=fft_mode),
-      'prune': pruning_loss(tuple(outputs.scores), mask, hard_targets, balanced),
-      'sharp': sharp_l1_loss(pred, target, mask, getattr(weights, 'sharp_margin', 0.0)),
+    'l1': l1_loss(pred, target, mask),
+    'ssim': ssim_loss(pred, target, mask),
+    'fft': fft_loss(pred, target, mode=fft_mode),
+    'prune': pruning_loss(tuple(outputs.scores), mask, hard_targets, balanced),
+    'sharp': sharp_l1_loss(pred, target, mask, getattr(weights, 'sharp_margin', 0.0)),
   }
-  terms.update({name: term(outputs, batch) for name, term in EXTRA_TERMS.items()
-                if getattr(weights, name, 0.0)})
+  terms.update(
+    {
+      name: term(outputs, batch)
+      for name, term in EXTRA_TERMS.items()
+      if getattr(weights, name, 0.0)
+    }
+  )
   # Terms weighted 0 stay out of the sum, so no backward pass is built for them.
   loss = sum(getattr(weights, k, 0.0) * v for k, v in terms.items() if getattr(weights, k, 0.0))
-  return loss, terms
+  return jnp.asarray(loss), terms

@@ -33,14 +33,15 @@ SSIM in that case.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
+import functools
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array
+# Functions take jax or numpy arrays (evaluation scores numpy images).
+Array = jax.Array | np.ndarray
 
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -79,8 +80,7 @@ def mse_to_psnr(mse: Array, data_range: float = 1.0, eps: float = 0.0) -> Array:
   return 10.0 * jnp.log10(data_range**2 / (mse + eps))
 
 
-def psnr(pred: Array, target: Array, data_range: float = 1.0,
-         eps: float = 1e-8) -> Array:
+def psnr(pred: Array, target: Array, data_range: float = 1.0, eps: float = 1e-8) -> Array:
   """Peak signal-to-noise ratio of whole images.
 
   Args:
@@ -98,8 +98,7 @@ def psnr(pred: Array, target: Array, data_range: float = 1.0,
   return mse_to_psnr(err, data_range, eps)
 
 
-def weighted_psnr(pred: Array, target: Array, mask: Array,
-                  data_range: float = 1.0) -> Array:
+def weighted_psnr(pred: Array, target: Array, mask: Array, data_range: float = 1.0) -> Array:
   """PSNR over the pixels of the mask only (the official weighted PSNR).
 
   The MSE is ``sum(mask * (pred - target)^2) / sum(mask)`` with the sums over
@@ -119,8 +118,7 @@ def weighted_psnr(pred: Array, target: Array, mask: Array,
   return mse_to_psnr(err, data_range)
 
 
-def sharp_psnr(pred: Array, target: Array, mask: Array,
-               data_range: float = 1.0) -> Array:
+def sharp_psnr(pred: Array, target: Array, mask: Array, data_range: float = 1.0) -> Array:
   """PSNR over the pixels OUTSIDE the blur mask: damage done to sharp areas.
 
   Args and conventions as `weighted_psnr`; NaN when the mask covers the whole
@@ -129,8 +127,7 @@ def sharp_psnr(pred: Array, target: Array, mask: Array,
   return weighted_psnr(pred, target, 1.0 - mask, data_range)
 
 
-def gaussian_window(size: int = SSIM_WINDOW,
-                    sigma: float = SSIM_SIGMA) -> np.ndarray:
+def gaussian_window(size: int = SSIM_WINDOW, sigma: float = SSIM_SIGMA) -> np.ndarray:
   """Normalised 1-D Gaussian taps [size]; the 2-D window is their outer product."""
   x = np.arange(size, dtype=np.float64) - (size - 1) / 2
   g = np.exp(-(x**2) / (2.0 * sigma**2))
@@ -151,8 +148,8 @@ def _filter_valid(x: Array, taps: np.ndarray) -> Array:
 def _separable_valid(x: Array, taps: tuple[float, ...]) -> Array:
   k = len(taps)
   h, w = x.shape[-3], x.shape[-2]
-  rows = sum(t * x[..., i:i + h - k + 1, :, :] for i, t in enumerate(taps))
-  return sum(t * rows[..., :, j:j + w - k + 1, :] for j, t in enumerate(taps))
+  rows = sum(t * x[..., i : i + h - k + 1, :, :] for i, t in enumerate(taps))
+  return sum(t * rows[..., :, j : j + w - k + 1, :] for j, t in enumerate(taps))  # type: ignore
 
 
 def _separable_valid_fwd(x: Array, taps: tuple[float, ...]) -> tuple[Array, None]:
@@ -186,8 +183,9 @@ def ssim_map(pred: Array, target: Array, data_range: float = 1.0) -> Array:
     [..., H - 10, W - 10, C]; entry (i, j) is centred on pixel (i + 5, j + 5).
   """
   if pred.shape[-3] < SSIM_WINDOW or pred.shape[-2] < SSIM_WINDOW:
-    raise ValueError(f'SSIM needs images of at least {SSIM_WINDOW}x'
-                     f'{SSIM_WINDOW} pixels, got shape {pred.shape}')
+    raise ValueError(
+      f'SSIM needs images of at least {SSIM_WINDOW}x{SSIM_WINDOW} pixels, got shape {pred.shape}'
+    )
   taps = gaussian_window()
   c1 = (SSIM_K1 * data_range) ** 2
   c2 = (SSIM_K2 * data_range) ** 2
@@ -205,7 +203,7 @@ def ssim_map(pred: Array, target: Array, data_range: float = 1.0) -> Array:
 def crop_to_ssim_map(mask: Array) -> Array:
   """Crops a [..., H, W, C'] pixel mask to the SSIM map grid (5 px per side)."""
   b = SSIM_BORDER
-  return mask[..., b:mask.shape[-3] - b, b:mask.shape[-2] - b, :]
+  return mask[..., b : mask.shape[-3] - b, b : mask.shape[-2] - b, :]
 
 
 def ssim(pred: Array, target: Array, data_range: float = 1.0) -> Array:
@@ -222,8 +220,7 @@ def ssim(pred: Array, target: Array, data_range: float = 1.0) -> Array:
   return jnp.mean(ssim_map(pred, target, data_range), axis=(-3, -2, -1))
 
 
-def weighted_ssim(pred: Array, target: Array, mask: Array,
-                  data_range: float = 1.0) -> Array:
+def weighted_ssim(pred: Array, target: Array, mask: Array, data_range: float = 1.0) -> Array:
   """SSIM map averaged over mask positions (the official weighted SSIM).
 
   Each map position is weighted by the mask value of its centre pixel; only
@@ -238,8 +235,7 @@ def weighted_ssim(pred: Array, target: Array, mask: Array,
   Returns:
     [...] weighted SSIM; NaN if no mask pixel lies in the valid region.
   """
-  value, _ = _weighted_mean(ssim_map(pred, target, data_range),
-                            crop_to_ssim_map(mask))
+  value, _ = _weighted_mean(ssim_map(pred, target, data_range), crop_to_ssim_map(mask))
   return value
 
 
@@ -247,8 +243,7 @@ def weighted_ssim(pred: Array, target: Array, mask: Array,
 # Window pruning.
 
 
-def upsample_decision(decision: Array, height: int, width: int,
-                      shifted: bool = False) -> Array:
+def upsample_decision(decision: Array, height: int, width: int, shifted: bool = False) -> Array:
   """Nearest up-sampling of a window keep map to pixels.
 
   Args:
@@ -265,8 +260,9 @@ def upsample_decision(decision: Array, height: int, width: int,
   """
   gh, gw = decision.shape[-2:]
   if height % gh or width % gw:
-    raise ValueError(f'image {height}x{width} is not a whole number of '
-                     f'windows of the {gh}x{gw} grid')
+    raise ValueError(
+      f'image {height}x{width} is not a whole number of windows of the {gh}x{gw} grid'
+    )
   fh, fw = height // gh, width // gw
   up = jnp.repeat(jnp.repeat(decision, fh, axis=-2), fw, axis=-1)
   if shifted:
@@ -274,8 +270,9 @@ def upsample_decision(decision: Array, height: int, width: int,
   return up
 
 
-def pruning_confusion(decision: Array, mask: Array, valid: Array | None = None,
-                      shifted: bool = False) -> dict[str, Array]:
+def pruning_confusion(
+  decision: Array, mask: Array, valid: Array | None = None, shifted: bool = False
+) -> dict[str, Array]:
   """Pixel confusion counts of one keep map against the blur mask.
 
   Positive = kept pixel (its window was kept); truth = blurred pixel.
@@ -294,23 +291,29 @@ def pruning_confusion(decision: Array, mask: Array, valid: Array | None = None,
   height, width = mask.shape[-3], mask.shape[-2]
   kept = upsample_decision(jnp.asarray(decision, jnp.float32), height, width, shifted)
   blurred = (mask[..., 0] > 0).astype(jnp.float32)
-  weight = (jnp.ones(blurred.shape, jnp.float32) if valid is None
-            else (valid[..., 0] > 0).astype(jnp.float32))
+  weight = (
+    jnp.ones(blurred.shape, jnp.float32)
+    if valid is None
+    else (valid[..., 0] > 0).astype(jnp.float32)
+  )
 
   def count(a):
     return jnp.sum(a * weight, axis=(-2, -1))
 
   return {
-      'tp': count(kept * blurred),
-      'fp': count(kept * (1 - blurred)),
-      'fn': count((1 - kept) * blurred),
-      'tn': count((1 - kept) * (1 - blurred)),
+    'tp': count(kept * blurred),
+    'fp': count(kept * (1 - blurred)),
+    'fn': count((1 - kept) * blurred),
+    'tn': count((1 - kept) * (1 - blurred)),
   }
 
 
-def pruning_metrics(decisions: Sequence[Array], mask: Array,
-                    valid: Array | None = None,
-                    shifted: Sequence[bool] | None = None) -> dict[str, Array]:
+def pruning_metrics(
+  decisions: Sequence[Array],
+  mask: Array,
+  valid: Array | None = None,
+  shifted: Sequence[bool] | None = None,
+) -> dict[str, Array]:
   """Precision, recall, accuracy and kept fraction of every pruning block.
 
   precision = TP / (TP + FP): share of kept pixels that are blurred (the
@@ -337,15 +340,15 @@ def pruning_metrics(decisions: Sequence[Array], mask: Array,
     raise ValueError('need one shifted flag per decision map')
   if not decisions:
     empty = jnp.zeros((mask.shape[0], 0), jnp.float32)
-    return {k: empty for k in ('precision', 'recall', 'accuracy',
-                               'kept_fraction')}
-  out = {'precision': [], 'recall': [], 'accuracy': [], 'kept_fraction': []}
+    return {k: empty for k in ('precision', 'recall', 'accuracy', 'kept_fraction')}
+  out: dict[str, list] = {'precision': [], 'recall': [], 'accuracy': [], 'kept_fraction': []}
   for d, s in zip(decisions, shifted):
     c = pruning_confusion(d, mask, valid, s)
     tp, fp, fn, tn = c['tp'], c['fp'], c['fn'], c['tn']
     blurred = tp + fn > 0
-    out['precision'].append(jnp.where(
-        blurred, jnp.where(tp + fp > 0, tp / jnp.maximum(tp + fp, 1), 0.0), jnp.nan))
+    out['precision'].append(
+      jnp.where(blurred, jnp.where(tp + fp > 0, tp / jnp.maximum(tp + fp, 1), 0.0), jnp.nan)
+    )
     out['recall'].append(jnp.where(blurred, tp / jnp.maximum(tp + fn, 1), jnp.nan))
     out['accuracy'].append((tp + tn) / jnp.maximum(tp + fp + fn + tn, 1))
     out['kept_fraction'].append(jnp.mean(jnp.asarray(d, jnp.float32), axis=(-2, -1)))

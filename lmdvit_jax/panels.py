@@ -1,32 +1,23 @@
 """Pictures: evaluation panels (input | output | truth | mask | kept windows) and
-decision-map overlays, plus atomic PNG writing.
+decision-map overlays (written with `image_io.save_png`).
 
 Images are float arrays [H, W, 3] in [0, 1]; kept maps are bool [H, W].
 """
 
 from __future__ import annotations
 
-import io
-import os
 from collections.abc import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from lmdvit_jax.files import write_bytes_atomic
-from lmdvit_jax.inference import DeblurResult, to_uint8
+from lmdvit_jax.image_io import to_uint8
+from lmdvit_jax.inference import DeblurResult
 
 KEPT_TINT = np.array([1.0, 0.85, 0.2], np.float32)  # Amber outline colour.
 MASK_TINT = np.array([1.0, 0.15, 0.1], np.float32)
 PRUNED_DIM = 0.25  # Brightness left to pruned windows.
 MIN_TILE_HEIGHT = 16  # Smaller tiles cannot show a kept window or a label.
-
-
-def save_png(path: str | os.PathLike, image: Image.Image, **options) -> None:
-  """Encodes `image` as PNG in memory, then writes it atomically."""
-  buf = io.BytesIO()
-  image.save(buf, format='PNG', **options)
-  write_bytes_atomic(path, buf.getvalue())
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
@@ -76,8 +67,9 @@ def _tile(image: np.ndarray, height: int) -> Image.Image:
   return pil
 
 
-def grid(tiles: Sequence[tuple[str, np.ndarray]], tile_height: int = 192,
-         columns: int | None = None) -> Image.Image:
+def grid(
+  tiles: Sequence[tuple[str, np.ndarray]], tile_height: int = 192, columns: int | None = None
+) -> Image.Image:
   """Labelled tiles on a grid.
 
   Args:
@@ -98,8 +90,11 @@ def grid(tiles: Sequence[tuple[str, np.ndarray]], tile_height: int = 192,
   gap = 4
   rows = -(-len(pics) // columns)
   cols = min(columns, len(pics))
-  canvas = Image.new('RGB', (cols * (tile_w + gap) + gap,
-                             rows * (tile_height + label_h + gap) + gap), (255, 255, 255))
+  canvas = Image.new(
+    'RGB',
+    (cols * (tile_w + gap) + gap, rows * (tile_height + label_h + gap) + gap),
+    (255, 255, 255),
+  )
   draw = ImageDraw.Draw(canvas)
   for i, (label, pic) in enumerate(pics):
     r, c = divmod(i, columns)
@@ -121,9 +116,15 @@ def stage_kept_tiles(image: np.ndarray, result: DeblurResult) -> list[tuple[str,
   return tiles
 
 
-def evaluation_panel(blur: np.ndarray, restored: np.ndarray, sharp: np.ndarray,
-                     mask: np.ndarray, result: DeblurResult, tile_height: int = 192,
-                     columns: int | None = None) -> Image.Image:
+def evaluation_panel(
+  blur: np.ndarray,
+  restored: np.ndarray,
+  sharp: np.ndarray,
+  mask: np.ndarray,
+  result: DeblurResult,
+  tile_height: int = 192,
+  columns: int | None = None,
+) -> Image.Image:
   """input | output | ground truth | blur mask, then kept windows per pruning stage.
 
   Args:
@@ -131,13 +132,18 @@ def evaluation_panel(blur: np.ndarray, restored: np.ndarray, sharp: np.ndarray,
     mask: [H, W, 1] blur mask.
     result: the `DeblurResult` of `blur` (for its decision maps).
   """
-  tiles = [('input', blur), ('output', restored), ('ground truth', sharp),
-           ('blur mask', mask_overlay(sharp, mask))]
+  tiles = [
+    ('input', blur),
+    ('output', restored),
+    ('ground truth', sharp),
+    ('blur mask', mask_overlay(sharp, mask)),
+  ]
   return grid(tiles + stage_kept_tiles(blur, result), tile_height, columns)
 
 
-def decision_panel(image: np.ndarray, result: DeblurResult, tile_height: int = 192,
-                   columns: int | None = None) -> Image.Image:
+def decision_panel(
+  image: np.ndarray, result: DeblurResult, tile_height: int = 192, columns: int | None = None
+) -> Image.Image:
   """input | output, then kept windows per pruning stage (no ground truth)."""
   tiles = [('input', image), ('output', result.restored)]
   return grid(tiles + stage_kept_tiles(image, result), tile_height, columns)

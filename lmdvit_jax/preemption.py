@@ -54,8 +54,11 @@ class StopRequest:
       os.kill(os.getpid(), signum)
       return
     self.signal = signal.Signals(signum).name
-    logging.warning('%s received: finishing the step in flight, then saving a checkpoint '
-                    '(send it again to stop at once)', self.signal)
+    logging.warning(
+      '%s received: finishing the step in flight, then saving a checkpoint '
+      '(send it again to stop at once)',
+      self.signal,
+    )
     if _multi_process() and signum != signal.SIGTERM:
       os.kill(os.getpid(), signal.SIGTERM)  # JAX's preemption service takes it from here
 

@@ -23,33 +23,31 @@ nothing non-finite is ever written), still advances `step`, and increments
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping, Sequence
 import math
-import os
-from collections.abc import Mapping, Sequence
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
-from absl import logging
 import jax
 import jax.numpy as jnp
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
 import optax
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from lmdvit_jax import losses
-from lmdvit_jax.mesh import DATA_AXIS, make_mesh  # pylint: disable=unused-import
-from lmdvit_jax.models import LMDViT, fan_in_predictors, identity_output, init_params
-from lmdvit_jax.models import pruning
+from lmdvit_jax.mesh import DATA_AXIS, make_mesh  # noqa: F401  (make_mesh: DESIGN's contract)
+from lmdvit_jax.models import LMDViT, fan_in_predictors, identity_output, init_params, pruning
 from lmdvit_jax.models.lmdvit import COMPUTE_DTYPES, MATMUL_PRECISIONS, matmul_precision
 
 REMAT_POLICIES = {
-    'none': None,
-    # Recompute each Transformer block in the backward pass (the model's
-    # `remat`): stores only block inputs, the lowest peak memory.
-    'blocks': None,
-    # Save only matrix-multiply outputs; recompute norms, GELUs, softmaxes.
-    'dots': jax.checkpoint_policies.checkpoint_dots,
-    # Save only weight matmuls; also recompute the attention maps (batched dots).
-    'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+  'none': None,
+  # Recompute each Transformer block in the backward pass (the model's
+  # `remat`): stores only block inputs, the lowest peak memory.
+  'blocks': None,
+  # Save only matrix-multiply outputs; recompute norms, GELUs, softmaxes.
+  'dots': jax.checkpoint_policies.checkpoint_dots,
+  # Save only weight matmuls; also recompute the attention maps (batched dots).
+  'dots_no_batch': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
 }
 # (Saving nothing around the whole loss would not lower peak memory: the backward
 # would rebuild every residual at once; 'blocks' does it per block instead.)
@@ -65,70 +63,16 @@ class TrainState(NamedTuple):
     rng: uint32 [2] base key; step `s` uses `fold_in(rng, s)`.
     skipped: int32 scalar, steps whose update was dropped (non-finite).
   """
-  step: jax.Array
+
+  step: Any  # int32 scalar (host numpy until placed on the mesh)
   params: Any
   opt_state: Any
-  rng: jax.Array
-  skipped: jax.Array
+  rng: Any
+  skipped: Any
 
 
 # ---------------------------------------------------------------------------
-# Devices and meshes.
-
-
-def detect_cluster() -> str | None:
-  """Names the multi-process job this process belongs to, or None.
-
-  The environments are those `jax.distributed.initialize()` configures itself
-  from: `JAX_COORDINATOR_ADDRESS` (with `JAX_NUM_PROCESSES`, `JAX_PROCESS_ID`),
-  then JAX's own cluster detectors (Cloud TPU pod slices on GCE and GKE,
-  SLURM, Open MPI, Kubernetes), each counted only with more than one process.
-  """
-  env = os.environ
-  if env.get('JAX_COORDINATOR_ADDRESS'):
-    return 'coordinator address'
-  try:
-    # JAX registers a detector per environment here; not public API, hence the fallback.
-    from jax._src.clusters import ClusterEnv  # pylint: disable=g-import-not-at-top
-    detectors = [c for c in ClusterEnv._cluster_types if not c.opt_in_only_method]  # pylint: disable=protected-access
-  except (ImportError, AttributeError):
-    detectors = []
-  for cluster in detectors:
-    try:
-      if cluster.is_env_present() and cluster.get_process_count() > 1:
-        return cluster.name or cluster.__name__
-    except Exception as e:  # pylint: disable=broad-except
-      # A detector that cannot read its environment (e.g. no metadata server)
-      # means that environment is not this one.
-      logging.info('cluster detector %s failed: %s', cluster.__name__, e)
-  if not detectors:
-    for name, key in (('slurm', 'SLURM_NTASKS'), ('ompi', 'OMPI_COMM_WORLD_SIZE')):
-      if int(env.get(key, '1') or 1) > 1:
-        return name
-  return None
-
-
-def maybe_initialize_distributed(force: bool | None = None) -> bool:
-  """Calls `jax.distributed.initialize()` for multi-process runs.
-
-  Args:
-    force: True always initialises, False never; None (default) initialises
-      when `detect_cluster` finds a multi-process job.
-
-  Returns:
-    Whether it initialised.
-  """
-  if force is None:
-    cluster = detect_cluster()
-    force = cluster is not None
-    if force:
-      logging.info('multi-process job detected (%s): joining it', cluster)
-  if force:
-    env = os.environ
-    count, pid = env.get('JAX_NUM_PROCESSES'), env.get('JAX_PROCESS_ID')
-    jax.distributed.initialize(num_processes=int(count) if count else None,
-                               process_id=int(pid) if pid else None)
-  return bool(force)
+# Shardings over the mesh (the devices and the mesh itself: `mesh`).
 
 
 def replicated(mesh: jax.sharding.Mesh) -> NamedSharding:
@@ -153,10 +97,10 @@ def put_replicated(tree: Any, mesh: jax.sharding.Mesh) -> Any:
 def put_batch(batch: Mapping[str, np.ndarray], mesh: jax.sharding.Mesh) -> dict[str, jax.Array]:
   """A whole host batch (same on every process) -> arrays sharded over `data`."""
   sharding = batch_sharding(mesh)
-  out = {}
+  out: dict[str, jax.Array] = {}
   for k, v in batch.items():
-    v = np.asarray(v, np.float32)
-    out[k] = jax.make_array_from_callback(v.shape, sharding, lambda idx, v=v: v[idx])
+    host = np.asarray(v, np.float32)
+    out[k] = jax.make_array_from_callback(host.shape, sharding, host.__getitem__)
   return out
 
 
@@ -182,8 +126,13 @@ def build_model(config, **overrides) -> LMDViT:
   if remat not in REMAT_POLICIES:
     raise ValueError(f'remat must be one of {sorted(REMAT_POLICIES)}, got {remat!r}')
   train_capacity = pruning.parse_train_capacity(config.get('train_capacity', 'dense'))
-  kwargs = {**model_kwargs(config), 'dtype': COMPUTE_DTYPES[name], 'remat': remat == 'blocks',
-            'train_capacity': train_capacity, **overrides}
+  kwargs = {
+    **model_kwargs(config),
+    'dtype': COMPUTE_DTYPES[name],
+    'remat': remat == 'blocks',
+    'train_capacity': train_capacity,
+    **overrides,
+  }
   model = LMDViT(**kwargs)
   model.check_config()
   return model
@@ -197,30 +146,42 @@ def check_run_config(config) -> LMDViT:
       patch size, batch size, step counts, data specs).
   """
   # Imported here: the data readers pull in image and TFDS helpers.
-  from lmdvit_jax.data import specs  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.data import specs
+
   model = build_model(config)
   if config.patch_size % model.multiple:
-    raise ValueError(f'patch_size={config.patch_size} is not a multiple of 16 * win_size = '
-                     f'{model.multiple}: set --config.patch_size to e.g. '
-                     f'{max(1, round(config.patch_size / model.multiple)) * model.multiple}')
-  for name in ('num_train_steps', 'batch_size', 'log_every_steps', 'checkpoint_every_steps',
-               'keep_checkpoints'):
+    raise ValueError(
+      f'patch_size={config.patch_size} is not a multiple of 16 * win_size = '
+      f'{model.multiple}: set --config.patch_size to e.g. '
+      f'{max(1, round(config.patch_size / model.multiple)) * model.multiple}'
+    )
+  for name in (
+    'num_train_steps',
+    'batch_size',
+    'log_every_steps',
+    'checkpoint_every_steps',
+    'keep_checkpoints',
+  ):
     if int(config[name]) < 1:
       raise ValueError(f'{name} must be at least 1, got {config[name]}')
   _check_ranges(config)
   known = losses.BUILTIN_TERMS + losses.SETTINGS + tuple(losses.EXTRA_TERMS)
   if unknown := sorted(set(config.loss) - set(known)):
-    raise ValueError(f'config.loss.{unknown[0]} is not a loss term or setting (terms: '
-                     f'{", ".join(losses.BUILTIN_TERMS + tuple(losses.EXTRA_TERMS))}; register '
-                     'a new one in losses.EXTRA_TERMS)')
+    raise ValueError(
+      f'config.loss.{unknown[0]} is not a loss term or setting (terms: '
+      f'{", ".join(losses.BUILTIN_TERMS + tuple(losses.EXTRA_TERMS))}; register '
+      'a new one in losses.EXTRA_TERMS)'
+    )
   if config.get('matmul_precision', 'default') not in MATMUL_PRECISIONS:
-    raise ValueError(f'matmul_precision must be one of {MATMUL_PRECISIONS}, got '
-                     f'{config.matmul_precision!r}')
+    raise ValueError(
+      f'matmul_precision must be one of {MATMUL_PRECISIONS}, got {config.matmul_precision!r}'
+    )
   if config.optim.get('trainable', 'all') not in TRAINABLE:
     raise ValueError(f'optim.trainable must be one of {TRAINABLE}, got {config.optim.trainable!r}')
   if config.batch_size % jax.device_count():
-    raise ValueError(f'batch_size={config.batch_size} is not divisible by the '
-                     f'{jax.device_count()} devices')
+    raise ValueError(
+      f'batch_size={config.batch_size} is not divisible by the {jax.device_count()} devices'
+    )
   for spec in config.data.sources:
     specs.parse_spec(spec)
   if config.eval_every_steps > 0 and config.eval.source:
@@ -230,22 +191,22 @@ def check_run_config(config) -> LMDViT:
 
 # Settings no run can mean, as (path, test, what it must be).
 _RANGES = (
-    ('optim.lr', lambda v: v > 0, 'positive'),
-    ('optim.end_lr', lambda v: v >= 0, 'at least 0'),
-    ('optim.warmup_steps', lambda v: v >= 0, 'at least 0'),
-    ('optim.restart_every', lambda v: v >= 0, 'at least 0 (0: one cosine)'),
-    ('optim.b1', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('optim.b2', lambda v: 0 <= v < 1, 'in [0, 1)'),
-    ('optim.eps', lambda v: v > 0, 'positive'),
-    ('optim.weight_decay', lambda v: v >= 0, 'at least 0'),
-    ('optim.grad_clip', lambda v: v >= 0, 'at least 0 (0: off)'),
-    ('optim.predictor_lr_scale', lambda v: v >= 0, 'at least 0'),
-    ('eval_every_steps', lambda v: v >= 0, 'at least 0 (0: never)'),
-    ('eval.max_images', lambda v: v >= 0, 'at least 0'),
-    ('data.blur_prob', lambda v: 0 <= v <= 1, 'in [0, 1]'),
-    ('data.num_threads', lambda v: v >= 1, 'at least 1'),
-    ('data.worker_count', lambda v: v >= 0, 'at least 0'),
-    ('loss.sharp_margin', lambda v: v >= 0, 'at least 0'),
+  ('optim.lr', lambda v: v > 0, 'positive'),
+  ('optim.end_lr', lambda v: v >= 0, 'at least 0'),
+  ('optim.warmup_steps', lambda v: v >= 0, 'at least 0'),
+  ('optim.restart_every', lambda v: v >= 0, 'at least 0 (0: one cosine)'),
+  ('optim.b1', lambda v: 0 <= v < 1, 'in [0, 1)'),
+  ('optim.b2', lambda v: 0 <= v < 1, 'in [0, 1)'),
+  ('optim.eps', lambda v: v > 0, 'positive'),
+  ('optim.weight_decay', lambda v: v >= 0, 'at least 0'),
+  ('optim.grad_clip', lambda v: v >= 0, 'at least 0 (0: off)'),
+  ('optim.predictor_lr_scale', lambda v: v >= 0, 'at least 0'),
+  ('eval_every_steps', lambda v: v >= 0, 'at least 0 (0: never)'),
+  ('eval.max_images', lambda v: v >= 0, 'at least 0'),
+  ('data.blur_prob', lambda v: 0 <= v <= 1, 'in [0, 1]'),
+  ('data.num_threads', lambda v: v >= 1, 'at least 1'),
+  ('data.worker_count', lambda v: v >= 0, 'at least 0'),
+  ('loss.sharp_margin', lambda v: v >= 0, 'at least 0'),
 )
 
 
@@ -309,8 +270,12 @@ def make_optimizer(config) -> optax.GradientTransformation:
   """
   o = config.optim
   return optax.inject_hyperparams(optax.adamw)(
-      learning_rate=float(o.lr), b1=float(o.b1), b2=float(o.b2), eps=float(o.eps),
-      weight_decay=float(o.weight_decay))
+    learning_rate=float(o.lr),
+    b1=float(o.b1),
+    b2=float(o.b2),
+    eps=float(o.eps),
+    weight_decay=float(o.weight_decay),
+  )
 
 
 # What `config.optim.trainable` may name: every param, or the confidence
@@ -331,18 +296,25 @@ def scale_updates(updates: Any, predictors: float, rest: float = 1.0) -> Any:
   if predictors == 1.0 and rest == 1.0:
     return updates
   return jax.tree_util.tree_map_with_path(
-      lambda path, u: u * (predictors if pruning.is_predictor(path) else rest), updates)
+    lambda path, u: u * (predictors if pruning.is_predictor(path) else rest), updates
+  )
 
 
 def freeze_all_but_predictors(params: Any) -> Any:
   """`params` with every non-predictor leaf behind `stop_gradient`: no backward
   pass is built for what is frozen."""
   return jax.tree_util.tree_map_with_path(
-      lambda path, p: p if pruning.is_predictor(path) else jax.lax.stop_gradient(p), params)
+    lambda path, p: p if pruning.is_predictor(path) else jax.lax.stop_gradient(p), params
+  )
 
 
-def init_train_state(model: LMDViT, tx: optax.GradientTransformation, config,
-                     mesh: jax.sharding.Mesh, params: Any = None) -> TrainState:
+def init_train_state(
+  model: LMDViT,
+  tx: optax.GradientTransformation,
+  config,
+  mesh: jax.sharding.Mesh,
+  params: Any = None,
+) -> TrainState:
   """A fresh train state, replicated over `mesh`.
 
   Params are initialised on the host (`init_params`, seeded by `config.seed`,
@@ -357,31 +329,42 @@ def init_train_state(model: LMDViT, tx: optax.GradientTransformation, config,
       params = fan_in_predictors(params, seed)
   params = jax.tree.map(lambda x: np.asarray(x, np.float32), params)
   opt_state = jax.tree.map(np.asarray, tx.init(params))
-  state = TrainState(step=np.zeros((), np.int32), params=params, opt_state=opt_state,
-                     rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed + 1))),
-                     skipped=np.zeros((), np.int32))
+  state = TrainState(
+    step=np.zeros((), np.int32),
+    params=params,
+    opt_state=opt_state,
+    rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed + 1))),
+    skipped=np.zeros((), np.int32),
+  )
   return put_replicated(state, mesh)
 
 
 def abstract_params(model: LMDViT) -> Any:
   """The params pytree of `model` as `jax.ShapeDtypeStruct`s (nothing computed)."""
   side = model.multiple
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
-                        jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32))['params']
+  return jax.eval_shape(
+    lambda x: model.init(jax.random.PRNGKey(0), x),
+    jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32),
+  )['params']
 
 
 def check_params_match(params: Any, reference: Any) -> None:
   """Raises ValueError if two params trees differ in structure or shapes."""
-  flat_a = {jax.tree_util.keystr(k): np.shape(v)
-            for k, v in jax.tree_util.tree_flatten_with_path(params)[0]}
-  flat_b = {jax.tree_util.keystr(k): np.shape(v)
-            for k, v in jax.tree_util.tree_flatten_with_path(reference)[0]}
+  flat_a = {
+    jax.tree_util.keystr(k): np.shape(v) for k, v in jax.tree_util.tree_flatten_with_path(params)[0]
+  }
+  flat_b = {
+    jax.tree_util.keystr(k): np.shape(v)
+    for k, v in jax.tree_util.tree_flatten_with_path(reference)[0]
+  }
   missing, extra = sorted(set(flat_b) - set(flat_a)), sorted(set(flat_a) - set(flat_b))
   shapes = sorted(k for k in set(flat_a) & set(flat_b) if flat_a[k] != flat_b[k])
   if missing or extra or shapes:
-    raise ValueError(f'params do not fit the model: missing {missing[:5]}, unexpected '
-                     f'{extra[:5]}, shape mismatches '
-                     f'{[(k, flat_a[k], flat_b[k]) for k in shapes[:5]]}')
+    raise ValueError(
+      f'params do not fit the model: missing {missing[:5]}, unexpected '
+      f'{extra[:5]}, shape mismatches '
+      f'{[(k, flat_a[k], flat_b[k]) for k in shapes[:5]]}'
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -395,8 +378,14 @@ def _loss_settings(config):
   return lc, str(lc.fft_mode), bool(lc.hard_targets), bool(lc.get('prune_balanced', False))
 
 
-def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDViT,
-               tx: optax.GradientTransformation, config) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(
+  state: TrainState,
+  batch: Mapping[str, jax.Array],
+  *,
+  model: LMDViT,
+  tx: optax.GradientTransformation,
+  config,
+) -> tuple[TrainState, dict[str, jax.Array]]:
   """One AdamW step on `batch`; see the module docstring for rng and guard.
 
   Returns the new state and scalar metrics: 'loss', the unweighted terms 'l1',
@@ -414,12 +403,17 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
     if predictors_only:
       params = freeze_all_but_predictors(params)
     k_gumbel, k_dropout = jax.random.split(rng)
-    out = model.apply({'params': params}, batch['blur'], train=True,
-                      rngs={'gumbel': k_gumbel, 'dropout': k_dropout})
-    loss, terms = losses.total_loss(out, batch, weights, fft_mode=fft_mode,
-                                    hard_targets=hard_targets, balanced=balanced)
-    kept = jnp.stack([jnp.mean(d.astype(jnp.float32)) for d in out.decisions]
-                     ) if out.decisions else jnp.zeros((0,), jnp.float32)
+    out = model.apply(
+      {'params': params}, batch['blur'], train=True, rngs={'gumbel': k_gumbel, 'dropout': k_dropout}
+    )
+    loss, terms = losses.total_loss(
+      out, batch, weights, fft_mode=fft_mode, hard_targets=hard_targets, balanced=balanced
+    )
+    kept = (
+      jnp.stack([jnp.mean(d.astype(jnp.float32)) for d in out.decisions])
+      if out.decisions
+      else jnp.zeros((0,), jnp.float32)
+    )
     return loss, (terms, kept)
 
   if policy is not None:
@@ -435,26 +429,42 @@ def train_step(state: TrainState, batch: Mapping[str, jax.Array], *, model: LMDV
 
   lr = schedule(state.step)
   opt_state = state.opt_state._replace(
-      hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr})
+    hyperparams={**state.opt_state.hyperparams, 'learning_rate': lr}
+  )
   updates, new_opt_state = tx.update(grads, opt_state, state.params)
-  updates = scale_updates(updates, float(config.optim.get('predictor_lr_scale', 1.0)),
-                          rest=0.0 if predictors_only else 1.0)
+  updates = scale_updates(
+    updates,
+    float(config.optim.get('predictor_lr_scale', 1.0)),
+    rest=0.0 if predictors_only else 1.0,
+  )
   new_params = optax.apply_updates(state.params, updates)
 
   def select(new, old):
     return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
 
   skipped = state.skipped + jnp.where(finite, 0, 1).astype(jnp.int32)
-  new_state = TrainState(step=state.step + 1, params=select(new_params, state.params),
-                         opt_state=select(new_opt_state, state.opt_state), rng=state.rng,
-                         skipped=skipped)
-  out = {'loss': loss, **terms, 'grad_norm': grad_norm, 'lr': lr,
-         'finite': finite.astype(jnp.float32), 'skipped': skipped, 'kept_fraction': kept}
+  new_state = TrainState(
+    step=state.step + 1,
+    params=select(new_params, state.params),
+    opt_state=select(new_opt_state, state.opt_state),
+    rng=state.rng,
+    skipped=skipped,
+  )
+  out = {
+    'loss': loss,
+    **terms,
+    'grad_norm': grad_norm,
+    'lr': lr,
+    'finite': finite.astype(jnp.float32),
+    'skipped': skipped,
+    'kept_fraction': kept,
+  }
   return new_state, out
 
 
-def make_train_step(model: LMDViT, tx: optax.GradientTransformation, config,
-                    mesh: jax.sharding.Mesh):
+def make_train_step(
+  model: LMDViT, tx: optax.GradientTransformation, config, mesh: jax.sharding.Mesh
+):
   """`train_step` jit-compiled: state replicated and donated, batch over `data`,
   float32 matmuls at `config.matmul_precision`."""
   precision = config.get('matmul_precision', 'default')
@@ -464,8 +474,9 @@ def make_train_step(model: LMDViT, tx: optax.GradientTransformation, config,
       return train_step(state, batch, model=model, tx=tx, config=config)
 
   rep = replicated(mesh)
-  return jax.jit(step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep),
-                 donate_argnums=0)
+  return jax.jit(
+    step, in_shardings=(rep, batch_sharding(mesh)), out_shardings=(rep, rep), donate_argnums=0
+  )
 
 
 # ---------------------------------------------------------------------------

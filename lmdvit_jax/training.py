@@ -24,26 +24,37 @@ from __future__ import annotations
 
 import json
 import math
-import time
 from pathlib import Path
+import time
 
 from absl import logging
 import jax
 import ml_collections
-import tqdm
 from tensorboardX import SummaryWriter
+import tqdm
 
-from lmdvit_jax import checkpointing, evaluation, files, preemption, train_lib, workdir_lock
+from lmdvit_jax import (
+  checkpointing,
+  evaluation,
+  files,
+  preemption,
+  run_record,
+  train_lib,
+  workdir_lock,
+)
+from lmdvit_jax import mesh as mesh_lib
 from lmdvit_jax.data import open_source, pipeline
 from lmdvit_jax.inference import Deblurrer
+from lmdvit_jax.inference_settings import InferenceSettings
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
-                       allow_config_change: bool = False) -> dict[str, float]:
+def train_and_evaluate(
+  config: ml_collections.ConfigDict, workdir: str | Path, allow_config_change: bool = False
+) -> dict[str, float]:
   """Trains `config` in `workdir` (resuming from its newest checkpoint).
 
   `allow_config_change`: resume a run whose recorded config differs in what
-  it computes (see `checkpointing.record_config`).
+  it computes (see `run_record.record_config`).
 
   Returns:
     The last logged training metrics.
@@ -52,7 +63,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
   choices = {'': None, 'true': True, 'false': False}
   if str(config.distributed).lower() not in choices:
     raise ValueError(f"distributed must be '', 'true' or 'false', got {config.distributed!r}")
-  train_lib.maybe_initialize_distributed(choices[str(config.distributed).lower()])
+  mesh_lib.maybe_initialize_distributed(choices[str(config.distributed).lower()])
   # Every config mistake is reported here, before the workdir is touched.
   train_lib.check_run_config(config)
   workdir = files.check_writable_dir(workdir, '--workdir')
@@ -61,13 +72,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path,
     return _run(config, Path(workdir), allow_config_change)
 
 
-def _run(config: ml_collections.ConfigDict, workdir: Path,
-         allow_config_change: bool) -> dict[str, float]:
+def _run(
+  config: ml_collections.ConfigDict, workdir: Path, allow_config_change: bool
+) -> dict[str, float]:
   """The run, in a workdir this process holds."""
   mesh = train_lib.make_mesh()
   lead = jax.process_index() == 0
-  logging.info('%d devices (%d processes), mesh %s', jax.device_count(),
-               jax.process_count(), dict(mesh.shape))
+  logging.info(
+    '%d devices (%d processes), mesh %s', jax.device_count(), jax.process_count(), dict(mesh.shape)
+  )
 
   # 2. Data: global batches sharded over `data`, with a checkpointable position.
   train_iter = pipeline.make_train_iterator_from_config(config, mesh)
@@ -83,9 +96,13 @@ def _run(config: ml_collections.ConfigDict, workdir: Path,
   checkpointing.check_model_kwargs(workdir, model_kwargs)  # Resuming another model fails here.
   # Resuming with other settings fails here too, unless asked for; then the
   # earlier config is kept beside the new one.
-  for change in checkpointing.record_config(workdir, json.loads(config.to_json()),
-                                            checkpointing.latest_step(workdir),
-                                            allow_config_change, write=lead):
+  for change in run_record.record_config(
+    workdir,
+    json.loads(config.to_json()),
+    checkpointing.latest_step(workdir),
+    allow_config_change,
+    write=lead,
+  ):
     logging.warning('Config changed on resume: %s', change)
   if lead:
     checkpointing.write_model_json(workdir, model_kwargs)
@@ -115,15 +132,15 @@ def _run(config: ml_collections.ConfigDict, workdir: Path,
     # Rows logged after the checkpoint (all of them when a run died before its
     # first) are about to be logged again: one row per step, always.
     for name in ('metrics.jsonl', 'eval.jsonl'):
-      drop_rows_after(workdir / name, resumed)
+      run_record.drop_rows_after(workdir / name, resumed)
 
   # 5. Compiled functions: the train step; evaluation compiles per image size.
   train_step = train_lib.make_train_step(model, tx, config, mesh)
   eval_model = train_lib.build_model(config, capacity=config.eval.capacity)
 
   def evaluate(params):
-    deblurrer = Deblurrer(eval_model, jax.device_get(params), warmup=False,
-                          matmul_precision=config.get('matmul_precision', 'default'))
+    settings = InferenceSettings(matmul_precision=config.get('matmul_precision', 'default'))
+    deblurrer = Deblurrer(eval_model, jax.device_get(params), settings, warmup=False)
     return evaluation.run(deblurrer, eval_samples)['mean']
 
   # 6. The loop.
@@ -173,8 +190,11 @@ def _run(config: ml_collections.ConfigDict, workdir: Path,
         if step % config.checkpoint_every_steps == 0 or step == num_steps or stopping:
           checkpointing.save_train_state(mngr, state, data_position, step)
         if stopping:
-          logging.warning('Stopped by %s after step %d, checkpoint saved: run the same command '
-                          'to continue', stop.signal, step)
+          logging.warning(
+            'Stopped by %s after step %d, checkpoint saved: run the same command to continue',
+            stop.signal,
+            step,
+          )
           break
 
         if eval_samples and (step % config.eval_every_steps == 0 or step == num_steps):
@@ -191,8 +211,9 @@ def _run(config: ml_collections.ConfigDict, workdir: Path,
 
     skipped = int(jax.device_get(state.skipped))
     if skipped:
-      logging.warning('%d of %d steps were skipped (non-finite loss or gradient)', skipped,
-                      num_steps)
+      logging.warning(
+        '%d of %d steps were skipped (non-finite loss or gradient)', skipped, num_steps
+      )
   finally:
     stop.close()
     mngr.wait_until_finished()
@@ -200,13 +221,3 @@ def _run(config: ml_collections.ConfigDict, workdir: Path,
     if writer is not None:
       writer.close()
   return last
-
-
-def drop_rows_after(path: Path, step: int) -> None:
-  """Rewrites a JSON-lines log without its rows past `step` (atomically)."""
-  if not path.is_file():
-    return
-  lines = path.read_text().splitlines()
-  kept = [l for l in lines if l.strip() and json.loads(l).get('step', 0) <= step]
-  if len(kept) != len(lines):
-    files.write_bytes_atomic(path, ''.join(l + '\n' for l in kept).encode())

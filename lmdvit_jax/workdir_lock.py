@@ -11,15 +11,15 @@ its processes before any of them starts a step.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import contextlib
 import fcntl
 import json
 import os
+from pathlib import Path
 import socket
 import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -39,15 +39,18 @@ def _holder(fd: int) -> str:
   if not info:
     return 'another process'
   started = time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(info.get('started', 0)))
-  return (f'process {info.get("pid")} on {info.get("host")} (started {started}: '
-          f'{info.get("command", "?")})')
+  return (
+    f'process {info.get("pid")} on {info.get("host")} (started {started}: '
+    f'{info.get("command", "?")})'
+  )
 
 
 def _agree(ok: bool) -> bool:
   """Process 0's answer, on every process (several processes: a collective)."""
   if jax.process_count() == 1:
     return ok
-  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  from jax.experimental import multihost_utils
+
   return bool(multihost_utils.broadcast_one_to_all(np.int32(ok)))
 
 
@@ -73,12 +76,18 @@ def held(workdir: str | os.PathLike) -> Iterator[Path]:
       fd = None
   if not _agree(ok):
     holder = holder or 'another run (process 0 of this job names it)'
-    raise WorkdirInUseError(f'{workdir} is in use by {holder}: wait for it to finish or stop '
-                            'it (a killed run holds nothing), or give another --workdir')
+    raise WorkdirInUseError(
+      f'{workdir} is in use by {holder}: wait for it to finish or stop '
+      'it (a killed run holds nothing), or give another --workdir'
+    )
   try:
     if fd is not None:
-      record = {'pid': os.getpid(), 'host': socket.gethostname(), 'started': time.time(),
-                'command': ' '.join(sys.argv)[:500]}
+      record = {
+        'pid': os.getpid(),
+        'host': socket.gethostname(),
+        'started': time.time(),
+        'command': ' '.join(sys.argv)[:500],
+      }
       os.ftruncate(fd, 0)
       os.pwrite(fd, json.dumps(record).encode(), 0)
     yield path

@@ -16,9 +16,10 @@ def reference() -> Path:
 @pytest.fixture(scope='session')
 def checkpoint(tmp_path_factory) -> Path:
   """A checkpoint directory of the tiny model (masked mode), random params."""
-  from lmdvit_jax import checkpointing  # pylint: disable=g-import-not-at-top
-  from lmdvit_jax.models import LMDViT, init_params  # pylint: disable=g-import-not-at-top
-  from tests.helpers import TINY  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax import checkpointing
+  from lmdvit_jax.models import LMDViT, init_params
+  from tests.helpers import TINY
+
   path = tmp_path_factory.mktemp('ckpt')
   checkpointing.save_model(path, init_params(LMDViT(**TINY), 0), TINY)
   return path

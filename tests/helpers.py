@@ -3,8 +3,8 @@ the environment of test subprocesses, the shared compilation cache and where
 the golden fixtures live. Fixtures are in conftest.py."""
 
 import os
-import tempfile
 from pathlib import Path
+import tempfile
 
 import jax
 import ml_collections
@@ -16,7 +16,8 @@ TINY = dict(tiny.get_config().model, capacity='masked')
 
 REPO = Path(__file__).resolve().parents[1]
 CACHE_DIR = os.environ.get('JAX_COMPILATION_CACHE_DIR') or os.path.join(
-    tempfile.gettempdir(), 'lmdvit_jax_test_compilation_cache')
+  tempfile.gettempdir(), 'lmdvit_jax_test_compilation_cache'
+)
 if not jax.config.jax_compilation_cache_dir:
   jax.config.update('jax_compilation_cache_dir', CACHE_DIR)
 
@@ -29,8 +30,15 @@ def small_config() -> ml_collections.ConfigDict:
   """
   config = tiny.get_config()
   config.model.update(win_size=4, depths=(1,) * 9)
-  config.update(batch_size=4, patch_size=64, num_train_steps=6, log_every_steps=2,
-                checkpoint_every_steps=2, keep_checkpoints=2, eval_every_steps=3)
+  config.update(
+    batch_size=4,
+    patch_size=64,
+    num_train_steps=6,
+    log_every_steps=2,
+    checkpoint_every_steps=2,
+    keep_checkpoints=2,
+    eval_every_steps=3,
+  )
   config.optim.update(lr=1e-3, warmup_steps=2, restart_every=1000, end_lr=1e-5, grad_clip=1.0)
   config.data.update(sources=('synthetic',), num_threads=1)
   config.eval.update(source='synthetic?size=64&count=1', max_images=1)
@@ -44,10 +52,13 @@ def subprocess_env(**extra) -> dict[str, str]:
 
 
 def reference_dir() -> Path:
-  """`$LMDVIT_REFERENCE_DIR`, else `../shared/reference` beside the clone, else `tests/reference`."""
+  """`$LMDVIT_REFERENCE_DIR`, else `../shared/reference` beside the clone, else
+  `tests/reference`."""
   env = os.environ.get('LMDVIT_REFERENCE_DIR')
-  for cand in ([Path(env)] if env else []) + [REPO.parent / 'shared' / 'reference',
-                                              REPO / 'tests' / 'reference']:
+  for cand in ([Path(env)] if env else []) + [
+    REPO.parent / 'shared' / 'reference',
+    REPO / 'tests' / 'reference',
+  ]:
     if cand.is_dir() and any(cand.glob('fixture_*_meta.json')):
       return cand
   raise FileNotFoundError('no reference fixtures found (set LMDVIT_REFERENCE_DIR)')
@@ -55,6 +66,6 @@ def reference_dir() -> Path:
 
 def fixture_names() -> list[str]:
   try:
-    return sorted(p.name[:-len('_meta.json')] for p in reference_dir().glob('fixture_*_meta.json'))
+    return sorted(p.name[: -len('_meta.json')] for p in reference_dir().glob('fixture_*_meta.json'))
   except FileNotFoundError:
     return []

@@ -20,8 +20,11 @@ def test_ranking_matches_brute_force():
   kept = probability > 0.5
   np.testing.assert_allclose(r['recall'], (kept & blurred).sum() / pos)
   np.testing.assert_allclose(r['precision'], (kept & blurred).sum() / kept.sum())
-  best = max((probability >= t)[blurred].sum() / (probability >= t).sum()
-             for t in np.unique(probability) if (probability >= t)[blurred].mean() >= 0.9)
+  best = max(
+    (probability >= t)[blurred].sum() / (probability >= t).sum()
+    for t in np.unique(probability)
+    if (probability >= t)[blurred].mean() >= 0.9
+  )
   np.testing.assert_allclose(r['best_precision'], best)
   assert 0.5 < r['auc'] < 1 and r['best_precision'] < 1
 
@@ -59,8 +62,8 @@ def test_least_squares_filter_recovers_a_known_filter():
 def test_mean_weighted_psnr_counts_only_the_mask():
   target = np.zeros((4, 4, 3))
   pred = target.copy()
-  pred[:2] = 0.1     # error 0.1 in the masked half
-  pred[2:] = 0.5     # larger error outside the mask: ignored
+  pred[:2] = 0.1  # error 0.1 in the masked half
+  pred[2:] = 0.5  # larger error outside the mask: ignored
   mask = np.zeros((4, 4, 1))
   mask[:2] = 1
   sample = {'blur': pred, 'sharp': target, 'mask': mask}

@@ -37,24 +37,30 @@ def test_dot_shapes_reads_every_product_of_a_program():
   counts = matmul_floor.dot_shapes(jax.jit(program).lower(*args).as_text(dialect='hlo'))
   assert counts == {(1, 20, 3, 5): 1, (8, 6, 8, 7): 1, (1, 3, 20, 5): 1}
   assert sum(matmul_floor.flops(s) * c for s, c in counts.items()) == 2 * (
-      20 * 3 * 5 + 8 * 6 * 8 * 7 + 3 * 20 * 5)
+    20 * 3 * 5 + 8 * 6 * 8 * 7 + 3 * 20 * 5
+  )
 
 
 def test_accelerator_check_runs_every_part_in_smoke_mode(tmp_path):
   """The one-command device check cannot rot: every part runs at tiny sizes."""
-  run = subprocess.run([sys.executable, '-m', 'benchmarks.accelerator', '--smoke',
-                        f'--output={tmp_path}'], cwd=REPO, env=subprocess_env(),
-                       capture_output=True, text=True, timeout=900)
+  run = subprocess.run(
+    [sys.executable, '-m', 'benchmarks.accelerator', '--smoke', f'--output={tmp_path}'],
+    cwd=REPO,
+    env=subprocess_env(),
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
   assert run.returncode == 0, run.stderr[-3000:]
   report = json.loads((tmp_path / 'accelerator.json').read_text())
   parts = report['parts']
   assert set(parts) == {'devices', 'parity', 'inference', 'train', 'data', 'demo', 'official'}
   assert parts['devices']['rows'][0]['platform'] == 'cpu'
   assert [r['precision'] for r in parts['parity']['rows']] == ['highest', 'default']
-  assert all(r['decisions_equal'] and r['restored_max_abs'] < 1e-4
-             for r in parts['parity']['rows'])
+  assert all(r['decisions_equal'] and r['restored_max_abs'] < 1e-4 for r in parts['parity']['rows'])
   assert {(r['mode'], r['dtype']) for r in parts['inference']['rows']} == {
-      (m, d) for m in ('dense', 'exact', 'budget 0.25') for d in ('float32', 'bfloat16')}
+    (m, d) for m in ('dense', 'exact', 'budget 0.25') for d in ('float32', 'bfloat16')
+  }
   assert all(r['seconds'] > 0 for r in parts['inference']['rows'])
   assert [r['train_capacity'] for r in parts['train']['rows']] == ['dense', 'dense', 0.25]
   assert all(r['images_per_s'] > 0 for r in parts['train']['rows'])
@@ -75,6 +81,11 @@ def test_input_pipeline_benchmark_parts(tmp_path):
   row = input_pipeline.time_reader(cached, 2, 0, 2, patch=64, batch=4)
   assert row['crops_per_s'] > 0
   parts = input_pipeline.crop_parts(cached, patch=64, batch=4, batches=2)
-  assert set(parts) >= {'read and crop', 'flip', 'float conversion', 'batching',
-                        input_pipeline.ONE_PASS}
+  assert set(parts) >= {
+    'read and crop',
+    'flip',
+    'float conversion',
+    'batching',
+    input_pipeline.ONE_PASS,
+  }
   assert all(ms > 0 for ms in parts.values())

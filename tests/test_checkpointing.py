@@ -9,22 +9,29 @@ import numpy as np
 import optax
 import pytest
 
-from lmdvit_jax import checkpointing
-from lmdvit_jax import train_lib
+from lmdvit_jax import checkpointing, train_lib
 
 
 def _state(seed: int) -> train_lib.TrainState:
   rng = np.random.default_rng(seed)
-  params = {'layer': {'kernel': rng.standard_normal((3, 4)).astype(np.float32),
-                      'bias': rng.standard_normal((4,)).astype(np.float32)}}
+  params = {
+    'layer': {
+      'kernel': rng.standard_normal((3, 4)).astype(np.float32),
+      'bias': rng.standard_normal((4,)).astype(np.float32),
+    }
+  }
   tx = optax.inject_hyperparams(optax.adamw)(learning_rate=1e-3)
   opt_state = tx.init(params)
   # Make the optimizer moments non-trivial.
   grads = jax.tree.map(lambda p: jnp.asarray(p) * 0.5, params)
   _, opt_state = tx.update(grads, opt_state, params)
-  state = train_lib.TrainState(step=np.int32(7 + seed), params=params, opt_state=opt_state,
-                               rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))),
-                               skipped=np.int32(seed))
+  state = train_lib.TrainState(
+    step=np.int32(7 + seed),
+    params=params,
+    opt_state=opt_state,
+    rng=np.asarray(jax.random.key_data(jax.random.PRNGKey(seed))),
+    skipped=np.int32(seed),
+  )
   return train_lib.put_replicated(state, train_lib.make_mesh())
 
 
@@ -113,14 +120,17 @@ def test_check_model_kwargs_refuses_another_model(tmp_path):
 
 def _damage(step_dir, how):
   """Truncates (or deletes) every data file of a step's params item."""
-  files = [p for p in (step_dir / 'params').rglob('*') if p.is_file() and p.stat().st_size > 0
-           and p.name not in ('_METADATA', '_CHECKPOINT_METADATA')]
+  files = [
+    p
+    for p in (step_dir / 'params').rglob('*')
+    if p.is_file() and p.stat().st_size > 0 and p.name not in ('_METADATA', '_CHECKPOINT_METADATA')
+  ]
   assert files
   for f in files:
     if how == 'delete':
       f.unlink()
     else:
-      f.write_bytes(f.read_bytes()[:max(1, f.stat().st_size // 3)])
+      f.write_bytes(f.read_bytes()[: max(1, f.stat().st_size // 3)])
 
 
 @pytest.mark.filterwarnings('error::pytest.PytestUnraisableExceptionWarning')
@@ -140,7 +150,9 @@ def test_damaged_newest_checkpoint_falls_back_to_an_intact_one(tmp_path, how, ca
   _assert_trees_equal(params, _state(1).params)
 
   _damage(tmp_path / 'checkpoints' / '8', how)
-  with pytest.raises(checkpointing.CheckpointError, match='no intact checkpoint in .*step 9.*step 8'):
+  with pytest.raises(
+    checkpointing.CheckpointError, match='no intact checkpoint in .*step 9.*step 8'
+  ):
     checkpointing.load_model(tmp_path)
 
 
@@ -173,16 +185,24 @@ def test_best_of_a_step_saved_before_a_resume_is_replaced(tmp_path):
 def _strict_json(path):
   def refuse(constant):
     raise ValueError(f'{path} holds {constant}, which is not JSON')
+
   return json.loads(Path(path).read_text(), parse_constant=refuse)
 
 
 def test_every_json_file_is_strict_json(tmp_path):
-  from lmdvit_jax import files  # pylint: disable=g-import-not-at-top
-  assert files.jsonable({'a': [np.float32(np.nan), np.inf, np.int64(3)], 'b': (np.bool_(True),),
-                         1: np.arange(2)}) == {'a': [None, None, 3], 'b': [True], '1': [0, 1]}
+  from lmdvit_jax import files
+
+  assert files.jsonable(
+    {'a': [np.float32(np.nan), np.inf, np.int64(3)], 'b': (np.bool_(True),), 1: np.arange(2)}
+  ) == {'a': [None, None, 3], 'b': [True], '1': [0, 1]}
   # An empty blur mask makes the input's PSNR outside it infinite.
-  assert checkpointing.save_best(tmp_path, _state(1).params, {'embed_dim': 8}, 3,
-                                 {'wpsnr': 20.0, 'input_sharp_psnr': float('inf')})
+  assert checkpointing.save_best(
+    tmp_path,
+    _state(1).params,
+    {'embed_dim': 8},
+    3,
+    {'wpsnr': 20.0, 'input_sharp_psnr': float('inf')},
+  )
   best = _strict_json(tmp_path / 'best' / 'best.json')
   assert best['metrics']['input_sharp_psnr'] is None
   assert json.loads(files.json_line({'x': float('nan')})) == {'x': None}
@@ -192,35 +212,9 @@ def test_a_step_that_is_not_there_is_named_with_the_steps_that_are(tmp_path):
   params = {'w': np.ones((2,), np.float32)}
   for step in (3, 5):
     checkpointing.save_model(tmp_path, params, {'embed_dim': 1}, step=step)
-  with pytest.raises(checkpointing.CheckpointError,
-                     match=r'no checkpoint at step 999 in .*; steps: 3, 5'):
+  with pytest.raises(
+    checkpointing.CheckpointError, match=r'no checkpoint at step 999 in .*; steps: 3, 5'
+  ):
     checkpointing.load_model(tmp_path, 999)
   _, got = checkpointing.load_model(tmp_path, 3)
   np.testing.assert_array_equal(got['w'], params['w'])
-
-
-def test_a_resume_with_other_settings_is_refused_unless_asked(tmp_path):
-  config = {'batch_size': 12, 'num_train_steps': 100, 'log_every_steps': 10,
-            'optim': {'lr': 2e-4, 'restart_every': 0}, 'eval': {'max_images': 8}}
-  assert checkpointing.record_config(tmp_path, config, None) == []  # A new run records it.
-  same = checkpointing.record_config(tmp_path, config, 40)
-  assert same == [] and not list(tmp_path.glob('config.*.json'))
-  # What it computes: refused, every difference named, nothing written.
-  other = {**config, 'batch_size': 8, 'optim': {'lr': 1e-3, 'restart_every': 0}}
-  with pytest.raises(ValueError, match=r"step 40 with another config \(batch_size: 12 -> 8; "
-                     r"optim.lr: 0.0002 -> 0.001\).*--allow_config_change"):
-    checkpointing.record_config(tmp_path, other, 40)
-  assert json.loads((tmp_path / 'config.json').read_text()) == config
-  # The schedule spans num_train_steps here (no restarts): extending changes it.
-  with pytest.raises(ValueError, match='num_train_steps: 100 -> 200'):
-    checkpointing.record_config(tmp_path, {**config, 'num_train_steps': 200}, 40)
-  # Asked for: the earlier config kept as config.40.json, the change returned for the log.
-  changes = checkpointing.record_config(tmp_path, other, 40, allow_change=True)
-  assert changes == ['batch_size: 12 -> 8', 'optim.lr: 0.0002 -> 0.001']
-  assert json.loads((tmp_path / 'config.40.json').read_text()) == config
-  assert json.loads((tmp_path / 'config.json').read_text()) == other
-  # How often it logs or evaluates, and its length under restarts, change freely.
-  restarting = {**other, 'optim': {'lr': 1e-3, 'restart_every': 2000}}
-  checkpointing.record_config(tmp_path, restarting, 50, allow_change=True)
-  free = {**restarting, 'num_train_steps': 900, 'log_every_steps': 1, 'eval': {'max_images': 2}}
-  assert len(checkpointing.record_config(tmp_path, free, 60)) == 3

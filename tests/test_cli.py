@@ -11,16 +11,40 @@ import pytest
 
 from tests.helpers import REPO
 
-ENTRY_POINTS = [
-    ['train.py'], ['evaluate.py'], ['demo.py'],
-    ['-m', 'lmdvit_jax.deblur'], ['-m', 'lmdvit_jax.convert'], ['-m', 'lmdvit_jax.data.build'],
+ENTRY_POINTS = (
+  [
+    ['train.py'],
+    ['evaluate.py'],
+    ['demo.py'],
+    ['-m', 'lmdvit_jax.deblur'],
+    ['-m', 'lmdvit_jax.convert'],
+    ['-m', 'lmdvit_jax.data.build'],
     ['-m', 'lmdvit_jax.export'],
-] + [['-m', f'benchmarks.{name}'] for name in (
-    'inference', 'train_step', 'train_step_parts', 'matmul_floor', 'tiling', 'accelerator',
-    'input_pipeline')
-] + [['-m', f'analyses.{name}'] for name in (
-    'linear_headroom', 'pruning_ranking', 'blur_cues', 'synthetic_stats', 'sharp_damage',
-    'blur_detection_ceiling')]
+  ]
+  + [
+    ['-m', f'benchmarks.{name}']
+    for name in (
+      'inference',
+      'train_step',
+      'train_step_parts',
+      'matmul_floor',
+      'tiling',
+      'accelerator',
+      'input_pipeline',
+    )
+  ]
+  + [
+    ['-m', f'analyses.{name}']
+    for name in (
+      'linear_headroom',
+      'pruning_ranking',
+      'blur_cues',
+      'synthetic_stats',
+      'sharp_damage',
+      'blur_detection_ceiling',
+    )
+  ]
+)
 
 
 def _one_error_line(proc, prog, *needles):
@@ -36,19 +60,32 @@ def _one_error_line(proc, prog, *needles):
 def _run(args, cwd=REPO, timeout=180):
   # No PYTHONPATH: the installed (editable) package must be what is imported.
   env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
-  return subprocess.run([sys.executable, *args], cwd=cwd, env=env, capture_output=True,
-                        text=True, timeout=timeout)
+  return subprocess.run(
+    [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+  )
 
 
 # Flags each command's --help must list (defined in cli for several commands).
 OWN_FLAGS = {
-    'lmdvit_jax.deblur': ('--checkpoint', '--tile', '--max_memory', '--capacity',
-                          '--self_ensemble', '--output', '--overlays'),
-    'evaluate.py': ('--checkpoint', '--tile', '--max_memory', '--capacity', '--self_ensemble',
-                    '--data'),
-    'lmdvit_jax.export': ('--checkpoint', '--capacity', '--self_ensemble', '--size',
-                          '--overwrite'),
-    'train.py': ('--config', '--workdir', '--allow_config_change'),
+  'lmdvit_jax.deblur': (
+    '--checkpoint',
+    '--tile',
+    '--max_memory',
+    '--capacity',
+    '--self_ensemble',
+    '--output',
+    '--overlays',
+  ),
+  'evaluate.py': (
+    '--checkpoint',
+    '--tile',
+    '--max_memory',
+    '--capacity',
+    '--self_ensemble',
+    '--data',
+  ),
+  'lmdvit_jax.export': ('--checkpoint', '--capacity', '--self_ensemble', '--size', '--overwrite'),
+  'train.py': ('--config', '--workdir', '--allow_config_change'),
 }
 
 
@@ -65,10 +102,14 @@ def test_help_of_every_entry_point(entry):
 
 def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
   """SIGINT while train.py is still setting up (data, model, compilation)."""
-  proc = subprocess.Popen([sys.executable, 'train.py', '--config=configs/tiny.py',
-                           f'--workdir={tmp_path}'], cwd=REPO, stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True,
-                          env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'})
+  proc = subprocess.Popen(
+    [sys.executable, 'train.py', '--config=configs/tiny.py', f'--workdir={tmp_path}'],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'},
+  )
   lines = []
   for line in proc.stdout:  # The first log line: the run has started setting up.
     lines.append(line)
@@ -77,8 +118,9 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
   proc.send_signal(signal.SIGINT)
   out = ''.join(lines) + proc.communicate(timeout=300)[0]
   assert proc.returncode == 130, out[-3000:]
-  assert out.strip().splitlines()[-1] == ('train.py: error: interrupted (Ctrl-C); nothing is '
-                                          'left half-written')
+  assert out.strip().splitlines()[-1] == (
+    'train.py: error: interrupted (Ctrl-C); nothing is left half-written'
+  )
   assert 'Traceback' not in out and 'KeyboardInterrupt' not in out
   assert not list(tmp_path.rglob('*.tmp'))
 
@@ -86,13 +128,14 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
 def test_quiet_commands_log_warnings_only_unless_asked(tmp_path):
   script = tmp_path / 'quiet_command.py'
   script.write_text(
-      'from absl import logging\n'
-      'from lmdvit_jax import cli\n'
-      'def main(argv):\n'
-      '  logging.info("chatter")\n'
-      '  logging.warning("worth saying")\n'
-      'if __name__ == "__main__":\n'
-      '  cli.run(main, quiet=True)\n')
+    'from absl import logging\n'
+    'from lmdvit_jax import cli\n'
+    'def main(argv):\n'
+    '  logging.info("chatter")\n'
+    '  logging.warning("worth saying")\n'
+    'if __name__ == "__main__":\n'
+    '  cli.run(main, quiet=True)\n'
+  )
   proc = _run([str(script)], cwd=tmp_path)
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'worth saying' in proc.stderr and 'chatter' not in proc.stderr
@@ -139,27 +182,41 @@ def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
   unwritable = a_file / 'out'  # no folder can be made inside a file, root or not
   photo = REPO.parent / 'shared' / 'data' / 'real'
   deblur = ['-m', 'lmdvit_jax.deblur', f'--checkpoint={checkpoint}']
-  _one_error_line(_run([*deblur, f'--output={tmp_path}/o', '--capacity=1.5', str(photo)]),
-                  'deblur.py', 'capacity')
+  _one_error_line(
+    _run([*deblur, f'--output={tmp_path}/o', '--capacity=1.5', str(photo)]), 'deblur.py', 'capacity'
+  )
   assert not (tmp_path / 'o').exists()  # A refused command makes no folder.
-  _one_error_line(_run([*deblur, f'--output={tmp_path}/o']), 'deblur.py',
-                  'at least one image file or folder')
-  _one_error_line(_run([*deblur, f'--output={unwritable}', str(photo)]), 'deblur.py',
-                  'not writable')
+  _one_error_line(
+    _run([*deblur, f'--output={tmp_path}/o']), 'deblur.py', 'at least one image file or folder'
+  )
+  _one_error_line(
+    _run([*deblur, f'--output={unwritable}', str(photo)]), 'deblur.py', 'not writable'
+  )
   evaluate = ['evaluate.py', f'--checkpoint={checkpoint}', '--data=synthetic?count=1&size=64']
-  _one_error_line(_run([*evaluate, f'--output={tmp_path}/e', '--panel_height=0']),
-                  'evaluate.py', '--panel_height')
+  _one_error_line(
+    _run([*evaluate, f'--output={tmp_path}/e', '--panel_height=0']), 'evaluate.py', '--panel_height'
+  )
   _one_error_line(_run([*evaluate, f'--output={unwritable}']), 'evaluate.py', 'not writable')
-  _one_error_line(_run([*evaluate, f'--output={tmp_path}/e', '--max_memory=1K']),
-                  'evaluate.py', 'max_memory (1.0 KiB) is less than the params')
+  _one_error_line(
+    _run([*evaluate, f'--output={tmp_path}/e', '--max_memory=1K']),
+    'evaluate.py',
+    'max_memory (1.0 KiB) is less than the params',
+  )
   assert not (tmp_path / 'e').exists()
   train = ['train.py', '--config=configs/tiny.py']
-  _one_error_line(_run([*train, f'--workdir={unwritable}']), 'train.py', '--workdir',
-                  'not writable')
-  _one_error_line(_run(['train.py', '--config=configs/nope.py', f'--workdir={tmp_path}/t']),
-                  'train.py', "No such file or directory: 'configs/nope.py'")
-  _one_error_line(_run([*train, f'--workdir={tmp_path}/t', '--config.keep_checkpoints=0']),
-                  'train.py', 'keep_checkpoints must be at least 1')
+  _one_error_line(
+    _run([*train, f'--workdir={unwritable}']), 'train.py', '--workdir', 'not writable'
+  )
+  _one_error_line(
+    _run(['train.py', '--config=configs/nope.py', f'--workdir={tmp_path}/t']),
+    'train.py',
+    "No such file or directory: 'configs/nope.py'",
+  )
+  _one_error_line(
+    _run([*train, f'--workdir={tmp_path}/t', '--config.keep_checkpoints=0']),
+    'train.py',
+    'keep_checkpoints must be at least 1',
+  )
   assert not (tmp_path / 't').exists()
 
 
@@ -171,8 +228,9 @@ def readme_commands() -> list[list[str]]:
   out = []
   for line in lines:
     for match in re.finditer(r'python (-m [\w.]+|[\w/]+\.py)', line):
-      out.append(match.group(1).split(' ', 1) if match.group(1).startswith('-m') else
-                 [match.group(1)])
+      out.append(
+        match.group(1).split(' ', 1) if match.group(1).startswith('-m') else [match.group(1)]
+      )
   return out
 
 

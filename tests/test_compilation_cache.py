@@ -15,13 +15,17 @@ print(jax.jit(lambda x: jnp.sin(x) @ x.T)(jnp.ones((64, 64))).sum())
 
 
 def _run(tmp_path, value):
-  env = {k: v for k, v in os.environ.items()
-         if k not in ('JAX_COMPILATION_CACHE_DIR', 'LMDVIT_COMPILATION_CACHE')}
+  env = {
+    k: v
+    for k, v in os.environ.items()
+    if k not in ('JAX_COMPILATION_CACHE_DIR', 'LMDVIT_COMPILATION_CACHE')
+  }
   env['HOME'] = str(tmp_path / 'home')
   if value is not None:
     env['LMDVIT_COMPILATION_CACHE'] = value
-  proc = subprocess.run([sys.executable, '-c', SCRIPT], cwd=REPO, env=env, capture_output=True,
-                        text=True, timeout=120)
+  proc = subprocess.run(
+    [sys.executable, '-c', SCRIPT], cwd=REPO, env=env, capture_output=True, text=True, timeout=120
+  )
   assert proc.returncode == 0, proc.stderr[-2000:]
   return proc.stdout
 

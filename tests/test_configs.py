@@ -8,8 +8,11 @@ import pytest
 from lmdvit_jax import train_lib
 from lmdvit_jax.data.specs import open_source
 
-CONFIGS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / 'configs').glob('*.py')
-                 if p.stem != '__init__')
+CONFIGS = sorted(
+  p.stem
+  for p in (Path(__file__).resolve().parents[1] / 'configs').glob('*.py')
+  if p.stem != '__init__'
+)
 
 
 @pytest.mark.parametrize('name', CONFIGS)

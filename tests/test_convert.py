@@ -48,11 +48,13 @@ def test_weights_land_transposed(state_dict):
   up = state_dict['upsample_0.deconv.0.weight']  # [I, O, kh, kw]
   np.testing.assert_array_equal(params['upsample_0']['kernel'][0, 1], up[:, :, 0, 1])
   dw = state_dict['encoderlayer_0.blocks.0.mlp.dwconv.0.weight']  # [C, 1, 3, 3]
-  np.testing.assert_array_equal(params['encoder_0']['block_0']['mlp']['dwconv']['kernel'][2, 0],
-                                dw[:, 0, 2, 0])
   np.testing.assert_array_equal(
-      params['bottleneck']['predictor_1']['in_norm']['scale'],
-      state_dict['conv.blocks.1.score_predictor.in_conv.2.weight'])
+    params['encoder_0']['block_0']['mlp']['dwconv']['kernel'][2, 0], dw[:, 0, 2, 0]
+  )
+  np.testing.assert_array_equal(
+    params['bottleneck']['predictor_1']['in_norm']['scale'],
+    state_dict['conv.blocks.1.score_predictor.in_conv.2.weight'],
+  )
 
 
 def test_wrapped_and_prefixed_state_dicts(state_dict):
@@ -94,8 +96,9 @@ def test_command_line_npz_round_trip(reference, state_dict, tmp_path):
   kwargs, params = checkpointing.load_model(out)
   assert kwargs == convert.model_kwargs_from_torch(state_dict)
   expected = convert.params_from_torch(state_dict)
-  np.testing.assert_array_equal(params['decoder_3']['block_0']['modulator'],
-                                expected['decoder_3']['block_0']['modulator'])
+  np.testing.assert_array_equal(
+    params['decoder_3']['block_0']['modulator'], expected['decoder_3']['block_0']['modulator']
+  )
   assert count_params(params) == count_params(expected)
 
 

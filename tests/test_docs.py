@@ -11,14 +11,15 @@ def python_blocks(page: str) -> list[str]:
 
 
 def test_extending_page_runs_as_written():
-  from lmdvit_jax import losses  # pylint: disable=g-import-not-at-top
-  from lmdvit_jax.models import adawpt, pruning  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax import losses
+  from lmdvit_jax.models import adawpt, pruning
+
   blocks = python_blocks('extending.md')
   assert len(blocks) == 3
   namespace = {'__name__': 'docs_extending'}
   try:
     for code in blocks:
-      exec(compile(code, 'docs/extending.md', 'exec'), namespace)  # pylint: disable=exec-used
+      exec(compile(code, 'docs/extending.md', 'exec'), namespace)
   finally:  # leave the registries as the other tests expect them
     pruning.DECISION_RULES.pop('dilated', None)
     losses.EXTRA_TERMS.pop('edges', None)

@@ -12,8 +12,10 @@ import pytest
 
 import evaluate
 from lmdvit_jax import checkpointing, evaluation
-from lmdvit_jax.inference import DecisionBlock, DeblurResult, PadGeometry
+from lmdvit_jax.inference import DeblurResult, DecisionBlock
+from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.models import LMDViT
+from lmdvit_jax.tiling import PadGeometry
 from tests.helpers import REPO
 
 H, W = 100, 120  # pads to 128 x 128
@@ -29,8 +31,9 @@ def _npy_folder(root):
     gt = rng.integers(0, 256, (H, W, 3), dtype=np.uint8)
     noise = rng.integers(-40, 41, (H, W, 3)) * mask[..., None]
     blur = np.clip(gt + noise, 0, 255).astype(np.uint8)
-    np.save(root / f'img_{i}.npy', {'img_blur': blur, 'img_gt': gt, 'blur_mask': mask},
-            allow_pickle=True)
+    np.save(
+      root / f'img_{i}.npy', {'img_blur': blur, 'img_gt': gt, 'blur_mask': mask}, allow_pickle=True
+    )
   return root
 
 
@@ -47,8 +50,15 @@ def evaluated(checkpoint, tmp_path_factory):
   """Runs evaluate.py's main in-process (so the compiled model is shared)."""
   tmp = tmp_path_factory.mktemp('eval')
   data, out = _npy_folder(tmp / 'npy'), tmp / 'out'
-  argv = ['evaluate.py', f'--checkpoint={checkpoint}', f'--data=npy:{data}',
-          f'--output={out}', '--capacity=masked', '--num_panels=1', '--save_images']
+  argv = [
+    'evaluate.py',
+    f'--checkpoint={checkpoint}',
+    f'--data=npy:{data}',
+    f'--output={out}',
+    '--capacity=masked',
+    '--num_panels=1',
+    '--save_images',
+  ]
   with flagsaver.flagsaver():
     flags.FLAGS(argv)
     evaluate.main(argv[:1])
@@ -59,8 +69,19 @@ def test_metrics_json_schema_and_values(evaluated):
   _, out = evaluated
   summary = json.loads((out / 'metrics.json').read_text())
   mean = summary['mean']
-  for key in ('psnr', 'ssim', 'wpsnr', 'wssim', 'sharp_psnr', 'input_psnr', 'input_wpsnr',
-              'prune_precision', 'prune_recall', 'kept_fraction', 'seconds_per_image'):
+  for key in (
+    'psnr',
+    'ssim',
+    'wpsnr',
+    'wssim',
+    'sharp_psnr',
+    'input_psnr',
+    'input_wpsnr',
+    'prune_precision',
+    'prune_recall',
+    'kept_fraction',
+    'seconds_per_image',
+  ):
     assert key in mean, key
   assert summary['count'] == 2 and [r['name'] for r in summary['images']] == ['img_0', 'img_1']
   assert 5 < mean['psnr'] < 80 and -1 < mean['ssim'] <= 1
@@ -92,10 +113,10 @@ def test_scores_match_an_independent_computation(evaluated):
     mask = item['blur_mask']
     assert record['psnr'] == pytest.approx(_psnr(restored, item['img_gt']), abs=1e-3)
     assert record['wpsnr'] == pytest.approx(_psnr(restored, item['img_gt'], mask), abs=1e-3)
-    assert record['input_psnr'] == pytest.approx(_psnr(item['img_blur'], item['img_gt']),
-                                                 abs=1e-3)
+    assert record['input_psnr'] == pytest.approx(_psnr(item['img_blur'], item['img_gt']), abs=1e-3)
     assert record['input_wpsnr'] == pytest.approx(
-        _psnr(item['img_blur'], item['img_gt'], mask), abs=1e-3)
+      _psnr(item['img_blur'], item['img_gt'], mask), abs=1e-3
+    )
   mean = summary['mean']
   assert mean['psnr'] == pytest.approx(np.mean([r['psnr'] for r in summary['images']]))
 
@@ -104,7 +125,8 @@ def test_table_and_panels(evaluated):
   _, out = evaluated
   table = (out / 'table.md').read_text()
   assert table.startswith(
-      '| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs |')
+    '| Method | PSNR | SSIM | PSNR_w | SSIM_w | Time | Params | MACs | XLA FLOPs |'
+  )
   row = [line for line in table.splitlines() if 'lmdvit-jax' in line]
   assert len(row) == 1 and len(row[0].split('|')) == 11
   summary = json.loads((out / 'metrics.json').read_text())
@@ -125,8 +147,9 @@ def test_table_and_panels(evaluated):
 def test_pruning_scores_ignore_padding():
   g = PadGeometry(4, 8, 8, 8)  # two padded rows above and below
   keep_all = np.ones((2, 2), np.uint8)
-  result = DeblurResult(np.zeros((4, 8, 3)), (keep_all,), (0,),
-                        (DecisionBlock('encoder_0', 0, False),), g, 0.0, 0.0)
+  result = DeblurResult(
+    np.zeros((4, 8, 3)), (keep_all,), (0,), (DecisionBlock('encoder_0', 0, False),), g, 0.0, 0.0
+  )
   mask = np.ones((4, 8, 1), np.float32)
   scores = evaluation.pruning_scores(result, mask)
   # Counting the padding as sharp pixels would give precision 0.5.
@@ -142,16 +165,24 @@ def test_nan_handling_helpers():
 
 
 def _run_cli(*args):
-  return subprocess.run([sys.executable, str(REPO / 'evaluate.py'), *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
+  return subprocess.run(
+    [sys.executable, str(REPO / 'evaluate.py'), *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
 
 
 def test_cli_errors(checkpoint, tmp_path):
   bad_spec = _run_cli(f'--checkpoint={checkpoint}', '--data=npz:/nowhere', f'--output={tmp_path}')
   assert bad_spec.returncode != 0
   assert "Unknown data kind 'npz'" in bad_spec.stderr and 'npy' in bad_spec.stderr
-  no_ckpt = _run_cli(f'--checkpoint={tmp_path / "missing"}', '--data=synthetic?count=1',
-                     f'--output={tmp_path / "out"}')
+  no_ckpt = _run_cli(
+    f'--checkpoint={tmp_path / "missing"}',
+    '--data=synthetic?count=1',
+    f'--output={tmp_path / "out"}',
+  )
   assert no_ckpt.returncode != 0
   assert 'checkpoint directory not found' in no_ckpt.stderr
   assert not (tmp_path / 'out' / 'metrics.json').exists()
@@ -162,10 +193,12 @@ def test_training_and_evaluate_py_score_alike(checkpoint, evaluated):
   shifted blocks included: one evaluator."""
   from lmdvit_jax.data import open_source
   from lmdvit_jax.inference import Deblurrer
+
   data, out = evaluated
   kwargs, params = checkpointing.load_model(checkpoint)
-  scored = evaluation.run(Deblurrer(LMDViT(**kwargs), params, warmup=False),
-                          open_source(f'npy:{data}'))
+  scored = evaluation.run(
+    Deblurrer(LMDViT(**kwargs), params, warmup=False), open_source(f'npy:{data}')
+  )
   written = json.loads((out / 'metrics.json').read_text())
   assert any(b['shifted'] for b in written['blocks'])
   for key in ('psnr', 'wpsnr', 'prune_precision', 'prune_recall', 'kept_fraction'):
@@ -183,12 +216,24 @@ def test_bad_files_are_found_before_any_forward_pass(checkpoint, tmp_path, monke
   calls = []
   monkeypatch.setattr(evaluation.Deblurrer, '__call__', lambda self, x: calls.append(x))
   with pytest.raises(evaluation.DataError, match=r'2 bad file\(s\).*img_1.*img_2'):
-    evaluation.evaluate(str(checkpoint), f'npy:{data}', str(tmp_path / 'out'),
-                        capacity='masked', progress=False)
+    evaluation.evaluate(
+      str(checkpoint),
+      f'npy:{data}',
+      str(tmp_path / 'out'),
+      InferenceSettings(capacity='masked'),
+      progress=False,
+    )
   assert not calls and not (tmp_path / 'out' / 'metrics.json').exists()
   monkeypatch.undo()
-  summary = evaluation.evaluate(str(checkpoint), f'npy:{data}', str(tmp_path / 'out'),
-                                capacity='masked', num_panels=0, skip_bad=True, progress=False)
+  summary = evaluation.evaluate(
+    str(checkpoint),
+    f'npy:{data}',
+    str(tmp_path / 'out'),
+    InferenceSettings(capacity='masked'),
+    num_panels=0,
+    skip_bad=True,
+    progress=False,
+  )
   written = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
   assert summary['count'] == written['count'] == 1
   assert len(written['skipped']) == 2 and 'img_1' in written['skipped'][0]
@@ -196,8 +241,11 @@ def test_bad_files_are_found_before_any_forward_pass(checkpoint, tmp_path, monke
 
 def test_output_that_is_a_file_fails_before_work(checkpoint, tmp_path):
   (tmp_path / 'taken').write_text('')
-  run = _run_cli(f'--checkpoint={checkpoint}', '--data=synthetic?count=1&size=64',
-                 f'--output={tmp_path / "taken"}')
+  run = _run_cli(
+    f'--checkpoint={checkpoint}',
+    '--data=synthetic?count=1&size=64',
+    f'--output={tmp_path / "taken"}',
+  )
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1].startswith('evaluate.py: error:')
   assert 'existing file' in run.stderr and 'Traceback' not in run.stderr
@@ -207,11 +255,24 @@ def test_tiled_evaluation_scores_the_whole_image(checkpoint, evaluated, tmp_path
   """Forced tiles (a 384x384 canvas as 2x2 tiles of 256x256) score every metric,
   pruning ones included, for the whole image."""
   from lmdvit_jax.data import open_source
+
   data = 'synthetic?size=300x260&count=2'
-  whole = evaluation.evaluate(str(checkpoint), data, str(tmp_path / 'whole'), capacity='masked',
-                              num_panels=0, tile=0, progress=False)
-  tiled = evaluation.evaluate(str(checkpoint), data, str(tmp_path / 'tiled'), capacity='masked',
-                              num_panels=1, tile=256, tile_overlap=128, progress=False)
+  whole = evaluation.evaluate(
+    str(checkpoint),
+    data,
+    str(tmp_path / 'whole'),
+    InferenceSettings(capacity='masked', tile=0),
+    num_panels=0,
+    progress=False,
+  )
+  tiled = evaluation.evaluate(
+    str(checkpoint),
+    data,
+    str(tmp_path / 'tiled'),
+    InferenceSettings(capacity='masked', tile=256, tile_overlap=128),
+    num_panels=1,
+    progress=False,
+  )
   written = json.loads((tmp_path / 'tiled' / 'metrics.json').read_text())
   assert written['sizes']['260x300']['tiles'].startswith('4 tiles of 256x256 (2x2')
   assert whole['sizes']['260x300']['tiles'] == 'whole'
@@ -229,8 +290,14 @@ def test_an_image_without_blur_is_left_out_of_recall_and_counted(checkpoint, tmp
   item['blur_mask'] = np.zeros_like(item['blur_mask'])
   item['img_blur'] = item['img_gt']
   np.save(data / 'img_1.npy', item, allow_pickle=True)
-  summary = evaluation.evaluate(str(checkpoint), f'npy:{data}', str(tmp_path / 'out'),
-                                capacity='masked', num_panels=0, progress=False)
+  summary = evaluation.evaluate(
+    str(checkpoint),
+    f'npy:{data}',
+    str(tmp_path / 'out'),
+    InferenceSettings(capacity='masked'),
+    num_panels=0,
+    progress=False,
+  )
   written = json.loads((tmp_path / 'out' / 'metrics.json').read_text())
   assert written['images_without_blur'] == 1
   by_name = {r['name']: r for r in written['images']}

@@ -11,7 +11,9 @@ from tests.helpers import REPO, subprocess_env
 GLIBC = (2, 36)
 
 
-@pytest.mark.parametrize('environ, thp, glibc, expected', [
+@pytest.mark.parametrize(
+  'environ, thp, glibc, expected',
+  [
     ({}, 'madvise', GLIBC, True),
     ({'GLIBC_TUNABLES': 'glibc.malloc.arena_max=2'}, 'madvise', GLIBC, True),
     ({'GLIBC_TUNABLES': 'glibc.malloc.hugetlb=0'}, 'madvise', GLIBC, False),  # the user's choice
@@ -21,7 +23,8 @@ GLIBC = (2, 36)
     ({}, None, GLIBC, False),  # no such kernel setting (not Linux)
     ({}, 'madvise', (2, 31), False),  # glibc without the tunable
     ({}, 'madvise', None, False),  # musl, macOS
-])
+  ],
+)
 def test_restart_only_where_the_tunable_is_missing_and_would_act(environ, thp, glibc, expected):
   assert host_memory.needs_restart(environ, thp, glibc) is expected
 
@@ -32,12 +35,15 @@ def test_the_tunable_joins_those_already_set():
   assert host_memory.with_tunable({})['GLIBC_TUNABLES'] == 'glibc.malloc.hugetlb=1'
 
 
-@pytest.mark.parametrize('text, mode', [
+@pytest.mark.parametrize(
+  'text, mode',
+  [
     ('always [madvise] never\n', 'madvise'),
     ('[always] madvise never\n', 'always'),
     ('always madvise [never]\n', 'never'),
     ('garbled\n', None),
-])
+  ],
+)
 def test_thp_mode_is_the_bracketed_setting(tmp_path, text, mode):
   setting = tmp_path / 'enabled'
   setting.write_text(text)
@@ -58,8 +64,14 @@ cli.run(main)
 def test_a_script_runs_once_with_its_arguments_and_the_tunable_where_it_helps(opt_out):
   env = subprocess_env(**({host_memory.OPT_OUT: '0'} if opt_out else {}))
   env.pop('GLIBC_TUNABLES', None)
-  proc = subprocess.Popen([sys.executable, '-c', SCRIPT, 'a', 'b c'], cwd=REPO, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, '-c', SCRIPT, 'a', 'b c'],
+    cwd=REPO,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
   out, err = proc.communicate(timeout=120)
   assert proc.returncode == 0, err
   lines = out.splitlines()
@@ -69,5 +81,8 @@ def test_a_script_runs_once_with_its_arguments_and_the_tunable_where_it_helps(op
   assert args == 'a b c'
   expected = host_memory.needs_restart(env, host_memory.thp_mode(), host_memory.glibc_version())
   assert (tunables == host_memory.TUNABLE) is expected
-  assert expected is (not opt_out and host_memory.thp_mode() == 'madvise'
-                      and (host_memory.glibc_version() or (0,)) >= host_memory.MIN_GLIBC)
+  assert expected is (
+    not opt_out
+    and host_memory.thp_mode() == 'madvise'
+    and (host_memory.glibc_version() or (0,)) >= host_memory.MIN_GLIBC
+  )

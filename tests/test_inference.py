@@ -1,11 +1,15 @@
 """Full-image inference: padding geometry, cropping, clamping, compile cache, batches."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from lmdvit_jax import inference
-from lmdvit_jax.inference import DecisionBlock, DeblurResult, Deblurrer, PadGeometry
-from lmdvit_jax.models import LMDViT, init_params
+from lmdvit_jax import ensemble as ens
+from lmdvit_jax import image_io, programs, tiling
+from lmdvit_jax.inference import Deblurrer, DeblurResult, DecisionBlock
+from lmdvit_jax.inference_settings import InferenceSettings
+from lmdvit_jax.models import LMDViT, init_params, pruning
+from lmdvit_jax.tiling import PadGeometry
 from tests.helpers import TINY  # every test module uses it: shapes compile once a process
 
 
@@ -19,28 +23,31 @@ def deblurrer():
 # Model-free geometry.
 
 
-@pytest.mark.parametrize('h, w, ph, pw, top, left', [
+@pytest.mark.parametrize(
+  'h, w, ph, pw, top, left',
+  [
     (720, 1280, 768, 1280, 24, 0),
     (1436, 2152, 1536, 2176, 50, 12),  # a ReLoBlur image, as the official script pads it
     (100, 130, 128, 256, 14, 63),
     (128, 128, 128, 128, 0, 0),
     (1, 1, 128, 128, 63, 63),
-])
+  ],
+)
 def test_pad_geometry_is_centred(h, w, ph, pw, top, left):
-  g = inference.pad_geometry(h, w, 128)
+  g = tiling.pad_geometry(h, w, 128)
   assert (g.padded_height, g.padded_width, g.top, g.left) == (ph, pw, top, left)
 
 
 def test_pad_crop_round_trip_and_zero_border():
-  g = inference.pad_geometry(37, 50, 16)
+  g = tiling.pad_geometry(37, 50, 16)
   x = np.random.default_rng(0).uniform(0.1, 1.0, (2, 37, 50, 3)).astype(np.float32)
   padded = g.pad(x)
   assert padded.shape == (2, 48, 64, 3)
   np.testing.assert_array_equal(g.crop(padded), x)
   # Everything outside the image is zero: the sums agree.
   np.testing.assert_allclose(padded.sum(), x.sum(), rtol=1e-6)
-  np.testing.assert_array_equal(padded[:, :g.top], 0)
-  np.testing.assert_array_equal(padded[:, :, g.left + 50:], 0)
+  np.testing.assert_array_equal(padded[:, : g.top], 0)
+  np.testing.assert_array_equal(padded[:, :, g.left + 50 :], 0)
   valid = g.valid()
   assert valid.shape == (48, 64, 1) and valid.sum() == 37 * 50
   assert valid[g.top, g.left, 0] == 1 and valid[g.top - 1, g.left, 0] == 0
@@ -51,43 +58,50 @@ def test_pad_crop_round_trip_and_zero_border():
 
 
 def test_pad_window_is_a_window_of_the_padded_canvas():
-  g = inference.pad_geometry(37, 50, 16)  # canvas 48 x 64, image at (5, 7)
+  g = tiling.pad_geometry(37, 50, 16)  # canvas 48 x 64, image at (5, 7)
   x = np.random.default_rng(0).uniform(0.1, 1.0, (37, 50, 3)).astype(np.float32)
   canvas = g.pad(x)
-  for top, left, h, w in [(0, 0, 48, 64), (0, 0, 16, 16), (16, 32, 32, 32), (32, 48, 16, 16),
-                          (0, 0, 4, 4)]:
-    np.testing.assert_array_equal(g.pad_window(x, top, left, h, w),
-                                  canvas[top:top + h, left:left + w])
+  for top, left, h, w in [
+    (0, 0, 48, 64),
+    (0, 0, 16, 16),
+    (16, 32, 32, 32),
+    (32, 48, 16, 16),
+    (0, 0, 4, 4),
+  ]:
+    np.testing.assert_array_equal(
+      g.pad_window(x, top, left, h, w), canvas[top : top + h, left : left + w]
+    )
 
 
 def test_quantise_clamps_and_rounds():
   x = np.array([-0.3, 0.0, 0.5 / 255 - 1e-4, 0.5 / 255 + 1e-4, 1.0, 1.7], np.float32)
-  np.testing.assert_array_equal(inference.to_uint8(x), [0, 0, 0, 1, 255, 255])
-  np.testing.assert_allclose(inference.quantize(x), [0, 0, 0, 1 / 255, 1, 1])
-  np.testing.assert_allclose(inference.to_float(np.array([0, 65535], np.uint16)), [0, 1])
-  with pytest.raises(TypeError):
-    inference.to_float(np.array([1, 2], np.int32))
+  np.testing.assert_array_equal(image_io.to_uint8(x), [0, 0, 0, 1, 255, 255])
+  np.testing.assert_allclose(image_io.quantize(x), [0, 0, 0, 1 / 255, 1, 1])
+  np.testing.assert_allclose(image_io.to_float(np.array([0, 65535], np.uint16)), [0, 1])
+  np.testing.assert_allclose(image_io.to_float(np.array([0, 65535, 70000], np.int32)), [0, 1, 1])
+  with pytest.raises(ValueError, match='non-finite'):
+    image_io.to_float(np.array([0.5, np.nan], np.float32))
 
 
 def test_parse_capacity():
-  assert inference.parse_capacity('exact') == 'exact'
-  assert inference.parse_capacity(' Masked ') == 'masked'
-  assert inference.parse_capacity('0.25') == 0.25
-  assert inference.parse_capacity(1) == 1.0
+  assert pruning.parse_capacity('exact') == 'exact'
+  assert pruning.parse_capacity(' Masked ') == 'masked'
+  assert pruning.parse_capacity('0.25') == 0.25
+  assert pruning.parse_capacity(1) == 1.0
   for bad in ('exactly', '0', '1.5', -0.1):
     with pytest.raises(ValueError):
-      inference.parse_capacity(bad)
+      pruning.parse_capacity(bad)
 
 
 def test_decision_blocks_follow_network_order():
-  blocks = inference.decision_blocks(LMDViT(**TINY))
+  blocks = ens.decision_blocks(LMDViT(**TINY))
   # tiny depths (1, 2, 1, 1, 1, 1, 1, 3, 1): depth-1 stages predict once, the others twice.
   assert len(blocks) == 11
   assert blocks[0] == DecisionBlock('encoder_0', 0, False)
   assert blocks[1:3] == (DecisionBlock('encoder_1', 0, False), DecisionBlock('encoder_1', 1, True))
   assert [b.stage for b in blocks[-3:]] == ['decoder_2', 'decoder_2', 'decoder_3']
   no_prune = LMDViT(**{**TINY, 'prune_loc': (0, 1, 0, 0, 0, 0, 0, 0, 0)})
-  assert [b.label for b in inference.decision_blocks(no_prune)] == ['encoder_1.0', 'encoder_1.1']
+  assert [b.label for b in ens.decision_blocks(no_prune)] == ['encoder_1.0', 'encoder_1.1']
 
 
 def test_kept_maps_roll_shifted_grids_and_crop():
@@ -128,9 +142,9 @@ def test_deblur_pads_crops_and_clamps(deblurrer):
   # cropped by hand gives the same pixels.
   padded = np.zeros((128, 128, 3), np.float32)
   padded[14:114, 4:124] = image / 255.0
-  compiled = len(inference._EXECUTABLES)
+  compiled = len(programs._EXECUTABLES)
   full = deblurrer(padded)
-  assert len(inference._EXECUTABLES) == compiled  # same padded shape: no new compile
+  assert len(programs._EXECUTABLES) == compiled  # same padded shape: no new compile
   np.testing.assert_allclose(full.restored[14:114, 4:124], result.restored, atol=1e-6)
   for a, b in zip(full.decisions, result.decisions):
     np.testing.assert_array_equal(a, b)
@@ -153,6 +167,7 @@ def test_batch_matches_single_images(deblurrer):
 def test_flops_count_a_fixed_budget_and_not_exact_mode(deblurrer):
   def flops(capacity):
     return Deblurrer(deblurrer.model.clone(capacity=capacity), deblurrer.params).flops(90, 128)
+
   assert 1e6 < flops(0.25) < 0.6 * flops(1.0)
   assert np.isnan(flops('exact'))  # loop trips are known only at run time
 
@@ -171,10 +186,10 @@ def test_rejects_bad_shapes(deblurrer):
 @pytest.mark.parametrize('t', range(8))
 def test_dihedral_round_trip(t):
   x = np.arange(2 * 3 * 4 * 2).reshape(2, 3, 4, 2)
-  y = inference.dihedral(x, t)
+  y = ens.dihedral(x, t)
   assert y.shape == ((2, 4, 3, 2) if t >= 4 else x.shape)
-  np.testing.assert_array_equal(inference.undo_dihedral(y, t), x)
-  assert len({inference.dihedral(x, s).tobytes() + bytes(s >= 4) for s in range(8)}) == 8
+  np.testing.assert_array_equal(ens.undo_dihedral(y, t), x)
+  assert len({ens.dihedral(x, s).tobytes() + bytes(s >= 4) for s in range(8)}) == 8
 
 
 @pytest.mark.parametrize('shifted', [False, True])
@@ -183,36 +198,41 @@ def test_window_maps_turn_back_like_their_pixels(t, shifted):
   # A keep map of a pass on a transformed canvas, turned back at window level,
   # covers the same pixels as its up-sampled pixel map turned back.
   from lmdvit_jax import metrics
+
   gh, gw, f = (4, 6, 8) if t < 4 else (6, 4, 8)  # the pass's grid
   d = np.random.default_rng(t).integers(0, 2, (1, gh, gw)).astype(np.float32)
   pixels = np.asarray(metrics.upsample_decision(d, gh * f, gw * f, shifted))
-  back = inference.undo_dihedral_windows(d, t, shifted)
+  back = ens.undo_dihedral_windows(d, t, shifted)
   assert back.shape == (1, 4, 6)
   np.testing.assert_array_equal(
-      np.asarray(metrics.upsample_decision(back, 4 * f, 6 * f, shifted)),
-      inference.undo_dihedral(pixels, t))
+    np.asarray(metrics.upsample_decision(back, 4 * f, 6 * f, shifted)), ens.undo_dihedral(pixels, t)
+  )
 
 
 def test_self_ensemble_is_equivariant_and_averages(deblurrer):
-  ensemble = Deblurrer(deblurrer.model, deblurrer.params, warmup=False, self_ensemble=8)
+  ensemble = Deblurrer(
+    deblurrer.model, deblurrer.params, InferenceSettings(self_ensemble=8), warmup=False
+  )
   x = np.random.default_rng(3).uniform(size=(1, 128, 256, 3)).astype(np.float32)
   out = ensemble.deblur_batch(x)
   assert out.restored.shape == x.shape
   assert all(d.dtype == np.float32 and d.min() >= 0 and d.max() <= 1 for d in out.decisions)
   # The mean of the eight passes, each turned back by hand.
-  passes = [inference.undo_dihedral(deblurrer.deblur_batch(inference.dihedral(x, t)).restored, t)
-            for t in range(8)]
+  passes = [
+    ens.undo_dihedral(deblurrer.deblur_batch(ens.dihedral(x, t)).restored, t) for t in range(8)
+  ]
   np.testing.assert_allclose(out.restored, np.mean(passes, 0), atol=1e-5)
   assert np.abs(passes[0] - passes[5]).max() > 1e-3  # the passes do differ
   # The whole ensemble commutes with the transforms, its keep maps too.
   for t in (1, 2, 6):
-    turned = ensemble.deblur_batch(np.ascontiguousarray(inference.dihedral(x, t)))
-    np.testing.assert_allclose(inference.undo_dihedral(turned.restored, t), out.restored,
-                               atol=1e-5)
+    turned = ensemble.deblur_batch(np.ascontiguousarray(ens.dihedral(x, t)))
+    np.testing.assert_allclose(ens.undo_dihedral(turned.restored, t), out.restored, atol=1e-5)
     for block, a, b in zip(ensemble.blocks, turned.decisions, out.decisions):
-      np.testing.assert_allclose(inference.undo_dihedral_windows(a, t, block.shifted), b)
+      np.testing.assert_allclose(ens.undo_dihedral_windows(a, t, block.shifted), b)
   assert np.isnan(out.flops) or out.flops > 0
-  fixed = Deblurrer(deblurrer.model.clone(capacity=0.5), deblurrer.params, self_ensemble=2)
+  fixed = Deblurrer(
+    deblurrer.model.clone(capacity=0.5), deblurrer.params, InferenceSettings(self_ensemble=2)
+  )
   single = Deblurrer(deblurrer.model.clone(capacity=0.5), deblurrer.params)
   # Both passes counted (XLA counts a batch of two a little differently from two calls).
   np.testing.assert_allclose(fixed.flops(128, 256), 2 * single.flops(128, 256), rtol=1e-2)
@@ -220,17 +240,18 @@ def test_self_ensemble_is_equivariant_and_averages(deblurrer):
 
 def test_self_ensemble_setting_comes_from_the_checkpoint(tmp_path, deblurrer):
   from lmdvit_jax import checkpointing
+
   checkpointing.save_model(tmp_path, deblurrer.params, TINY)
   assert Deblurrer.from_checkpoint(tmp_path).self_ensemble == 1
   checkpointing.write_inference_settings(tmp_path, {'self_ensemble': 4})
   assert Deblurrer.from_checkpoint(tmp_path).self_ensemble == 4
   assert 'self_ensemble' not in checkpointing.read_model_kwargs(tmp_path)  # LMDViT's only
-  assert Deblurrer.from_checkpoint(tmp_path, overrides={'self_ensemble': 1}).self_ensemble == 1
-  assert inference.checkpoint_overrides(self_ensemble=2)['self_ensemble'] == 2
-  with pytest.raises(ValueError, match='self_ensemble'):
-    inference.checkpoint_overrides(self_ensemble=3)
-  with pytest.raises(ValueError, match='self_ensemble'):
-    Deblurrer(deblurrer.model, deblurrer.params, self_ensemble=16)
+  settings = InferenceSettings(self_ensemble=1)
+  assert Deblurrer.from_checkpoint(tmp_path, settings=settings).self_ensemble == 1
+  assert InferenceSettings(self_ensemble='2').self_ensemble == 2
+  for bad in (3, 16):
+    with pytest.raises(ValueError, match='self_ensemble'):
+      InferenceSettings(self_ensemble=bad)
   with pytest.raises(ValueError, match='unknown'):
     checkpointing.write_inference_settings(tmp_path, {'self_ensembel': 8})  # a typo
   (tmp_path / checkpointing.INFERENCE_FILE).write_text('{"passes": 8}')
@@ -238,10 +259,32 @@ def test_self_ensemble_setting_comes_from_the_checkpoint(tmp_path, deblurrer):
     Deblurrer.from_checkpoint(tmp_path)
 
 
-def test_command_line_settings_split_into_overrides_and_options():
-  overrides, options = inference.split_settings(dict(
-      capacity='0.5', keep_threshold=None, dtype='bfloat16', self_ensemble=2, tile=256,
-      tile_overlap=None, max_memory=2**30, matmul_precision='highest'))
-  assert overrides == {'capacity': 0.5, 'dtype': 'bfloat16', 'self_ensemble': 2}
-  assert options == {'tile': 256, 'tile_overlap': None, 'max_memory': 2**30,
-                     'matmul_precision': 'highest'}
+def test_one_settings_type_carries_every_inference_option(deblurrer):
+  settings = InferenceSettings(
+    capacity='0.5',
+    dtype='bfloat16',
+    self_ensemble='2',
+    tile=256,
+    max_memory=2**30,
+    matmul_precision='highest',
+  )
+  assert settings.capacity == 0.5 and settings.self_ensemble == 2 and settings.passes == 2
+  model = settings.model(deblurrer.model)
+  assert model.capacity == 0.5 and model.dtype == jnp.bfloat16
+  # Unset fields keep what the checkpoint records; set ones win.
+  assert InferenceSettings().with_recorded({'self_ensemble': 8}).self_ensemble == 8
+  assert settings.with_recorded({'self_ensemble': 8}).self_ensemble == 2
+  assert settings.recorded() == {'self_ensemble': 2}
+  assert InferenceSettings().model(deblurrer.model) is deblurrer.model
+  for bad in (
+    dict(capacity='half'),
+    dict(keep_threshold=1.5),
+    dict(dtype='float16'),
+    dict(matmul_precision='fp64'),
+    dict(max_memory=0),
+  ):
+    with pytest.raises(ValueError):
+      InferenceSettings(**bad)
+  built = Deblurrer(deblurrer.model, deblurrer.params, settings.replace(dtype=None), warmup=False)
+  assert built.model.capacity == 0.5 and built.self_ensemble == 2 and built.tile == 256
+  assert built.settings.tile_overlap == built.model.multiple and built.max_memory == 2**30

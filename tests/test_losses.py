@@ -10,8 +10,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from lmdvit_jax import losses
-from lmdvit_jax import metrics
+from lmdvit_jax import losses, metrics
 
 
 class _Outputs(NamedTuple):
@@ -57,8 +56,7 @@ def test_l1_known_offsets():
   chex.assert_trees_all_close(losses.l1_loss(p, t, m), 0.3, rtol=1e-5)
   chex.assert_trees_all_close(losses.l1_loss(p, t), 0.3 * 256 / 1024, rtol=1e-5)
   # Error only outside the mask: invisible to the weighted term.
-  chex.assert_trees_all_close(losses.l1_loss(t + 0.3 * (1 - m), t, m), 0.0,
-                              atol=1e-7)
+  chex.assert_trees_all_close(losses.l1_loss(t + 0.3 * (1 - m), t, m), 0.0, atol=1e-7)
 
 
 def test_l1_weighted_matches_numpy_and_empty_mask_falls_back():
@@ -74,11 +72,10 @@ def test_l1_weighted_matches_numpy_and_empty_mask_falls_back():
 def test_ssim_loss_reuses_metric():
   p, t = _images()
   m = np.array(_mask())
-  np.testing.assert_allclose(losses.ssim_loss(p, t),
-                             1 - np.mean(metrics.ssim(p, t)), rtol=1e-6)
-  np.testing.assert_allclose(losses.ssim_loss(p, t, m),
-                             1 - np.mean(metrics.weighted_ssim(p, t, m)),
-                             rtol=1e-6)
+  np.testing.assert_allclose(losses.ssim_loss(p, t), 1 - np.mean(metrics.ssim(p, t)), rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.ssim_loss(p, t, m), 1 - np.mean(metrics.weighted_ssim(p, t, m)), rtol=1e-6
+  )
   m[1] = 0
   want = 1 - 0.5 * (metrics.weighted_ssim(p[0], t[0], m[0]) + metrics.ssim(p[1], t[1]))
   np.testing.assert_allclose(losses.ssim_loss(p, t, m), want, rtol=1e-6)
@@ -91,21 +88,19 @@ def test_fft_known_constant_offset():
   # A constant offset only moves the DC coefficient, by c * H * W.
   n_coeffs = h * (w // 2 + 1)
   want = c * h * w / n_coeffs
-  chex.assert_trees_all_close(losses.fft_loss(t + c, t, 'modulus'), want,
-                              rtol=1e-4)
-  chex.assert_trees_all_close(losses.fft_loss(t + c, t, 'parts'), want / 2,
-                              rtol=1e-4)
+  chex.assert_trees_all_close(losses.fft_loss(t + c, t, 'modulus'), want, rtol=1e-4)
+  chex.assert_trees_all_close(losses.fft_loss(t + c, t, 'parts'), want / 2, rtol=1e-4)
 
 
 def test_fft_matches_numpy():
   p, t = _images(2, 16, 20)
-  d = (np.fft.rfft2(np.asarray(p, np.float64), axes=(1, 2))
-       - np.fft.rfft2(np.asarray(t, np.float64), axes=(1, 2)))
-  np.testing.assert_allclose(losses.fft_loss(p, t, 'modulus'), np.abs(d).mean(),
-                             rtol=1e-4)
+  d = np.fft.rfft2(np.asarray(p, np.float64), axes=(1, 2)) - np.fft.rfft2(
+    np.asarray(t, np.float64), axes=(1, 2)
+  )
+  np.testing.assert_allclose(losses.fft_loss(p, t, 'modulus'), np.abs(d).mean(), rtol=1e-4)
   np.testing.assert_allclose(
-      losses.fft_loss(p, t, 'parts'),
-      np.abs(np.stack([d.real, d.imag])).mean(), rtol=1e-4)
+    losses.fft_loss(p, t, 'parts'), np.abs(np.stack([d.real, d.imag])).mean(), rtol=1e-4
+  )
   with pytest.raises(ValueError):
     losses.fft_loss(p, t, 'phase')
 
@@ -122,7 +117,7 @@ def _logits(p_keep):
 def test_downsample_mask():
   m = _mask(1, 32, 32)
   d = losses.downsample_mask(m, 4, 4)  # 8x8 pixels per token
-  want = np.array([[0, 0, 0, 0], [.5, 1, .5, 0], [.5, 1, .5, 0], [0, 0, 0, 0]])
+  want = np.array([[0, 0, 0, 0], [0.5, 1, 0.5, 0], [0.5, 1, 0.5, 0], [0, 0, 0, 0]])
   np.testing.assert_allclose(d[0], want)
   with pytest.raises(ValueError):
     losses.downsample_mask(m, 5, 4)
@@ -163,8 +158,7 @@ def test_pruning_loss_hard_targets_and_empty():
 def _outputs_and_batch():
   p, t = _images()
   m = _mask()
-  scores = (jnp.zeros((2, 32, 32, 2)), jnp.ones((2, 8, 8, 2)),
-            _logits(np.full((2, 4, 4), 0.7)))
+  scores = (jnp.zeros((2, 32, 32, 2)), jnp.ones((2, 8, 8, 2)), _logits(np.full((2, 4, 4), 0.7)))
   return _Outputs(p, scores), {'sharp': t, 'mask': m}
 
 
@@ -173,12 +167,11 @@ def test_total_loss_combines_terms():
   w = losses.LossWeights(l1=1.0, ssim=0.5, fft=0.1, prune=2.0)
   loss, terms = losses.total_loss(out, batch, w)
   assert set(terms) == {'l1', 'ssim', 'fft', 'prune', 'sharp'}
-  want = (terms['l1'] + 0.5 * terms['ssim'] + 0.1 * terms['fft']
-          + 2.0 * terms['prune'])
+  want = terms['l1'] + 0.5 * terms['ssim'] + 0.1 * terms['fft'] + 2.0 * terms['prune']
   chex.assert_trees_all_close(loss, want, rtol=1e-6)
-  chex.assert_trees_all_close(terms['l1'], losses.l1_loss(out.restored,
-                                                          batch['sharp'],
-                                                          batch['mask']))
+  chex.assert_trees_all_close(
+    terms['l1'], losses.l1_loss(out.restored, batch['sharp'], batch['mask'])
+  )
   # A ConfigDict with the same fields works the same way.
   cfg = ml_collections.ConfigDict(dataclasses.asdict(w))
   chex.assert_trees_all_close(losses.total_loss(out, batch, cfg)[0], loss)
@@ -210,10 +203,10 @@ def test_everything_jits():
   p, t, m = out.restored, batch['sharp'], batch['mask']
   for fn in (losses.l1_loss, losses.ssim_loss):
     chex.assert_trees_all_close(jax.jit(fn)(p, t, m), fn(p, t, m), rtol=1e-5)
-  chex.assert_trees_all_close(jax.jit(losses.fft_loss)(p, t),
-                              losses.fft_loss(p, t), rtol=1e-5)
-  chex.assert_trees_all_close(jax.jit(losses.pruning_loss)(out.scores, m),
-                              losses.pruning_loss(out.scores, m), rtol=1e-5)
+  chex.assert_trees_all_close(jax.jit(losses.fft_loss)(p, t), losses.fft_loss(p, t), rtol=1e-5)
+  chex.assert_trees_all_close(
+    jax.jit(losses.pruning_loss)(out.scores, m), losses.pruning_loss(out.scores, m), rtol=1e-5
+  )
   jitted = jax.jit(losses.total_loss)(out, batch)
   chex.assert_trees_all_close(jitted, losses.total_loss(out, batch), rtol=1e-5)
 
@@ -223,8 +216,9 @@ def test_sharp_l1_only_sees_pixels_outside_the_mask():
   m = _mask()
   # Changing pixels inside the mask does not move it; outside it does.
   inside = jnp.where(m > 0, 1.0 - p, p)
-  np.testing.assert_allclose(losses.sharp_l1_loss(inside, t, m), losses.sharp_l1_loss(p, t, m),
-                             rtol=1e-6)
+  np.testing.assert_allclose(
+    losses.sharp_l1_loss(inside, t, m), losses.sharp_l1_loss(p, t, m), rtol=1e-6
+  )
   err = np.abs(np.asarray(p) - np.asarray(t))
   outside = np.broadcast_to(np.asarray(m) == 0, err.shape)
   want = np.mean([err[i][outside[i]].mean() for i in range(2)])
@@ -233,7 +227,7 @@ def test_sharp_l1_only_sees_pixels_outside_the_mask():
   np.testing.assert_allclose(losses.sharp_l1_loss(p, t, jnp.ones_like(m)), 0.0)
   w = losses.LossWeights(sharp=2.0)
   loss, terms = losses.total_loss(_Outputs(p, ()), {'sharp': t, 'mask': m}, w)
-  want = (terms['l1'] + terms['ssim'] + 0.1 * terms['fft'] + terms['prune'] + 2 * terms['sharp'])
+  want = terms['l1'] + terms['ssim'] + 0.1 * terms['fft'] + terms['prune'] + 2 * terms['sharp']
   np.testing.assert_allclose(loss, want, rtol=1e-6)
 
 
@@ -242,8 +236,8 @@ def test_balanced_pruning_loss_weighs_both_sides_equally():
   m[:, :2, :2] = 1  # 4 of 256 tokens are blurred
   m = jnp.asarray(m)
   t = np.asarray(losses.downsample_mask(m, 16, 16))
-  prune_all = (_logits(np.zeros_like(t)),)   # p(keep) ~ 0 everywhere
-  keep_all = (_logits(np.ones_like(t)),)     # p(keep) ~ 1 everywhere
+  prune_all = (_logits(np.zeros_like(t)),)  # p(keep) ~ 0 everywhere
+  keep_all = (_logits(np.ones_like(t)),)  # p(keep) ~ 1 everywhere
   # Plain cross-entropy: pruning everything is nearly free (4 tokens wrong);
   # balanced, it costs as much as keeping everything (each side weighs half).
   plain_prune = losses.pruning_loss(prune_all, m)
@@ -264,7 +258,6 @@ def test_sharp_margin_makes_invisible_errors_free():
   m = jnp.zeros((1, 8, 8, 1))
   margin = 0.5 / 255
   np.testing.assert_allclose(losses.sharp_l1_loss(t + 0.9 * margin, t, m, margin), 0.0)
-  np.testing.assert_allclose(losses.sharp_l1_loss(t + 0.01, t, m, margin), 0.01 - margin,
-                             rtol=1e-5)
+  np.testing.assert_allclose(losses.sharp_l1_loss(t + 0.01, t, m, margin), 0.01 - margin, rtol=1e-5)
   grad = jax.grad(lambda p: losses.sharp_l1_loss(p, t, m, margin))(t + 0.5 * margin)
   np.testing.assert_array_equal(grad, 0.0)  # no pull towards exactly zero

@@ -7,6 +7,7 @@ import pytest
 
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax import export, inference, train_lib
+from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.models import LMDViT, init_params
 from tests.helpers import small_config
 
@@ -15,7 +16,9 @@ ACCELERATORS = ('cuda', 'tpu')
 
 def highest_share(text: str) -> float:
   """Share of the program's matmuls and convolutions that ask for HIGHEST precision."""
-  ops = [l for l in text.splitlines() if 'stablehlo.dot_general' in l or 'stablehlo.convolution' in l]
+  ops = [
+    l for l in text.splitlines() if 'stablehlo.dot_general' in l or 'stablehlo.convolution' in l
+  ]
   return sum('HIGHEST' in l for l in ops) / max(len(ops), 1)
 
 
@@ -26,18 +29,29 @@ def _lowered_train_step(**changes):
   model = train_lib.build_model(config)
   tx = train_lib.make_optimizer(config)
   state = train_lib.init_train_state(model, tx, config, mesh)
-  abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding),
-                          state)
+  abstract = jax.tree.map(
+    lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=a.sharding), state
+  )
   sharding, b, p = train_lib.batch_sharding(mesh), config.batch_size, config.patch_size
-  batch = {k: jax.ShapeDtypeStruct((b, p, p, c), jnp.float32, sharding=sharding)
-           for k, c in (('blur', 3), ('sharp', 3), ('mask', 1))}
+  batch = {
+    k: jax.ShapeDtypeStruct((b, p, p, c), jnp.float32, sharding=sharding)
+    for k, c in (('blur', 3), ('sharp', 3), ('mask', 1))
+  }
   step = train_lib.make_train_step(model, tx, config, mesh)
   return export.lower(step, abstract, batch, platforms=ACCELERATORS)
 
 
-@pytest.mark.parametrize('dtype,remat,capacity', [
-    ('float32', 'none', 'dense'), ('float32', 'blocks', 'dense'), ('bfloat16', 'none', 'dense'),
-    ('bfloat16', 'blocks', 'dense'), ('float32', 'blocks', 0.25), ('bfloat16', 'none', 0.5)])
+@pytest.mark.parametrize(
+  'dtype,remat,capacity',
+  [
+    ('float32', 'none', 'dense'),
+    ('float32', 'blocks', 'dense'),
+    ('bfloat16', 'none', 'dense'),
+    ('bfloat16', 'blocks', 'dense'),
+    ('float32', 'blocks', 0.25),
+    ('bfloat16', 'none', 0.5),
+  ],
+)
 def test_train_step_lowers_for_gpu_and_tpu(dtype, remat, capacity):
   exported = _lowered_train_step(compute_dtype=dtype, remat=remat, train_capacity=capacity)
   assert exported.platforms == ACCELERATORS
@@ -70,8 +84,12 @@ def test_pruned_inference_of_the_released_model_lowers_for_gpu_and_tpu(released,
   if mode == 'dense':
     kwargs = dict(kwargs, prune_loc=(0,) * 9)
   capacity = {'exact': 'exact', 'budget': 0.25, 'dense': 1.0}[mode]
-  deblurrer = inference.Deblurrer(LMDViT(**kwargs, capacity=capacity), params, warmup=False,
-                                  tile=0, matmul_precision='highest')
+  deblurrer = inference.Deblurrer(
+    LMDViT(**kwargs, capacity=capacity),
+    params,
+    InferenceSettings(tile=0, matmul_precision='highest'),
+    warmup=False,
+  )
   exported = export.export(deblurrer, 200, 250, platforms=('cpu',) + ACCELERATORS)
   assert exported.platforms == ('cpu',) + ACCELERATORS
   text = exported.mlir_module()
@@ -81,5 +99,8 @@ def test_pruned_inference_of_the_released_model_lowers_for_gpu_and_tpu(released,
 
 def test_a_lowering_failure_names_the_platform_and_the_op():
   with pytest.raises(export.LoweringError, match='lowering for cuda failed: custom call .*eig'):
-    export.lower(lambda x: jnp.linalg.eig(x)[0], jax.ShapeDtypeStruct((4, 4), jnp.float32),
-                 platforms=('cpu', 'cuda'))
+    export.lower(
+      lambda x: jnp.linalg.eig(x)[0],
+      jax.ShapeDtypeStruct((4, 4), jnp.float32),
+      platforms=('cpu', 'cuda'),
+    )

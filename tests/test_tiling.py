@@ -5,9 +5,10 @@ import jax
 import numpy as np
 import pytest
 
-from lmdvit_jax import inference, tiling
+from lmdvit_jax import programs, tiling
 from lmdvit_jax.errors import OutOfMemoryError
 from lmdvit_jax.inference import Deblurrer
+from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.models import LMDViT, init_params
 from tests.helpers import TINY
 
@@ -18,8 +19,10 @@ GRID = 128  # TINY: win_size 8
 # Geometry (no model).
 
 
-@pytest.mark.parametrize('size, tile, overlap', [(640, 256, 128), (384, 256, 0), (1536, 1024, 256),
-                                                 (128, 256, 128), (1152, 384, 256)])
+@pytest.mark.parametrize(
+  'size, tile, overlap',
+  [(640, 256, 128), (384, 256, 0), (1536, 1024, 256), (128, 256, 128), (1152, 384, 256)],
+)
 def test_axis_origins_cover_the_axis_on_the_grid(size, tile, overlap):
   origins = tiling.axis_origins(size, tile, overlap)
   tile = min(tile, size)
@@ -28,7 +31,7 @@ def test_axis_origins_cover_the_axis_on_the_grid(size, tile, overlap):
   assert all(b - a <= tile - overlap for a, b in zip(origins, origins[1:]))  # no gaps
   covered = np.zeros(size, bool)
   for o in origins:
-    covered[o:o + tile] = True
+    covered[o : o + tile] = True
   assert covered.all()
 
 
@@ -48,7 +51,7 @@ def test_feather_weights_sum_to_one_and_stay_one_at_the_canvas_border(trim):
   weights = tiling.feather(size, origins, tile, trim)
   total = np.zeros(size)
   for o, w in zip(origins, weights):
-    total[o:o + tile] += w
+    total[o : o + tile] += w
   np.testing.assert_allclose(total, 1.0, rtol=1e-6)
   assert weights[0][0] == 1 and weights[-1][-1] == 1
   # Inside an overlap the tile whose border it is fades out; with a trim its
@@ -83,9 +86,11 @@ def test_stitched_maps_equal_the_canvas_map_the_tiles_were_cut_from(shifted):
   image = rng.uniform(size=(640, 896, 3)).astype(np.float32)
   stitch = tiling.Stitcher(plan, [shifted] * len(windows))
   for y, x in plan.origins():
-    tile_maps = [m[y // w:(y + plan.tile_height) // w, x // w:(x + plan.tile_width) // w]
-                 for m, w in zip(canvas_maps, windows)]
-    stitch.add((y, x), image[y:y + plan.tile_height, x:x + plan.tile_width], tile_maps)
+    tile_maps = [
+      m[y // w : (y + plan.tile_height) // w, x // w : (x + plan.tile_width) // w]
+      for m, w in zip(canvas_maps, windows)
+    ]
+    stitch.add((y, x), image[y : y + plan.tile_height, x : x + plan.tile_width], tile_maps)
   restored, maps = stitch.result()
   np.testing.assert_allclose(restored, image, rtol=1e-5)
   for got, want in zip(maps, canvas_maps):
@@ -121,13 +126,13 @@ def image():
 
 def test_forced_tiles_agree_with_the_whole_image(model_params, image):
   model, params = model_params
-  whole = Deblurrer(model, params, warmup=False, tile=0)(image)
-  before = set(inference._EXECUTABLES)  # pylint: disable=protected-access
-  tiled = Deblurrer(model, params, warmup=False, tile=256)(image)
+  whole = Deblurrer(model, params, InferenceSettings(tile=0), warmup=False)(image)
+  before = set(programs._EXECUTABLES)
+  tiled = Deblurrer(model, params, InferenceSettings(tile=256), warmup=False)(image)
   assert whole.tiles is None
   assert tiled.tiles is not None and len(tiled.tiles) == 6  # 384x512 canvas: 2 x 3 tiles
   # One program for every tile (all batched in one call here).
-  new = set(inference._EXECUTABLES) - before  # pylint: disable=protected-access
+  new = set(programs._EXECUTABLES) - before
   assert {k[1] for k in new} <= {(6, 256, 256, 3), (1, 256, 256, 3)}
   assert tiled.restored.shape == whole.restored.shape == image.shape
   mse = np.mean((tiled.restored - whole.restored) ** 2)
@@ -140,8 +145,8 @@ def test_forced_tiles_agree_with_the_whole_image(model_params, image):
 def test_a_network_without_pruning_tiles_too(image):
   dense = LMDViT(**{**TINY, 'prune_loc': (0,) * 9, 'capacity': 1.0})
   params = init_params(dense, 0)
-  whole = Deblurrer(dense, params, warmup=False, tile=0)(image)
-  tiled = Deblurrer(dense, params, warmup=False, tile=256)(image)
+  whole = Deblurrer(dense, params, InferenceSettings(tile=0), warmup=False)(image)
+  tiled = Deblurrer(dense, params, InferenceSettings(tile=256), warmup=False)(image)
   assert tiled.decisions == () and tiled.dropped == ()
   assert 10 * np.log10(1 / np.mean((tiled.restored - whole.restored) ** 2)) > 45
 
@@ -150,16 +155,17 @@ def test_memory_budget_chooses_tiles_and_a_short_last_batch_is_padded(model_para
   model, params = model_params
   roomy = Deblurrer(model, params, warmup=False)
   assert roomy.plan(300, 500) is None  # the default budget holds this image whole
-  tight = Deblurrer(model, params, warmup=False, max_memory=60e6)
+  tight = Deblurrer(model, params, InferenceSettings(max_memory=60e6), warmup=False)
   plan = tight.plan(300, 500)
   assert plan is not None and len(plan) > 1
   # Explicit tiles in batches of 4: 6 tiles run as a batch of 4 and a padded one.
-  per_pixel = tight._bytes_per_pixel(256, 256)  # pylint: disable=protected-access
-  budget = int(tight._params_bytes + 4.5 * per_pixel * 256 * 256)  # pylint: disable=protected-access
-  batched = Deblurrer(model, params, warmup=False, tile=256, max_memory=budget)
+  per_pixel = tight._bytes_per_pixel(256, 256)
+  budget = int(tight._params_bytes + 4.5 * per_pixel * 256 * 256)
+  batched = Deblurrer(model, params, InferenceSettings(tile=256, max_memory=budget), warmup=False)
   assert batched.plan(300, 500).batch == 4
-  single = Deblurrer(model, params, warmup=False, tile=256,
-                    max_memory=tight._params_bytes + 1)  # pylint: disable=protected-access
+  single = Deblurrer(
+    model, params, InferenceSettings(tile=256, max_memory=tight._params_bytes + 1), warmup=False
+  )
   assert single.plan(300, 500).batch == 1
   np.testing.assert_allclose(batched(image).restored, single(image).restored, atol=1e-5)
 
@@ -167,20 +173,20 @@ def test_memory_budget_chooses_tiles_and_a_short_last_batch_is_padded(model_para
 def test_bad_tiling_settings_fail_with_one_clear_message(model_params):
   model, params = model_params
   with pytest.raises(ValueError, match='tile must be a multiple'):
-    Deblurrer(model, params, tile=200)
+    Deblurrer(model, params, InferenceSettings(tile=200))
   with pytest.raises(ValueError, match='tile_overlap must be a multiple'):
-    Deblurrer(model, params, tile_overlap=64)
+    Deblurrer(model, params, InferenceSettings(tile_overlap=64))
   with pytest.raises(ValueError, match='smaller than the tile'):
-    Deblurrer(model, params, tile=256, tile_overlap=256)
+    Deblurrer(model, params, InferenceSettings(tile=256, tile_overlap=256))
   with pytest.raises(ValueError, match='max_memory must be positive'):
-    Deblurrer(model, params, max_memory=0)
+    Deblurrer(model, params, InferenceSettings(max_memory=0))
   with pytest.raises(ValueError, match='less than the params'):
-    Deblurrer(model, params, max_memory=2e6)
+    Deblurrer(model, params, InferenceSettings(max_memory=2e6))
 
 
 def test_running_out_of_memory_names_the_size_and_the_remedy(model_params, image, monkeypatch):
   model, params = model_params
-  deblurrer = Deblurrer(model, params, warmup=False, tile=256)
+  deblurrer = Deblurrer(model, params, InferenceSettings(tile=256), warmup=False)
 
   def exhausted(*args, **kwargs):
     raise jax.errors.JaxRuntimeError('RESOURCE_EXHAUSTED: Out of memory allocating 9 GiB')

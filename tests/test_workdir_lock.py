@@ -20,8 +20,13 @@ with workdir_lock.held(sys.argv[1]):
 
 
 def _holder(workdir):
-  proc = subprocess.Popen([sys.executable, '-c', HOLD, str(workdir)], cwd=REPO,
-                          env=subprocess_env(), stdout=subprocess.PIPE, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, '-c', HOLD, str(workdir)],
+    cwd=REPO,
+    env=subprocess_env(),
+    stdout=subprocess.PIPE,
+    text=True,
+  )
   assert proc.stdout.readline().strip() == 'held'
   return proc
 
@@ -30,8 +35,11 @@ def test_a_second_run_is_refused_and_a_killed_one_holds_nothing(tmp_path):
   workdir = tmp_path / 'run'
   holder = _holder(workdir)
   try:
-    with pytest.raises(WorkdirInUseError, match=f'{workdir} is in use by process {holder.pid} '
-                       r'on .* \(started .*\): wait for it'):
+    with pytest.raises(
+      WorkdirInUseError,
+      match=f'{workdir} is in use by process {holder.pid} '
+      r'on .* \(started .*\): wait for it',
+    ):
       with workdir_lock.held(workdir):
         pass
   finally:

@@ -1,6 +1,6 @@
 """Data: synthetic local blur, dataset readers, TFDS builders, training pipeline.
 
-Modules: `examples` (records and the `Source` interface), `image_files`,
+Modules: `examples` (records and the `Source` interface), `cache` (decoded frames),
 `readers` (one reader per folder layout), `synthetic`, `tfds_builders` (the
 TFDS builders `reloblur`, `gopro`, `synthetic_local_blur`, registered on
 import, and `TfdsSource`), `specs` (data spec strings -> sources), `crops`,

@@ -20,29 +20,36 @@ from absl import app, flags
 from lmdvit_jax import cli
 
 BUILDER_NAMES = ('reloblur', 'gopro', 'synthetic_local_blur')
-_USAGE = ('usage: python -m lmdvit_jax.data.build NAME [--manual_dir=DIR] [--data_dir=DIR], '
-          f'NAME one of {", ".join(BUILDER_NAMES)} (with /CONFIG); or python -m '
-          "lmdvit_jax.data.build 'KIND:PATH?cache=DIR' [--jobs=N] (reloblur, gopro, pairs)")
+_USAGE = (
+  'usage: python -m lmdvit_jax.data.build NAME [--manual_dir=DIR] [--data_dir=DIR], '
+  f'NAME one of {", ".join(BUILDER_NAMES)} (with /CONFIG); or python -m '
+  "lmdvit_jax.data.build 'KIND:PATH?cache=DIR' [--jobs=N] (reloblur, gopro, pairs)"
+)
 
 
 def _define_flags() -> None:
   flags.DEFINE_string('manual_dir', None, 'Folder with the downloaded files (reloblur, gopro).')
-  flags.DEFINE_string('data_dir', None, 'Where TFDS datasets live (default $TFDS_DATA_DIR or '
-                      '~/tensorflow_datasets).')
+  flags.DEFINE_string(
+    'data_dir', None, 'Where TFDS datasets live (default $TFDS_DATA_DIR or ~/tensorflow_datasets).'
+  )
   flags.DEFINE_bool('overwrite', False, 'Rebuild an existing dataset or frame cache from scratch.')
   flags.DEFINE_integer('jobs', None, 'Frames decoded at once (default: one per core).')
 
 
 def build_cache(spec: str, overwrite: bool = False, jobs: int | None = None) -> dict:
   """Fills the frame cache of `spec` (a data spec with `cache=DIR`; split train unless it says)."""
-  from lmdvit_jax.data import cache, specs  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.data import cache, specs
+
   kind, _, options = specs.parse_spec(spec)
   if 'cache' not in options:
     raise ValueError(f'{spec!r} has no cache=DIR option: write {kind}:PATH?cache=DIR')
   source = specs.open_source(spec, split='train', verify_cache=False)
+  assert isinstance(source, cache.CachedSource)  # A spec with cache=DIR opens as one.
   result = cache.build(source, overwrite=overwrite, jobs=jobs)
-  print(f'{source.folder}: {result["frames"]} frames, {result["bytes"] / 1e9:.2f} GB; '
-        f'decoded {result["decoded"]} in {result["seconds"]:.1f} s')
+  print(
+    f'{source.folder}: {result["frames"]} frames, {result["bytes"] / 1e9:.2f} GB; '
+    f'decoded {result["decoded"]} in {result["seconds"]:.1f} s'
+  )
   return result
 
 
@@ -56,7 +63,8 @@ def main(argv: list[str]) -> None:
     return
   if name.split('/')[0] not in BUILDER_NAMES:
     raise ValueError(f'unknown dataset {name!r}; {_USAGE}')
-  from lmdvit_jax.data import tfds_builders  # pylint: disable=g-import-not-at-top
+  from lmdvit_jax.data import tfds_builders
+
   builder = tfds_builders.build(name, fl.data_dir, fl.manual_dir, fl.overwrite)
   for split, info in builder.info.splits.items():
     print(f'{name} {split}: {info.num_examples} examples in {builder.data_dir}')

@@ -40,16 +40,16 @@ import hashlib
 import json
 import logging
 import os
+from pathlib import Path
 import shutil
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from lmdvit_jax import files
-from lmdvit_jax.data import crops, image_files
+from lmdvit_jax import files, image_io
+from lmdvit_jax.data import crops
 from lmdvit_jax.data.examples import DataError, Example, Source
 from lmdvit_jax.data.readers import FileTriplesSource
 
@@ -76,8 +76,7 @@ def _file_stat(path: Path) -> list:
   return [str(path), st.st_size, st.st_mtime_ns]
 
 
-def frame_buffers(example: Example, source_files: list[list], with_mask: bool
-                  ) -> tuple[list, int]:
+def frame_buffers(example: Example, source_files: list[list], with_mask: bool) -> tuple[list, int]:
   """A decoded example as the buffers of a frame file, and their total size."""
   arrays = {'blur': example['blur'], 'sharp': example['sharp']}
   if with_mask:
@@ -87,11 +86,19 @@ def frame_buffers(example: Example, source_files: list[list], with_mask: bool
   for key, a in arrays.items():
     layout[key] = [offset, list(a.shape), a.dtype.str]
     offset = _round_up(offset + a.nbytes, _ALIGN)
-  header = json.dumps({'format': FORMAT, 'name': example['name'], 'arrays': layout,
-                       'data_size': offset, 'files': source_files}).encode()
+  header = json.dumps(
+    {
+      'format': FORMAT,
+      'name': example['name'],
+      'arrays': layout,
+      'data_size': offset,
+      'files': source_files,
+    }
+  ).encode()
   head = MAGIC + len(header).to_bytes(8, 'little') + header
   head += bytes(_round_up(len(head), _PAGE) - len(head))
-  buffers, end = [head], 0
+  buffers: list[bytes | memoryview] = [head]
+  end = 0
   for key, a in arrays.items():
     start = layout[key][0]
     buffers += [bytes(start - end), np.ascontiguousarray(a).data]
@@ -108,14 +115,14 @@ def read_header(path: Path) -> tuple[dict[str, Any], int]:
   """
   with open(path, 'rb') as f:
     head = f.read(_PAGE)
-    length = int.from_bytes(head[len(MAGIC):len(MAGIC) + 8], 'little')
+    length = int.from_bytes(head[len(MAGIC) : len(MAGIC) + 8], 'little')
     start = len(MAGIC) + 8
-    if head[:len(MAGIC)] != MAGIC:
+    if head[: len(MAGIC)] != MAGIC:
       raise DataError(f'{path} is not a frame file')
     if start + length > len(head):
       head += f.read(start + length - len(head))
     try:
-      header = json.loads(head[start:start + length])
+      header = json.loads(head[start : start + length])
     except ValueError:
       raise DataError(f'{path} has a damaged header') from None
     size = os.fstat(f.fileno()).st_size
@@ -133,7 +140,7 @@ def _map_frame(path: Path) -> dict[str, np.ndarray]:
   for key, (offset, shape, dtype) in header['arrays'].items():
     dtype = np.dtype(dtype)
     n = int(np.prod(shape)) * dtype.itemsize
-    arrays[key] = mapped[start + offset:start + offset + n].view(dtype).reshape(shape)
+    arrays[key] = mapped[start + offset : start + offset + n].view(dtype).reshape(shape)
   return arrays
 
 
@@ -144,8 +151,15 @@ class CachedSource(Source):
   crop's rows are read) and `mask_runs`; `src[i]` the float32 sample.
   """
 
-  def __init__(self, source: FileTriplesSource, directory: str | os.PathLike, label: str,
-               identity: str, spec: str, verify: bool = True):
+  def __init__(
+    self,
+    source: FileTriplesSource,
+    directory: str | os.PathLike,
+    label: str,
+    identity: str,
+    spec: str,
+    verify: bool = True,
+  ):
     """Opens (and creates) the cache folder of `source` in `directory`.
 
     Args:
@@ -181,7 +195,7 @@ class CachedSource(Source):
   def _open_folder(self) -> None:
     """Creates the folder and its record, or reads the record's format."""
     record = self.folder / 'source.json'
-    self.format = FORMAT
+    self.format: int | str | None = FORMAT
     if record.is_file():
       try:
         self.format = json.loads(record.read_text()).get('format')
@@ -189,16 +203,21 @@ class CachedSource(Source):
         self.format = 'unreadable'
       return
     try:
-      files.write_json_atomic(record, {'format': FORMAT, 'identity': self.identity,
-                                       'spec': self.spec, 'frames': len(self)})
+      files.write_json_atomic(
+        record,
+        {'format': FORMAT, 'identity': self.identity, 'spec': self.spec, 'frames': len(self)},
+      )
     except OSError as e:
-      raise PermissionError(f'Cannot create the frame cache {self.folder}: '
-                            f'{e.strerror or e}') from None
+      raise PermissionError(
+        f'Cannot create the frame cache {self.folder}: {e.strerror or e}'
+      ) from None
 
   def format_message(self) -> str:
-    return (f'The frame cache {self.folder} was written in format {self.format}; this version '
-            f"reads format {FORMAT}. Rebuild it: python -m lmdvit_jax.data.build '{self.spec}' "
-            '--overwrite')
+    return (
+      f'The frame cache {self.folder} was written in format {self.format}; this version '
+      f"reads format {FORMAT}. Rebuild it: python -m lmdvit_jax.data.build '{self.spec}' "
+      '--overwrite'
+    )
 
   def clear(self) -> None:
     """Removes every decoded frame and starts the folder afresh (any format)."""
@@ -228,25 +247,34 @@ class CachedSource(Source):
       if header.get('format') != FORMAT:
         problems.append((i, f'{path} is in format {header.get("format")}, not {FORMAT}'))
         continue
-      for (name, size, mtime), (_, now_size, now_mtime) in zip(header['files'],
-                                                               self._source_files(i)):
+      for (name, size, mtime), (_, now_size, now_mtime) in zip(
+        header['files'], self._source_files(i)
+      ):
         if (size, mtime) != (now_size, now_mtime):
-          problems.append((i, f'{name} changed since it was decoded (size {size} -> '
-                              f'{now_size} bytes, modified {time.ctime(now_mtime / 1e9)})'))
+          problems.append(
+            (
+              i,
+              f'{name} changed since it was decoded (size {size} -> '
+              f'{now_size} bytes, modified {time.ctime(now_mtime / 1e9)})',
+            )
+          )
           break
     return missing, problems
 
   def _problems_message(self, problems: list[tuple[int, str]]) -> str:
     shown = '; '.join(p for _, p in problems[:3])
     more = f' and {len(problems) - 3} more' if len(problems) > 3 else ''
-    return (f'The frame cache {self.folder} is out of date for {len(problems)} frame(s): '
-            f"{shown}{more}. Decode them again: python -m lmdvit_jax.data.build '{self.spec}'")
+    return (
+      f'The frame cache {self.folder} is out of date for {len(problems)} frame(s): '
+      f"{shown}{more}. Decode them again: python -m lmdvit_jax.data.build '{self.spec}'"
+    )
 
   def frame_bytes(self, index: int) -> int:
     """The size of frame `index`'s file, from its source's header (no decoding)."""
-    h, w = image_files.image_size(self.source.triples[index][1])
-    return _PAGE + _round_up(h * w * 3, _ALIGN) * 2 + (
-        _round_up(h * w, _ALIGN) if self.with_mask else 0)
+    h, w = image_io.image_size(self.source.triples[index][1])
+    return (
+      _PAGE + _round_up(h * w * 3, _ALIGN) * 2 + (_round_up(h * w, _ALIGN) if self.with_mask else 0)
+    )
 
   def decode(self, index: int) -> None:
     """Decodes frame `index` from its source files into the cache.
@@ -262,9 +290,11 @@ class CachedSource(Source):
       files.write_bytes_atomic(self.frame_path(index), buffers)
     except OSError as e:
       if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        raise DataError(f'No space left for the frame cache in {self.folder} (a frame of '
-                        f'{example["name"]} needs {_gb(sum(len(memoryview(b)) for b in buffers))}'
-                        '); free some or give another cache=DIR') from None
+        raise DataError(
+          f'No space left for the frame cache in {self.folder} (a frame of '
+          f'{example["name"]} needs {_gb(sum(len(memoryview(b)) for b in buffers))}'
+          '); free some or give another cache=DIR'
+        ) from None
       raise
 
   def remove_temporaries(self, older_than: float = _STALE_TEMP_SECONDS) -> int:
@@ -310,8 +340,13 @@ class CachedSource(Source):
     mask = arrays.get('mask')
     if mask is None:  # All ones, as the reader makes them, without the memory.
       mask = np.broadcast_to(np.ones((1, 1, 1), np.uint8), blur.shape[:2] + (1,))
-    return {'blur': blur, 'sharp': arrays['sharp'], 'mask': mask,
-            'mask_runs': arrays['mask_runs'], 'name': self.source.triples[index][0]}
+    return {
+      'blur': blur,
+      'sharp': arrays['sharp'],
+      'mask': mask,
+      'mask_runs': arrays['mask_runs'],
+      'name': self.source.triples[index][0],
+    }
 
   def __getstate__(self):
     return {k: v for k, v in self.__dict__.items() if k not in ('_maps', '_lock')}
@@ -324,8 +359,13 @@ class CachedSource(Source):
     return f'CachedSource({self.source!r} in {self.folder})'
 
 
-def build(source: CachedSource, overwrite: bool = False, jobs: int | None = None,
-          progress: bool = True, report=print) -> dict[str, Any]:
+def build(
+  source: CachedSource,
+  overwrite: bool = False,
+  jobs: int | None = None,
+  progress: bool = True,
+  report=print,
+) -> dict[str, Any]:
   """Decodes every frame of `source` not yet in its cache (or out of date);
   `overwrite` removes the cache first (also one of another format).
 
@@ -341,26 +381,35 @@ def build(source: CachedSource, overwrite: bool = False, jobs: int | None = None
     raise DataError(source.format_message())
   missing, problems = source.inspect()
   todo = sorted(missing + [i for i, _ in problems])
-  for i, problem in problems:
+  for _, problem in problems:
     log.warning('Decoding again: %s', problem)
   sizes = {i: source.frame_bytes(i) for i in range(len(source))}
   need = sum(sizes[i] for i in todo)
   free = shutil.disk_usage(source.folder).free
-  report(f'{source.source.description}: {len(source)} frames, {_gb(sum(sizes.values()))} '
-         f'decoded; {len(todo)} to decode ({_gb(need)}) into {source.folder} '
-         f'({_gb(free)} free)')
+  report(
+    f'{source.source.description}: {len(source)} frames, {_gb(sum(sizes.values()))} '
+    f'decoded; {len(todo)} to decode ({_gb(need)}) into {source.folder} '
+    f'({_gb(free)} free)'
+  )
   if need > free:
-    raise DataError(f'Not enough space for the frame cache in {source.folder}: '
-                    f'{_gb(need)} needed, {_gb(free)} free')
+    raise DataError(
+      f'Not enough space for the frame cache in {source.folder}: '
+      f'{_gb(need)} needed, {_gb(free)} free'
+    )
   source.remove_temporaries()
   t0 = time.perf_counter()
   jobs = jobs or len(os.sched_getaffinity(0))
   with concurrent.futures.ThreadPoolExecutor(max(1, jobs)) as pool:
     done = pool.map(source.decode, todo)
     if progress and todo:
-      import tqdm  # pylint: disable=g-import-not-at-top
+      import tqdm
+
       done = tqdm.tqdm(done, total=len(todo), unit='frame')
     for _ in done:
       pass
-  return {'frames': len(source), 'decoded': len(todo), 'bytes': sum(sizes.values()),
-          'seconds': time.perf_counter() - t0}
+  return {
+    'frames': len(source),
+    'decoded': len(todo),
+    'bytes': sum(sizes.values()),
+    'seconds': time.perf_counter() - t0,
+  }

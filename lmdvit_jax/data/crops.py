@@ -28,13 +28,18 @@ def mask_runs(mask: np.ndarray) -> np.ndarray:
   return np.stack([rows, starts, stops], axis=1).astype(np.int32)
 
 
-def _draw_blurred(rng: np.random.Generator, mask: np.ndarray, runs: np.ndarray | None,
-                  rows: tuple[int, int], cols: tuple[int, int]) -> tuple[int, int] | None:
+def _draw_blurred(
+  rng: np.random.Generator,
+  mask: np.ndarray,
+  runs: np.ndarray | None,
+  rows: tuple[int, int],
+  cols: tuple[int, int],
+) -> tuple[int, int] | None:
   """A uniformly drawn blurred pixel (y, x) of the box rows x cols, or None
   if the box has none. With `runs` (`mask_runs(mask)`) the same pixel is
   drawn, from the same draw of `rng`, without reading the mask."""
   if runs is None:
-    ys, xs = np.nonzero(mask.reshape(mask.shape[:2])[rows[0]:rows[1], cols[0]:cols[1]])
+    ys, xs = np.nonzero(mask.reshape(mask.shape[:2])[rows[0] : rows[1], cols[0] : cols[1]])
     if not ys.size:
       return None
     i = rng.integers(ys.size)
@@ -50,8 +55,13 @@ def _draw_blurred(rng: np.random.Generator, mask: np.ndarray, runs: np.ndarray |
   return int(runs[k, 0]), int(starts[k] + i - (ends[k] - lengths[k]))
 
 
-def crop_origin(rng: np.random.Generator, mask: np.ndarray, patch: int,
-                blur_prob: float = 0.5, runs: np.ndarray | None = None) -> tuple[int, int, bool]:
+def crop_origin(
+  rng: np.random.Generator,
+  mask: np.ndarray,
+  patch: int,
+  blur_prob: float = 0.5,
+  runs: np.ndarray | None = None,
+) -> tuple[int, int, bool]:
   """Top-left corner of a patch x patch crop; mask is [H, W] or [H, W, 1].
 
   With probability `blur_prob`, and if the mask has blurred pixels, the crop is
@@ -70,30 +80,36 @@ def crop_origin(rng: np.random.Generator, mask: np.ndarray, patch: int,
   if rng.random() < blur_prob:
     half = patch // 2
     # Centres c with c - half in [0, H - patch]: rows half .. H - patch + half.
-    centre = _draw_blurred(rng, mask, runs, (half, h - patch + half + 1),
-                           (half, w - patch + half + 1))
+    centre = _draw_blurred(
+      rng, mask, runs, (half, h - patch + half + 1), (half, w - patch + half + 1)
+    )
     if centre is not None:
       return centre[0] - half, centre[1] - half, True
     centre = _draw_blurred(rng, mask, runs, (0, h), (0, w))
     if centre is not None:
-      return (int(np.clip(centre[0] - half, 0, h - patch)),
-              int(np.clip(centre[1] - half, 0, w - patch)), True)
+      return (
+        int(np.clip(centre[0] - half, 0, h - patch)),
+        int(np.clip(centre[1] - half, 0, w - patch)),
+        True,
+      )
   return int(rng.integers(h - patch + 1)), int(rng.integers(w - patch + 1)), False
 
 
-def blur_aware_crop(rng: np.random.Generator, example: Example, patch: int,
-                    blur_prob: float = 0.5) -> Example:
+def blur_aware_crop(
+  rng: np.random.Generator, example: Example, patch: int, blur_prob: float = 0.5
+) -> Example:
   """Crops blur, sharp and mask to [patch, patch, C] at `crop_origin` (using
   the example's `mask_runs` where it has them)."""
   y, x, _ = crop_origin(rng, example['mask'], patch, blur_prob, example.get('mask_runs'))
   out = dict(example)
   for key in IMAGE_KEYS:
-    out[key] = example[key][y:y + patch, x:x + patch]
+    out[key] = example[key][y : y + patch, x : x + patch]
   return out
 
 
-def random_flips(rng: np.random.Generator, example: Example, horizontal: bool = True,
-                 vertical: bool = True) -> Example:
+def random_flips(
+  rng: np.random.Generator, example: Example, horizontal: bool = True, vertical: bool = True
+) -> Example:
   """Flips blur, sharp and mask together, each axis with probability 1/2.
 
   Flips are exact for motion blur: a flipped blurred image is the blur of the
@@ -106,5 +122,5 @@ def random_flips(rng: np.random.Generator, example: Example, horizontal: bool = 
   out = dict(example)
   for key in IMAGE_KEYS:
     a = example[key]
-    out[key] = a[::-1 if flip_v else 1, ::-1 if flip_h else 1]
+    out[key] = a[:: -1 if flip_v else 1, :: -1 if flip_h else 1]
   return out

@@ -19,7 +19,7 @@ import functools
 import numpy as np
 from PIL import Image, ImageFilter
 
-SIZE = 320          # Side of each image (training crops objects and backgrounds from it).
+SIZE = 320  # Side of each image (training crops objects and backgrounds from it).
 COUNT = {'train': 64, 'val': 8, 'test': 8}
 RADII = (3.0, 120.0)
 MAX_LEAVES = 6000
@@ -64,7 +64,11 @@ def image(rng: np.random.Generator, size: int = SIZE) -> np.ndarray:
     colour = _colour(rng)
     shade = 1 + rng.uniform(-0.3, 0.3) * (u / max(r, 1.0))
     if rng.random() < 0.5:  # stripes of a random period and direction
-      period, phase, direction = rng.uniform(2, 24), rng.uniform(0, 2 * np.pi), rng.uniform(0, np.pi)
+      period, phase, direction = (
+        rng.uniform(2, 24),
+        rng.uniform(0, 2 * np.pi),
+        rng.uniform(0, np.pi),
+      )
       wave = np.sin(2 * np.pi * (dx * np.cos(direction) + dy * np.sin(direction)) / period + phase)
       pattern = 1 + rng.uniform(0.05, 0.5) * wave
     else:  # grain

@@ -12,11 +12,12 @@ Two forms of the same record:
 from __future__ import annotations
 
 from collections.abc import Sequence
+import functools
 from typing import Any
 
 import numpy as np
 
-from lmdvit_jax.errors import DataError  # pylint: disable=unused-import (re-exported)
+from lmdvit_jax.errors import DataError
 
 Example = dict[str, Any]
 Sample = dict[str, Any]
@@ -32,13 +33,17 @@ def check_example(example: Example, where: str = '') -> Example:
       raise DataError(f'Missing {key!r}{at}.')
     a = example[key]
     if not isinstance(a, np.ndarray) or a.dtype != np.uint8 or a.ndim != 3:
-      raise DataError(f'{key!r}{at} must be a uint8 [H, W, C] array, got '
-                      f'{getattr(a, "dtype", type(a))} {np.shape(a)}.')
+      raise DataError(
+        f'{key!r}{at} must be a uint8 [H, W, C] array, got '
+        f'{getattr(a, "dtype", type(a))} {np.shape(a)}.'
+      )
   sizes = {k: example[k].shape[:2] for k in IMAGE_KEYS}
   if len(set(sizes.values())) != 1:
-    raise DataError(f'Size mismatch between blur, sharp and mask{at}: '
-                    + ', '.join(f'{k} {h}x{w}' for k, (h, w) in sizes.items())
-                    + ' (height x width).')
+    raise DataError(
+      f'Size mismatch between blur, sharp and mask{at}: '
+      + ', '.join(f'{k} {h}x{w}' for k, (h, w) in sizes.items())
+      + ' (height x width).'
+    )
   if example['blur'].shape[2] != 3 or example['sharp'].shape[2] != 3:
     raise DataError(f'blur and sharp must have 3 channels{at}.')
   if example['mask'].shape[2] != 1:
@@ -77,8 +82,43 @@ class Source(Sequence):
       raise IndexError(f'index {index} out of range for {n} examples')
     return self._example(int(index) % n)
 
-  def __getitem__(self, index: int) -> Sample:  # pytype: disable=signature-mismatch
+  def __getitem__(self, index: int) -> Sample:  # type: ignore[override]  # no slices
     return to_sample(self.example(index))
 
   def __repr__(self) -> str:
     return f'{type(self).__name__}({len(self)} examples)'
+
+
+class GeneratedSource(Source):
+  """`count` generated examples of one size, drawn from a pool of photos that
+  is built on first use (in each grain worker: it is never pickled).
+
+  Subclasses set `min_size` and implement `_photo_pool()` and `_example`.
+  """
+
+  min_size = 16
+
+  def __init__(self, count: int, size: int | tuple[int, int], seed: int):
+    if count < 1:
+      raise ValueError(f'count must be positive, got {count}')
+    self.num_examples = int(count)
+    height, width = (size, size) if isinstance(size, int) else size
+    self.size = (int(height), int(width))
+    if min(self.size) < self.min_size:
+      raise ValueError(f'size must be at least {self.min_size} pixels, got {self.size}')
+    self.seed = int(seed)
+
+  def _photo_pool(self) -> Sequence[np.ndarray]:
+    raise NotImplementedError
+
+  @functools.cached_property
+  def photos(self) -> Sequence[np.ndarray]:
+    return self._photo_pool()
+
+  def __len__(self) -> int:
+    return self.num_examples
+
+  def __getstate__(self):
+    state = dict(self.__dict__)
+    state.pop('photos', None)  # Rebuilt lazily in each worker.
+    return state

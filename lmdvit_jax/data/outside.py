@@ -30,17 +30,25 @@ PSNR outside the mask measures only what the model changed.
 
 from __future__ import annotations
 
-import functools
+from collections.abc import Sequence
 import os
 from pathlib import Path
 
 import numpy as np
 
-from lmdvit_jax.data import image_files
-from lmdvit_jax.data.examples import DataError, Example, Source
-from lmdvit_jax.data.synthetic import (Camera, PhotoPool, _random_crop, add_moving_object,
-                                       camera_capture, hard_shape_alpha, shake_trajectory,
-                                       srgb_to_linear, texture_energy, trajectory_kernel)
+from lmdvit_jax import image_io
+from lmdvit_jax.data.examples import DataError, Example, GeneratedSource
+from lmdvit_jax.data.motion import shake_trajectory, trajectory_kernel
+from lmdvit_jax.data.photos import PhotoPool
+from lmdvit_jax.data.synthetic import (
+  Camera,
+  _random_crop,
+  add_moving_object,
+  camera_capture,
+  hard_shape_alpha,
+  srgb_to_linear,
+  texture_energy,
+)
 
 PHOTO_DIR = Path(__file__).resolve().parent / 'outside_photos'
 BLUR_LENGTH = (3.0, 12.0)
@@ -54,15 +62,19 @@ def photos(folder: str | os.PathLike | None = None) -> PhotoPool:
   folder = Path(folder) if folder else PHOTO_DIR
   if not folder.is_dir():
     raise FileNotFoundError(f'no photo folder at {folder}')
-  paths = sorted(p for p in folder.rglob('*') if p.suffix.lower() in image_files.IMAGE_SUFFIXES)
+  paths = sorted(p for p in folder.rglob('*') if p.suffix.lower() in image_io.IMAGE_SUFFIXES)
   if not paths:
     raise DataError(f'{folder}: no photographs for the outside set')
-  return PhotoPool([str(p) for p in paths],
-                   lambda path: np.asarray(image_files.open_image(path).convert('RGB')),
-                   f'outside photos in {folder}')
+  return PhotoPool(
+    [str(p) for p in paths],
+    lambda path: np.asarray(image_io.open_image(path).convert('RGB')),
+    f'outside photos in {folder}',
+  )
 
 
-def synthesize(rng: np.random.Generator, pool: PhotoPool, size: tuple[int, int]) -> Example:
+def synthesize(
+  rng: np.random.Generator, pool: Sequence[np.ndarray], size: tuple[int, int]
+) -> Example:
   """One triple of the outside set (see the module docstring)."""
   h, w = size
   n = len(pool)
@@ -87,34 +99,26 @@ def synthesize(rng: np.random.Generator, pool: PhotoPool, size: tuple[int, int])
   return {'blur': blur, 'sharp': sharp, 'mask': swept.astype(np.uint8)[..., None]}
 
 
-class OutsideSource(Source):
+class OutsideSource(GeneratedSource):
   """`count` outside-set triples of a fixed size; example i depends only on (seed, i)."""
 
-  def __init__(self, count: int = 12, size: int | tuple[int, int] = (256, 384), seed: int = 0,
-               photos_folder: str | os.PathLike | None = None):
-    if count < 1:
-      raise ValueError(f'count must be positive, got {count}')
-    self.count = int(count)
-    self.size = (int(size), int(size)) if np.isscalar(size) else tuple(int(s) for s in size)
-    if min(self.size) < 32:
-      raise ValueError(f'size must be at least 32 pixels, got {self.size}')
-    self.seed = int(seed)
+  min_size = 32
+
+  def __init__(
+    self,
+    count: int = 12,
+    size: int | tuple[int, int] = (256, 384),
+    seed: int = 0,
+    photos_folder: str | os.PathLike | None = None,
+  ):
+    super().__init__(count, size, seed)
     self.photos_folder = photos_folder
 
-  @functools.cached_property
-  def pool(self) -> PhotoPool:
+  def _photo_pool(self) -> PhotoPool:
     return photos(self.photos_folder)
-
-  def __len__(self) -> int:
-    return self.count
-
-  def __getstate__(self):
-    state = dict(self.__dict__)
-    state.pop('pool', None)
-    return state
 
   def _example(self, index: int) -> Example:
     rng = np.random.default_rng([self.seed, STREAM, index])
-    example = synthesize(rng, self.pool, self.size)
+    example = synthesize(rng, self.photos, self.size)
     example['name'] = f'outside_{self.seed}_{index:06d}'
     return example

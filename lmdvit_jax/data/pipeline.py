@@ -15,8 +15,8 @@ checkpoint exact and independent of thread timing.
 from __future__ import annotations
 
 import collections
-import functools
 from collections.abc import Iterator, Mapping, Sequence
+import functools
 from typing import Any
 
 import grain
@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from lmdvit_jax.data import crops
-from lmdvit_jax.data.specs import open_source
 from lmdvit_jax.data.examples import IMAGE_KEYS, Source, to_sample
+from lmdvit_jax.data.specs import open_source
 from lmdvit_jax.mesh import DATA_AXIS, make_mesh
 
 SYNTHETIC_TRAIN_COUNT = 1_000_000  # Distinct synthetic triples before repeating.
@@ -54,7 +54,7 @@ class _Epochs(Sequence):
       self._perms = {epoch: perm, **{e: p for e, p in self._perms.items() if e == epoch - 1}}
     return perm
 
-  def __getitem__(self, index: int):
+  def __getitem__(self, index: int):  # type: ignore[override]  # no slices
     epoch, position = divmod(int(index), self.n)
     return self.source.example(int(self._perm(epoch)[position]))
 
@@ -75,13 +75,14 @@ class _ProcessRows(Sequence):
   def __len__(self) -> int:
     return len(self.dataset) // self.batch_size * self.local
 
-  def __getitem__(self, index: int):
+  def __getitem__(self, index: int):  # type: ignore[override]  # no slices
     batch, row = divmod(int(index), self.local)
     return self.dataset[batch * self.batch_size + self.offset + row]
 
 
-def _augment(example, rng: np.random.Generator, *, patch_size: int, blur_prob: float,
-             flips: bool) -> dict[str, np.ndarray]:
+def _augment(
+  example, rng: np.random.Generator, *, patch_size: int, blur_prob: float, flips: bool
+) -> dict[str, np.ndarray]:
   example = crops.blur_aware_crop(rng, example, patch_size, blur_prob)
   if flips:
     example = crops.random_flips(rng, example)
@@ -95,14 +96,25 @@ def _stack(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, np.ndarray]
 
 def open_train_sources(specs: Sequence[str | Source], patch_size: int) -> list[Source]:
   """Opens training specs (split 'train'; synthetic images of side `patch_size`)."""
-  return [s if isinstance(s, Source) else open_source(
-      s, split='train', synthetic_size=patch_size, synthetic_count=SYNTHETIC_TRAIN_COUNT)
-          for s in specs]
+  return [
+    s
+    if isinstance(s, Source)
+    else open_source(
+      s, split='train', synthetic_size=patch_size, synthetic_count=SYNTHETIC_TRAIN_COUNT
+    )
+    for s in specs
+  ]
 
 
-def train_dataset(sources: Sequence[str | Source], weights: Sequence[float] | None = None, *,
-                  patch_size: int, seed: int, blur_prob: float = 0.5,
-                  flips: bool = True) -> grain.MapDataset:
+def train_dataset(
+  sources: Sequence[str | Source],
+  weights: Sequence[float] | None = None,
+  *,
+  patch_size: int,
+  seed: int,
+  blur_prob: float = 0.5,
+  flips: bool = True,
+) -> grain.MapDataset:
   """Infinite, global (unsharded) stream of augmented float32 samples.
 
   Element i: {'blur', 'sharp': [P, P, 3], 'mask': [P, P, 1]}, a blur-aware crop
@@ -117,31 +129,38 @@ def train_dataset(sources: Sequence[str | Source], weights: Sequence[float] | No
   if any(w < 0 for w in weights) or not sum(weights) > 0:
     raise ValueError(f'Weights must be non-negative with a positive sum, got {weights}.')
   opened = [(s, w) for s, w in zip(open_train_sources(sources, patch_size), weights) if w > 0]
-  streams = [grain.MapDataset.source(_Epochs(src, seed=seed * 1009 + i))
-             for i, (src, _) in enumerate(opened)]
-  mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(
-      streams, [w for _, w in opened])
+  streams = [
+    grain.MapDataset.source(_Epochs(src, seed=seed * 1009 + i)) for i, (src, _) in enumerate(opened)
+  ]
+  mixed = streams[0] if len(streams) == 1 else grain.MapDataset.mix(streams, [w for _, w in opened])
   augment = functools.partial(_augment, patch_size=patch_size, blur_prob=blur_prob, flips=flips)
   return mixed.random_map(augment, seed=seed)
 
 
-def data_sharding(mesh: jax.sharding.Mesh | None = None,
-                  axis: str = DATA_AXIS) -> jax.sharding.NamedSharding:
+def data_sharding(
+  mesh: jax.sharding.Mesh | None = None, axis: str = DATA_AXIS
+) -> jax.sharding.NamedSharding:
   """Batch-axis sharding over `axis`; default mesh: all devices on `data`."""
   if mesh is None:
     mesh = make_mesh(axis=axis)
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(axis))
 
 
-def to_global(local_batch: Mapping[str, np.ndarray], sharding: jax.sharding.NamedSharding,
-              global_batch_size: int) -> dict[str, jax.Array]:
+def to_global(
+  local_batch: Mapping[str, np.ndarray],
+  sharding: jax.sharding.NamedSharding,
+  global_batch_size: int,
+) -> dict[str, jax.Array]:
   """This process's rows [B / num_processes, ...] -> global jax.Arrays [B, ...]."""
-  return {k: jax.make_array_from_process_local_data(
-      sharding, v, (global_batch_size,) + v.shape[1:]) for k, v in local_batch.items()}
+  return {
+    k: jax.make_array_from_process_local_data(sharding, v, (global_batch_size,) + v.shape[1:])
+    for k, v in local_batch.items()
+  }
 
 
 def _ensure_absl_flags_parsed() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import flags
+
   if not flags.FLAGS.is_parsed():
     flags.FLAGS.mark_as_parsed()
 
@@ -158,21 +177,31 @@ class GlobalBatchIterator:
   advance in lockstep); `set_state` restores it.
   """
 
-  def __init__(self, dataset: grain.MapDataset, *, batch_size: int,
-               sharding: jax.sharding.NamedSharding, num_threads: int = 2,
-               prefetch: int | None = None, worker_count: int = 0):
+  def __init__(
+    self,
+    dataset: grain.MapDataset,
+    *,
+    batch_size: int,
+    sharding: jax.sharding.NamedSharding,
+    num_threads: int = 2,
+    prefetch: int | None = None,
+    worker_count: int = 0,
+  ):
     nproc, pid = jax.process_count(), jax.process_index()
     axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
     data_shards = int(np.prod([sharding.mesh.shape[a] for a in axes if a is not None]))
     if batch_size % data_shards or batch_size % nproc:
-      raise ValueError(f'batch_size {batch_size} must be divisible by the {data_shards} '
-                       f'shards of the data axis and by the {nproc} processes.')
+      raise ValueError(
+        f'batch_size {batch_size} must be divisible by the {data_shards} '
+        f'shards of the data axis and by the {nproc} processes.'
+      )
     self.batch_size = batch_size
     self.local_batch_size = batch_size // nproc
     self.sharding = sharding
     local = grain.MapDataset.source(_ProcessRows(dataset, batch_size, self.local_batch_size, pid))
-    options = grain.ReadOptions(num_threads=max(1, num_threads),
-                                prefetch_buffer_size=prefetch or 2 * self.local_batch_size)
+    options = grain.ReadOptions(
+      num_threads=max(1, num_threads), prefetch_buffer_size=prefetch or 2 * self.local_batch_size
+    )
     stream = local.to_iter_dataset(options)
     if worker_count > 0:
       _ensure_absl_flags_parsed()  # grain's worker processes read absl flags.
@@ -196,8 +225,9 @@ class GlobalBatchIterator:
     self._local.set_state(dict(state))
 
 
-def prefetch_to_devices(iterator: GlobalBatchIterator, size: int = 2
-                        ) -> Iterator[tuple[dict[str, jax.Array], dict[str, Any]]]:
+def prefetch_to_devices(
+  iterator: GlobalBatchIterator, size: int = 2
+) -> Iterator[tuple[dict[str, jax.Array], dict[str, Any]]]:
   """`(batch, position)` pairs of `iterator`, `size` batches ahead.
 
   Each batch is already on its way to the devices (host work and transfer
@@ -205,7 +235,7 @@ def prefetch_to_devices(iterator: GlobalBatchIterator, size: int = 2
   iterator state right after that batch, so a checkpoint of the step that
   used it resumes at the next batch, whatever was fetched ahead.
   """
-  queue = collections.deque()
+  queue: collections.deque = collections.deque()
 
   def fetch():
     batch = next(iterator)
@@ -218,11 +248,20 @@ def prefetch_to_devices(iterator: GlobalBatchIterator, size: int = 2
     fetch()
 
 
-def make_train_iterator(sources: Sequence[str | Source], weights: Sequence[float] | None = None,
-                        *, patch_size: int, batch_size: int, seed: int = 0,
-                        mesh: jax.sharding.Mesh | None = None, axis: str = DATA_AXIS,
-                        blur_prob: float = 0.5, flips: bool = True, num_threads: int = 2,
-                        worker_count: int = 0) -> GlobalBatchIterator:
+def make_train_iterator(
+  sources: Sequence[str | Source],
+  weights: Sequence[float] | None = None,
+  *,
+  patch_size: int,
+  batch_size: int,
+  seed: int = 0,
+  mesh: jax.sharding.Mesh | None = None,
+  axis: str = DATA_AXIS,
+  blur_prob: float = 0.5,
+  flips: bool = True,
+  num_threads: int = 2,
+  worker_count: int = 0,
+) -> GlobalBatchIterator:
   """Global training batches from a weighted mixture of data specs.
 
   Args:
@@ -239,14 +278,21 @@ def make_train_iterator(sources: Sequence[str | Source], weights: Sequence[float
     num_threads: reader threads per process.
     worker_count: > 0 reads in that many worker processes instead.
   """
-  dataset = train_dataset(sources, weights, patch_size=patch_size, seed=seed,
-                          blur_prob=blur_prob, flips=flips)
-  return GlobalBatchIterator(dataset, batch_size=batch_size, sharding=data_sharding(mesh, axis),
-                             num_threads=num_threads, worker_count=worker_count)
+  dataset = train_dataset(
+    sources, weights, patch_size=patch_size, seed=seed, blur_prob=blur_prob, flips=flips
+  )
+  return GlobalBatchIterator(
+    dataset,
+    batch_size=batch_size,
+    sharding=data_sharding(mesh, axis),
+    num_threads=num_threads,
+    worker_count=worker_count,
+  )
 
 
-def make_train_iterator_from_config(config, mesh: jax.sharding.Mesh | None = None
-                                    ) -> GlobalBatchIterator:
+def make_train_iterator_from_config(
+  config, mesh: jax.sharding.Mesh | None = None
+) -> GlobalBatchIterator:
   """`make_train_iterator` from a ConfigDict.
 
   Reads `config.batch_size`, `config.patch_size`, `config.get('seed', 0)` and
@@ -254,13 +300,22 @@ def make_train_iterator_from_config(config, mesh: jax.sharding.Mesh | None = Non
   `flips`, `num_threads`, `worker_count`.
   """
   data = config.data
-  get = lambda key, default: data.get(key, default) if hasattr(data, 'get') else getattr(
-      data, key, default)
+
+  def get(key: str, default: Any) -> Any:
+    return data.get(key, default) if hasattr(data, 'get') else getattr(data, key, default)
+
   sources = get('sources', None)
   if isinstance(sources, str):
     sources = [sources]
   return make_train_iterator(
-      list(sources), get('weights', None), patch_size=int(config.patch_size),
-      batch_size=int(config.batch_size), seed=int(config.get('seed', 0)), mesh=mesh,
-      blur_prob=float(get('blur_prob', 0.5)), flips=bool(get('flips', True)),
-      num_threads=int(get('num_threads', 2)), worker_count=int(get('worker_count', 0)))
+    list(sources),
+    get('weights', None),
+    patch_size=int(config.patch_size),
+    batch_size=int(config.batch_size),
+    seed=int(config.get('seed', 0)),
+    mesh=mesh,
+    blur_prob=float(get('blur_prob', 0.5)),
+    flips=bool(get('flips', True)),
+    num_threads=int(get('num_threads', 2)),
+    worker_count=int(get('worker_count', 0)),
+  )

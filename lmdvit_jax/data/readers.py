@@ -18,14 +18,14 @@ Layouts:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import logging
 import os
-from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
-from lmdvit_jax.data import image_files
+from lmdvit_jax import image_io
 from lmdvit_jax.data.examples import DataError, Example, Source, check_example
 
 log = logging.getLogger(__name__)
@@ -51,8 +51,12 @@ def _ones_mask(image: np.ndarray) -> np.ndarray:
 class FileTriplesSource(Source):
   """Examples from (name, blur file, sharp file, mask file or None) tuples."""
 
-  def __init__(self, triples: list[tuple[str, Path, Path, Path | None]],
-               mask_threshold: float = DEFAULT_MASK_THRESHOLD, description: str = ''):
+  def __init__(
+    self,
+    triples: Sequence[tuple[str, Path, Path, Path | None]],
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+    description: str = '',
+  ):
     if not triples:
       raise DataError(f'No image pairs found{" in " + description if description else ""}.')
     self.triples = triples
@@ -69,12 +73,12 @@ class FileTriplesSource(Source):
 
   def _example(self, index: int) -> Example:
     name, blur_path, sharp_path, mask_path = self.triples[index]
-    blur = image_files.load_rgb(blur_path)
-    sharp = image_files.load_rgb(sharp_path)
+    blur = image_io.load_rgb(blur_path)
+    sharp = image_io.load_rgb(sharp_path)
     if mask_path is None:
       mask = _ones_mask(sharp)
     else:
-      mask = image_files.load_mask(mask_path, self.mask_threshold)
+      mask = image_io.load_mask(mask_path, self.mask_threshold)
       if not mask.any() and name not in self._warned_empty:
         self._warned_empty.add(name)
         log.warning('Empty blur mask (no blurred pixel): %s', mask_path)
@@ -84,15 +88,20 @@ class FileTriplesSource(Source):
   def check_sizes(self) -> None:
     """Compares image sizes of every triple from file headers (fast, no decoding)."""
     for name, *paths in self.triples:
-      sizes = [image_files.image_size(p) for p in paths if p is not None]
+      sizes = [image_io.image_size(p) for p in paths if p is not None]
       if len(set(sizes)) != 1:
-        raise DataError(f'Size mismatch in {name}: ' + ', '.join(
-            f'{p} {h}x{w}' for p, (h, w) in zip([p for p in paths if p], sizes)))
+        raise DataError(
+          f'Size mismatch in {name}: '
+          + ', '.join(f'{p} {h}x{w}' for p, (h, w) in zip([p for p in paths if p], sizes))
+        )
 
   def empty_masks(self) -> list[str]:
     """Names whose mask has no blurred pixel (reads every mask)."""
-    return [name for name, _, _, m in self.triples
-            if m is not None and not image_files.load_mask(m, self.mask_threshold).any()]
+    return [
+      name
+      for name, _, _, m in self.triples
+      if m is not None and not image_io.load_mask(m, self.mask_threshold).any()
+    ]
 
   def __repr__(self) -> str:
     return f'{type(self).__name__}({len(self)} examples from {self.description})'
@@ -101,23 +110,33 @@ class FileTriplesSource(Source):
 class ReLoBlurSource(FileTriplesSource):
   """ReLoBlur laid out for the LBAG code (see module docstring)."""
 
-  def __init__(self, root: str | os.PathLike, split: str = 'train',
-               mask_threshold: float = DEFAULT_MASK_THRESHOLD):
+  def __init__(
+    self,
+    root: str | os.PathLike,
+    split: str = 'train',
+    mask_threshold: float = DEFAULT_MASK_THRESHOLD,
+  ):
     root = Path(root)
-    images = _require_dir(root / 'dataset' / split, f'ReLoBlur {split} images '
-                          f'(expected DIR/dataset/{split}/<scene>/<seq>/<idx>_sharp.png)')
-    masks = _require_dir(root / 'masks' / split, f'ReLoBlur {split} masks '
-                         f'(expected DIR/masks/{split}/<scene>/<seq>/<idx>.png)')
+    images = _require_dir(
+      root / 'dataset' / split,
+      f'ReLoBlur {split} images (expected DIR/dataset/{split}/<scene>/<seq>/<idx>_sharp.png)',
+    )
+    masks = _require_dir(
+      root / 'masks' / split,
+      f'ReLoBlur {split} masks (expected DIR/masks/{split}/<scene>/<seq>/<idx>.png)',
+    )
     sharps = sorted(images.glob('*/*/*_sharp.png'))
     if not sharps:
       raise DataError(f'No <scene>/<seq>/<idx>_sharp.png files under {images}.')
     triples, no_blur, no_mask = [], [], []
     for sharp in sharps:
-      rel = sharp.relative_to(images).as_posix()[:-len('_sharp.png')]
-      blur = sharp.with_name(sharp.name[:-len('_sharp.png')] + '_blur.png')
+      rel = sharp.relative_to(images).as_posix()[: -len('_sharp.png')]
+      blur = sharp.with_name(sharp.name[: -len('_sharp.png')] + '_blur.png')
       # Masks are PNG in the release; re-saved copies may be JPEG.
-      mask = next((m for m in (masks / (rel + s) for s in image_files.IMAGE_SUFFIXES)
-                   if m.is_file()), masks / (rel + '.png'))
+      mask = next(
+        (m for m in (masks / (rel + s) for s in image_io.IMAGE_SUFFIXES) if m.is_file()),
+        masks / (rel + '.png'),
+      )
       if not blur.is_file():
         no_blur.append(rel)
       if not mask.is_file():
@@ -127,8 +146,10 @@ class ReLoBlurSource(FileTriplesSource):
       raise _unmatched_error('sharp images without a _blur.png', no_blur, images)
     if no_mask:
       raise _unmatched_error('images without a mask', no_mask, masks)
-    extra = sorted({b.relative_to(images).as_posix()[:-len('_blur.png')]
-                    for b in images.glob('*/*/*_blur.png')} - {t[0] for t in triples})
+    extra = sorted(
+      {b.relative_to(images).as_posix()[: -len('_blur.png')] for b in images.glob('*/*/*_blur.png')}
+      - {t[0] for t in triples}
+    )
     if extra:
       raise _unmatched_error('blurred images without a _sharp.png', extra, images)
     super().__init__(triples, mask_threshold, f'ReLoBlur {split} at {root}')
@@ -144,8 +165,9 @@ def _gopro_split_dir(root: Path, split: str) -> Path:
   if (root / 'input').is_dir() or any(root.glob('*/sharp')):
     return root  # The folder of one split itself.
   raise FileNotFoundError(
-      f'GoPro {split} split not found under {root}: expected GOPRO_Large/{split}/, '
-      f'{split}/, {split}/GoPro/ or input/ + target/ folders.')
+    f'GoPro {split} split not found under {root}: expected GOPRO_Large/{split}/, '
+    f'{split}/, {split}/GoPro/ or input/ + target/ folders.'
+  )
 
 
 class GoProSource(FileTriplesSource):
@@ -159,8 +181,10 @@ class GoProSource(FileTriplesSource):
     split_dir = _gopro_split_dir(root, split)
     triples = []
     if (split_dir / 'input').is_dir() or (split_dir / 'target').is_dir():
-      pairs = _match_folders(_require_dir(split_dir / 'input', 'GoPro blurred inputs'),
-                             _require_dir(split_dir / 'target', 'GoPro sharp targets'))
+      pairs = _match_folders(
+        _require_dir(split_dir / 'input', 'GoPro blurred inputs'),
+        _require_dir(split_dir / 'target', 'GoPro sharp targets'),
+      )
       triples = [(name, b, s, None) for name, (b, s) in pairs.items()]
     else:
       sequences = sorted(d for d in split_dir.iterdir() if d.is_dir())
@@ -168,25 +192,31 @@ class GoProSource(FileTriplesSource):
         raise DataError(f'No GoPro sequence folders in {split_dir}.')
       for seq in sequences:
         pairs = _match_folders(
-            _require_dir(seq / blur, f'GoPro sequence {seq.name} ({blur}/)'),
-            _require_dir(seq / 'sharp', f'GoPro sequence {seq.name} (sharp/)'))
+          _require_dir(seq / blur, f'GoPro sequence {seq.name} ({blur}/)'),
+          _require_dir(seq / 'sharp', f'GoPro sequence {seq.name} (sharp/)'),
+        )
         triples += [(f'{seq.name}/{name}', b, s, None) for name, (b, s) in pairs.items()]
     super().__init__(triples, description=f'GoPro {split} ({blur}) at {split_dir}')
 
 
-def _match_folders(blur_dir: Path, sharp_dir: Path,
-                   mask_dir: Path | None = None) -> dict[str, tuple[Path, ...]]:
+def _match_folders(
+  blur_dir: Path, sharp_dir: Path, mask_dir: Path | None = None
+) -> dict[str, tuple[Path, ...]]:
   """Matches images by relative name; every file must have its partner(s)."""
-  blurs, sharps = image_files.list_images(blur_dir), image_files.list_images(sharp_dir)
+  blurs, sharps = image_io.list_images(blur_dir), image_io.list_images(sharp_dir)
   if not blurs and not sharps:
     raise DataError(f'No images in {blur_dir} or {sharp_dir}.')
   if missing := sorted(set(blurs) - set(sharps)):
-    raise _unmatched_error(f'blurred images without a sharp image in {sharp_dir}', missing, blur_dir)
+    raise _unmatched_error(
+      f'blurred images without a sharp image in {sharp_dir}', missing, blur_dir
+    )
   if missing := sorted(set(sharps) - set(blurs)):
-    raise _unmatched_error(f'sharp images without a blurred image in {blur_dir}', missing, sharp_dir)
+    raise _unmatched_error(
+      f'sharp images without a blurred image in {blur_dir}', missing, sharp_dir
+    )
   if mask_dir is None:
     return {k: (blurs[k], sharps[k]) for k in sorted(blurs)}
-  masks = image_files.list_images(mask_dir)
+  masks = image_io.list_images(mask_dir)
   if missing := sorted(set(blurs) - set(masks)):
     raise _unmatched_error('images without a mask', missing, mask_dir)
   if missing := sorted(set(masks) - set(blurs)):
@@ -201,11 +231,14 @@ class PairsSource(FileTriplesSource):
     root = Path(root)
     _require_dir(root, 'pairs folder')
     blur_dir = _require_dir(root / 'blur', 'pairs folder (expected blur/, sharp/, optional mask/)')
-    sharp_dir = _require_dir(root / 'sharp', 'pairs folder (expected blur/, sharp/, optional mask/)')
+    sharp_dir = _require_dir(
+      root / 'sharp', 'pairs folder (expected blur/, sharp/, optional mask/)'
+    )
     mask_dir = root / 'mask' if (root / 'mask').is_dir() else None
     matched = _match_folders(blur_dir, sharp_dir, mask_dir)
-    triples = [(name, *paths) if mask_dir else (name, *paths, None)
-               for name, paths in matched.items()]
+    triples = [
+      (name, paths[0], paths[1], paths[2] if mask_dir else None) for name, paths in matched.items()
+    ]
     super().__init__(triples, mask_threshold, f'pairs at {root}')
 
 
@@ -255,6 +288,6 @@ class NpySource(Source):
 
 def _binarize(mask, threshold, path):
   try:
-    return image_files.binarize_mask(np.asarray(mask), threshold)
+    return image_io.binarize_mask(np.asarray(mask), threshold)
   except DataError as e:
     raise DataError(f'{path}: {e}') from e

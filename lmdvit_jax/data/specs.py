@@ -11,23 +11,25 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
-import urllib.parse
 from pathlib import Path
+import urllib.parse
 
-from lmdvit_jax.data import cache, outside, readers, synthetic, tfds_builders
+from lmdvit_jax.data import cache, outside, photos, readers, synthetic, tfds_builders
 from lmdvit_jax.data.examples import Source
 from lmdvit_jax.data.readers import DEFAULT_MASK_THRESHOLD
 
 _KINDS = {
-    # kind: (needs a path, accepted options)
-    'npy': (True, {'threshold'}),
-    'reloblur': (True, {'split', 'threshold', 'cache'}),
-    'gopro': (True, {'split', 'blur', 'cache'}),
-    'pairs': (True, {'threshold', 'cache'}),
-    'synthetic': (False, {'split', 'count', 'size', 'seed', 'photos', 'min_blur', 'max_blur',
-                          'preset'}),
-    'tfds': (True, {'split', 'data_dir'}),
-    'outside': (False, {'split', 'count', 'size', 'seed', 'photos'}),
+  # kind: (needs a path, accepted options)
+  'npy': (True, {'threshold'}),
+  'reloblur': (True, {'split', 'threshold', 'cache'}),
+  'gopro': (True, {'split', 'blur', 'cache'}),
+  'pairs': (True, {'threshold', 'cache'}),
+  'synthetic': (
+    False,
+    {'split', 'count', 'size', 'seed', 'photos', 'min_blur', 'max_blur', 'preset'},
+  ),
+  'tfds': (True, {'split', 'data_dir'}),
+  'outside': (False, {'split', 'count', 'size', 'seed', 'photos'}),
 }
 
 SPEC_HELP = """Data specs:
@@ -63,18 +65,23 @@ def parse_spec(spec: str) -> tuple[str, str, dict[str, str]]:
     raise ValueError(f'Unknown data kind {kind!r} in {spec!r}.{hint}\n{SPEC_HELP}')
   needs_path, allowed = _KINDS[kind]
   if needs_path and not path:
-    raise ValueError(f'{kind!r} needs a path, as in {kind}:/path/to/data (got {spec!r}).\n{SPEC_HELP}')
+    raise ValueError(
+      f'{kind!r} needs a path, as in {kind}:/path/to/data (got {spec!r}).\n{SPEC_HELP}'
+    )
   if not needs_path and sep:
-    raise ValueError(f'{kind!r} takes no path (got {spec!r}); use options, as in '
-                     f'synthetic?photos=/my/photos.\n{SPEC_HELP}')
+    raise ValueError(
+      f'{kind!r} takes no path (got {spec!r}); use options, as in '
+      f'synthetic?photos=/my/photos.\n{SPEC_HELP}'
+    )
   try:
     pairs = urllib.parse.parse_qsl(query, keep_blank_values=True, strict_parsing=bool(query))
   except ValueError as e:
     raise ValueError(f'Malformed options {query!r} in {spec!r}: write key=value&key=value.') from e
   options = dict(pairs)
   if unknown := sorted(set(options) - allowed):
-    raise ValueError(f'Unknown option(s) {unknown} for {kind!r} in {spec!r}; '
-                     f'accepted: {sorted(allowed)}.')
+    raise ValueError(
+      f'Unknown option(s) {unknown} for {kind!r} in {spec!r}; accepted: {sorted(allowed)}.'
+    )
   return kind, os.path.expanduser(path), options
 
 
@@ -82,11 +89,12 @@ def _number(options, key, cast, default, spec):
   try:
     return cast(options[key]) if key in options else default
   except ValueError:
-    raise ValueError(f'Option {key}={options[key]!r} in {spec!r} is not a valid '
-                     f'{cast.__name__}.') from None
+    raise ValueError(
+      f'Option {key}={options[key]!r} in {spec!r} is not a valid {cast.__name__}.'
+    ) from None
 
 
-def _size(options, default: int, spec: str) -> int | tuple[int, int]:
+def _size(options, default: int | tuple[int, int], spec: str) -> int | tuple[int, int]:
   """`size=S` (square) or `size=WxH` -> S or (H, W)."""
   if 'size' not in options:
     return default
@@ -97,13 +105,22 @@ def _size(options, default: int, spec: str) -> int | tuple[int, int]:
       return (h, w)
     return int(text)
   except ValueError:
-    raise ValueError(f'Option size={options["size"]!r} in {spec!r} is not S or WxH '
-                     '(e.g. 256 or 384x256).') from None
+    raise ValueError(
+      f'Option size={options["size"]!r} in {spec!r} is not S or WxH (e.g. 256 or 384x256).'
+    ) from None
 
 
-def _file_source(spec: str, kind: str, path: str, split: str, threshold: float,
-                 options: dict[str, str], verify_cache: bool) -> Source:
+def _file_source(
+  spec: str,
+  kind: str,
+  path: str,
+  split: str,
+  threshold: float,
+  options: dict[str, str],
+  verify_cache: bool,
+) -> Source:
   """A reader of a folder layout, through its frame cache when `cache=DIR` is set."""
+  source: readers.FileTriplesSource
   if kind == 'reloblur':
     source = readers.ReLoBlurSource(path, split, threshold)
   elif kind == 'gopro':
@@ -121,14 +138,24 @@ def _file_source(spec: str, kind: str, path: str, split: str, threshold: float,
   if kind == 'gopro':
     identity, label = identity + f'&blur={blur}', f'{label}-{blur}'
   # The spec as the build command takes it: the split spelled out.
-  build_spec = spec if 'split' in options or kind == 'pairs' or split == 'train' else (
-      f'{spec}{"&" if "?" in spec else "?"}split={split}')
-  return cache.CachedSource(source, options['cache'], label, identity, build_spec,
-                            verify=verify_cache)
+  build_spec = (
+    spec
+    if 'split' in options or kind == 'pairs' or split == 'train'
+    else (f'{spec}{"&" if "?" in spec else "?"}split={split}')
+  )
+  return cache.CachedSource(
+    source, options['cache'], label, identity, build_spec, verify=verify_cache
+  )
 
 
-def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
-                synthetic_count: int = 100, verify_cache: bool = True) -> Source:
+def open_source(
+  spec: str,
+  split: str = 'test',
+  *,
+  synthetic_size: int = 256,
+  synthetic_count: int = 100,
+  verify_cache: bool = True,
+) -> Source:
   """Opens a data spec (see `SPEC_HELP`) as a `Source` of full-resolution samples.
 
   Args:
@@ -157,8 +184,8 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
   split = options.get('split', split)
   if kind in ('reloblur', 'gopro') and split not in ('train', 'test'):
     raise ValueError(f'split must be train or test, got {split!r} in {spec!r}.')
-  if kind == 'synthetic' and split not in synthetic.SPLITS:
-    raise ValueError(f'split must be one of {synthetic.SPLITS}, got {split!r} in {spec!r}.')
+  if kind == 'synthetic' and split not in photos.SPLITS:
+    raise ValueError(f'split must be one of {photos.SPLITS}, got {split!r} in {spec!r}.')
   threshold = _number(options, 'threshold', float, DEFAULT_MASK_THRESHOLD, spec)
   if kind == 'npy':
     return readers.NpySource(path, threshold)
@@ -167,21 +194,29 @@ def open_source(spec: str, split: str = 'test', *, synthetic_size: int = 256,
   if kind == 'tfds':
     return tfds_builders.TfdsSource(path, split, options.get('data_dir'))
   if kind == 'outside':  # always held out: `split` is accepted and ignored
-    return outside.OutsideSource(_number(options, 'count', int, 12, spec),
-                                 _size(options, (256, 384), spec),
-                                 _number(options, 'seed', int, 0, spec), options.get('photos'))
+    return outside.OutsideSource(
+      _number(options, 'count', int, 12, spec),
+      _size(options, (256, 384), spec),
+      _number(options, 'seed', int, 0, spec),
+      options.get('photos'),
+    )
   preset = options.get('preset', 'realistic')
   if preset not in synthetic.PRESETS:
-    raise ValueError(f'Unknown preset {preset!r} in {spec!r}; accepted: '
-                     f'{sorted(synthetic.PRESETS)}.')
+    raise ValueError(
+      f'Unknown preset {preset!r} in {spec!r}; accepted: {sorted(synthetic.PRESETS)}.'
+    )
   default = synthetic.PRESETS[preset]
-  blur = (_number(options, 'min_blur', float, default.blur_length[0], spec),
-          _number(options, 'max_blur', float, default.blur_length[1], spec))
+  blur = (
+    _number(options, 'min_blur', float, default.blur_length[0], spec),
+    _number(options, 'max_blur', float, default.blur_length[1], spec),
+  )
   if not 0 < blur[0] <= blur[1]:
     raise ValueError(f'Need 0 < min_blur <= max_blur, got {blur[0]} and {blur[1]} in {spec!r}.')
   return synthetic.SyntheticSource(
-      count=_number(options, 'count', int, synthetic_count, spec),
-      size=_size(options, synthetic_size, spec),
-      seed=_number(options, 'seed', int, 0, spec),
-      split=split, photos=options.get('photos'),
-      settings=dataclasses.replace(default, blur_length=blur))
+    count=_number(options, 'count', int, synthetic_count, spec),
+    size=_size(options, synthetic_size, spec),
+    seed=_number(options, 'seed', int, 0, spec),
+    split=split,
+    photos=options.get('photos'),
+    settings=dataclasses.replace(default, blur_length=blur),
+  )

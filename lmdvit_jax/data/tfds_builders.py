@@ -17,17 +17,17 @@ PNG bytes made with PIL (or the original PNG file when it is already 8-bit RGB).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 import dataclasses
 import logging
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import tensorflow_datasets as tfds
 from PIL import Image
+import tensorflow_datasets as tfds
 
-from lmdvit_jax.data import image_files
+from lmdvit_jax import image_io
 from lmdvit_jax.data import readers
 from lmdvit_jax.data.examples import DataError, Example, Source
 
@@ -37,12 +37,14 @@ SPLITS = ('train', 'test')
 
 
 def _features() -> tfds.features.FeaturesDict:
-  return tfds.features.FeaturesDict({
+  return tfds.features.FeaturesDict(
+    {
       'blur': tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format='png'),
       'sharp': tfds.features.Image(shape=(None, None, 3), dtype=np.uint8, encoding_format='png'),
       'mask': tfds.features.Image(shape=(None, None, 1), dtype=np.uint8, encoding_format='png'),
       'name': tfds.features.Text(),
-  })
+    }
+  )
 
 
 def _is_rgb_png(path: Path) -> bool:
@@ -52,20 +54,26 @@ def _is_rgb_png(path: Path) -> bool:
 
 def _encoded(example: Example, files: tuple[Path | None, Path | None] = (None, None)) -> dict:
   """PNG bytes for each image; an 8-bit RGB PNG file is stored as it is."""
-  out = {'name': example['name'], 'mask': image_files.encode_png(example['mask'])}
+  out = {'name': example['name'], 'mask': image_io.encode_png(example['mask'])}
   for key, path in zip(('blur', 'sharp'), files):
-    out[key] = (path.read_bytes() if path is not None and _is_rgb_png(path)
-                else image_files.encode_png(example[key]))
+    out[key] = (
+      path.read_bytes()
+      if path is not None and _is_rgb_png(path)
+      else image_io.encode_png(example[key])
+    )
   return out
 
 
-class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):  # type: ignore[call-arg]
   """Shared parts: features, example generation from a `Source`, manual dir."""
 
   def _info(self) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self, description=self.__doc__, features=_features(),
-        supervised_keys=('blur', 'sharp'))
+      builder=self,
+      description=self.__doc__,
+      features=_features(),
+      supervised_keys=('blur', 'sharp'),
+    )
 
   def _manual_root(self, dl_manager) -> Path:
     try:
@@ -74,7 +82,8 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       raise FileNotFoundError(str(e)) from None
     if not root.is_dir():
       raise FileNotFoundError(
-          f'Manual dir {root} does not exist.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}')
+        f'Manual dir {root} does not exist.\n{self.MANUAL_DOWNLOAD_INSTRUCTIONS}'
+      )
     return root
 
   def _available_splits(self, make_source) -> dict:
@@ -97,12 +106,17 @@ class _Builder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
       example = source.example(i)  # Decodes and checks sizes: bad files fail here.
       if not example['mask'].any():
         empty.append(example['name'])
-      files = (source.triples[i][1:3] if isinstance(source, readers.FileTriplesSource)
-               else (None, None))
+      files = (
+        source.triples[i][1:3] if isinstance(source, readers.FileTriplesSource) else (None, None)
+      )
       yield example['name'], _encoded(example, files)
     if empty:
-      log.warning('%d of %d examples have an empty blur mask: %s', len(empty), len(source),
-                  ', '.join(empty[:20]) + (' ...' if len(empty) > 20 else ''))
+      log.warning(
+        '%d of %d examples have an empty blur mask: %s',
+        len(empty),
+        len(source),
+        ', '.join(empty[:20]) + (' ...' if len(empty) > 20 else ''),
+      )
 
 
 class Reloblur(_Builder):
@@ -139,9 +153,12 @@ class Gopro(_Builder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
-      GoproConfig(name='blur', description='Blurred frames averaged as recorded.'),
-      GoproConfig(name='blur_gamma', blur='blur_gamma',
-                  description='Blurred frames averaged after a gamma curve.'),
+    GoproConfig(name='blur', description='Blurred frames averaged as recorded.'),
+    GoproConfig(
+      name='blur_gamma',
+      blur='blur_gamma',
+      description='Blurred frames averaged after a gamma curve.',
+    ),
   ]
   MANUAL_DOWNLOAD_INSTRUCTIONS = """\
 Download GOPRO_Large (seungjunnah.github.io/Datasets/gopro) and unpack it in the
@@ -172,33 +189,55 @@ class SyntheticLocalBlur(_Builder):
   VERSION = tfds.core.Version('1.0.0')
   RELEASE_NOTES = {'1.0.0': 'Initial release.'}
   BUILDER_CONFIGS = [
-      SyntheticConfig(name='256', description='256x256, 2000 train / 200 test.'),
-      SyntheticConfig(name='128', size=128, train_count=4000, test_count=200,
-                      description='128x128, 4000 train / 200 test.'),
-      SyntheticConfig(name='tiny', size=32, train_count=8, test_count=4,
-                      description='32x32, 8 train / 4 test (tests).'),
+    SyntheticConfig(name='256', description='256x256, 2000 train / 200 test.'),
+    SyntheticConfig(
+      name='128',
+      size=128,
+      train_count=4000,
+      test_count=200,
+      description='128x128, 4000 train / 200 test.',
+    ),
+    SyntheticConfig(
+      name='tiny',
+      size=32,
+      train_count=8,
+      test_count=4,
+      description='32x32, 8 train / 4 test (tests).',
+    ),
   ]
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    from lmdvit_jax.data import synthetic  # pylint: disable=g-import-not-at-top
+    from lmdvit_jax.data import synthetic
+
     c = self.builder_config
     counts = {'train': c.train_count, 'test': c.test_count}
-    return {split: self._generate_examples(synthetic.SyntheticSource(
-        count=counts[split], size=c.size, seed=c.seed, split=split)) for split in SPLITS}
+    return {
+      split: self._generate_examples(
+        synthetic.SyntheticSource(count=counts[split], size=c.size, seed=c.seed, split=split)
+      )
+      for split in SPLITS
+    }
 
 
 BUILDERS = {'reloblur': Reloblur, 'gopro': Gopro, 'synthetic_local_blur': SyntheticLocalBlur}
 
 
-def build(name: str, data_dir: str | None = None, manual_dir: str | None = None,
-          overwrite: bool = False) -> tfds.core.DatasetBuilder:
+def build(
+  name: str, data_dir: str | None = None, manual_dir: str | None = None, overwrite: bool = False
+) -> tfds.core.DatasetBuilder:
   """Builds `name` ('reloblur', 'gopro/blur_gamma', 'synthetic_local_blur/tiny', ...)."""
   builder = tfds.builder(name, data_dir=data_dir, file_format='array_record')
-  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if overwrite
-          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
-  builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-      manual_dir=manual_dir, try_download_gcs=False, download_mode=mode))
+  mode = (
+    tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS
+    if overwrite
+    else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS
+  )
+  builder.download_and_prepare(
+    download_config=tfds.download.DownloadConfig(
+      manual_dir=manual_dir, try_download_gcs=False, download_mode=mode
+    )
+  )
   return builder
 
 
@@ -215,9 +254,11 @@ class TfdsSource(Source):
     except Exception as e:
       raise DataError(f'Unknown TFDS dataset {name!r}: {e}') from e
     if not builder.is_prepared():
-      raise DataError(f'TFDS dataset {name!r} is not built in {builder.data_dir}. Build it with: '
-                      f'python -m lmdvit_jax.data.build {name.split("/")[0]} '
-                      f'--data_dir=... (see README).')
+      raise DataError(
+        f'TFDS dataset {name!r} is not built in {builder.data_dir}. Build it with: '
+        f'python -m lmdvit_jax.data.build {name.split("/")[0]} '
+        f'--data_dir=... (see README).'
+      )
     self.name, self.split = name, split
     self._source = builder.as_data_source(split=split)
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import functools
-from typing import Any, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax
@@ -32,8 +33,9 @@ class TransformerBlock(nn.Module):
   dtype: Any = jnp.float32
 
   @nn.compact
-  def __call__(self, windows: jax.Array, keep: jax.Array, region_ids: jax.Array | None,
-               train: bool) -> jax.Array:
+  def __call__(
+    self, windows: jax.Array, keep: jax.Array, region_ids: jax.Array | None, train: bool
+  ) -> jax.Array:
     """Runs the block on windows.
 
     Args:
@@ -76,7 +78,7 @@ BLOCKS: dict[str, type[nn.Module]] = {'lewin': TransformerBlock}
 
 
 @functools.cache
-def _rematerialised(cls: type[nn.Module]) -> type[nn.Module]:
+def _rematerialised(cls: Any) -> type[nn.Module]:
   return nn.remat(cls, static_argnums=(4,))  # `train` is static
 
 
@@ -84,7 +86,7 @@ def block_class(name: str, remat: bool) -> type[nn.Module]:
   """The block registered as `name`, rematerialised in the backward pass if `remat`."""
   if name not in BLOCKS:
     raise ValueError(f'block must be one of {sorted(BLOCKS)}, got {name!r}')
-  return _rematerialised(BLOCKS[name]) if remat else BLOCKS[name]
+  return _rematerialised(BLOCKS[name]) if remat else BLOCKS[name]  # type: ignore[arg-type]
 
 
 class AdaWPTStage(nn.Module):
@@ -147,6 +149,7 @@ class AdaWPTStage(nn.Module):
     gathered = self.prune and not train and self.capacity != 'masked'
     # Pruned training: every block of a parity runs the same K windows of its plan.
     gathered_train = self.prune and train and self.train_capacity != 'dense'
+    train_k = lambda n: pruning.fixed_capacity(n, float(self.train_capacity))
 
     for i in range(self.depth):
       parity = i % 2
@@ -155,8 +158,13 @@ class AdaWPTStage(nn.Module):
         logits = pruning.ConfidencePredictor(self.dim, name=f'predictor_{i}')(x)
         window_logits = pruning.window_logits(logits, ws, shift)
         rng = self.make_rng('gumbel') if train else None
-        decision = pruning.decide(window_logits, train=train, threshold=self.keep_threshold,
-                                  rng=rng, rule=self.decision_rule)
+        decision = pruning.decide(
+          window_logits,
+          train=train,
+          threshold=self.keep_threshold,
+          rng=rng,
+          rule=self.decision_rule,
+        )
         policies[parity] = decision.reshape(b, nh * nw) * policies[parity]
         scores.append(logits)
         decisions.append(policies[parity].reshape(b, nh, nw))
@@ -165,39 +173,48 @@ class AdaWPTStage(nn.Module):
           if self.capacity == 'exact':  # chunks of the ranking may run past nW
             cap, pad = None, pruning.chunk_size(nh * nw, self.chunks)
           else:
-            cap, pad = pruning.fixed_capacity(nh * nw, self.capacity), 0
-          plans[parity] = pruning.plan_windows(policies[parity], confidence, cap, pad)
-          dropped.append(plans[parity].dropped)
+            cap, pad = pruning.fixed_capacity(nh * nw, float(self.capacity)), 0
+          plans[parity] = plan = pruning.plan_windows(policies[parity], confidence, cap, pad)
+          dropped.append(plan.dropped)
         elif gathered_train:
           confidence = pruning.keep_probability(window_logits).reshape(b, nh * nw)
-          cap = pruning.fixed_capacity(nh * nw, self.train_capacity)
-          plans[parity] = pruning.plan_windows(jax.lax.stop_gradient(policies[parity]),
-                                               jax.lax.stop_gradient(confidence), cap)
-          dropped.append(plans[parity].dropped)
+          plans[parity] = plan = pruning.plan_windows(
+            jax.lax.stop_gradient(policies[parity]),
+            jax.lax.stop_gradient(confidence),
+            train_k(nh * nw),
+          )
+          dropped.append(plan.dropped)
         else:
           dropped.append(jnp.zeros((b,), jnp.int32))
 
       block = block_class(self.block, self.remat)(
-          self.dim, self.num_heads, ws, self.mlp_ratio, self.modulator,
-          self.drop_path[i] if i < len(self.drop_path) else 0.0, dtype=self.dtype,
-          name=f'block_{i}')
+        self.dim,
+        self.num_heads,
+        ws,
+        self.mlp_ratio,
+        self.modulator,
+        self.drop_path[i] if i < len(self.drop_path) else 0.0,
+        dtype=self.dtype,
+        name=f'block_{i}',
+      )
       wins = win.partition(win.roll(x, -shift), ws)
       regions = Regions(nh, nw, ws, shift) if shift else None
-      if plans[parity] is None or self.is_initializing():
+      chosen = plans[parity]
+      if chosen is None or self.is_initializing():
         wins = _run_all(block, wins, policies[parity], regions, train)
       elif train:
-        wins = _run_train_slice(block, wins, plans[parity], policies[parity],
-                                pruning.fixed_capacity(nh * nw, self.train_capacity), regions)
+        wins = _run_train_slice(block, wins, chosen, policies[parity], train_k(nh * nw), regions)
       else:
-        wins = self._run_gathered(block, wins, plans[parity], regions)
+        wins = self._run_gathered(block, wins, chosen, regions)
       x = win.roll(win.reverse(wins, ws, h, w), shift)
     return x, scores, decisions, dropped
 
-  def _run_gathered(self, block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan,
-                    regions: Regions | None) -> jax.Array:
+  def _run_gathered(
+    self, block: nn.Module, wins: jax.Array, plan: pruning.WindowPlan, regions: Regions | None
+  ) -> jax.Array:
     num_windows = wins.shape[1]
     if self.capacity != 'exact':
-      k = pruning.fixed_capacity(num_windows, self.capacity)
+      k = pruning.fixed_capacity(num_windows, float(self.capacity))
       return _run_slice(block, wins, plan.order[:, :k], 0, plan.count, regions)
     # One compiled chunk, looped as often as the batch's largest kept count
     # needs: nothing kept is dropped, at most one chunk is computed beyond it.
@@ -210,13 +227,18 @@ class AdaWPTStage(nn.Module):
       idx = jax.lax.dynamic_slice_in_dim(plan.order, i * chunk, chunk, axis=1)
       return i + 1, _run_slice(mdl, out, idx, i * chunk, plan.count, regions)
 
-    _, wins = nn.while_loop(lambda mdl, carry: carry[0] < trips, body, block,
-                            (jnp.zeros((), jnp.int32), wins))
+    _, wins = nn.while_loop(
+      lambda mdl, carry: carry[0] < trips,  # type: ignore[arg-type,return-value]
+      body,
+      block,
+      (jnp.zeros((), jnp.int32), wins),
+    )
     return wins
 
 
 class Regions(NamedTuple):
   """Where a shifted block's Swin regions are: its window grid, window and shift."""
+
   grid_h: int
   grid_w: int
   ws: int
@@ -227,8 +249,9 @@ class Regions(NamedTuple):
     return win.shift_region_ids(window, *self)
 
 
-def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
-             regions: Regions | None, train: bool) -> jax.Array:
+def _run_all(
+  block: nn.Module, wins: jax.Array, policy: jax.Array, regions: Regions | None, train: bool
+) -> jax.Array:
   """Every window through the block, outputs selected by `policy` `[B, nW]`."""
   b, nwin, ws, _, c = wins.shape
   reg = None
@@ -239,8 +262,14 @@ def _run_all(block: TransformerBlock, wins: jax.Array, policy: jax.Array,
   return out.reshape(wins.shape)
 
 
-def _run_train_slice(block: TransformerBlock, wins: jax.Array, plan: pruning.WindowPlan,
-                     policy: jax.Array, k: int, regions: Regions | None) -> jax.Array:
+def _run_train_slice(
+  block: nn.Module,
+  wins: jax.Array,
+  plan: pruning.WindowPlan,
+  policy: jax.Array,
+  k: int,
+  regions: Regions | None,
+) -> jax.Array:
   """Pruned training: the first `k` windows of the plan's ranking `[B, k]`
   through the block, each with its straight-through keep value, written back.
 
@@ -258,13 +287,20 @@ def _run_train_slice(block: TransformerBlock, wins: jax.Array, plan: pruning.Win
   reg = None
   if regions is not None:
     reg = regions.of(idx).reshape(b * k, -1)
-  out = block(pruning.gather_windows(wins, idx).reshape(b * k, ws, ws, c), keep.reshape(-1),
-              reg, True)
+  out = block(
+    pruning.gather_windows(wins, idx).reshape(b * k, ws, ws, c), keep.reshape(-1), reg, True
+  )
   return pruning.scatter_windows(wins, idx, out.reshape(b, k, ws, ws, c))
 
 
-def _run_slice(block: TransformerBlock, wins: jax.Array, idx: jax.Array, start: jax.Array | int,
-               count: jax.Array, regions: Regions | None) -> jax.Array:
+def _run_slice(
+  block: nn.Module,
+  wins: jax.Array,
+  idx: jax.Array,
+  start: jax.Array | int,
+  count: jax.Array,
+  regions: Regions | None,
+) -> jax.Array:
   """Runs windows `idx` `[B, k]` of `wins` `[B, nW, ws, ws, C]` and writes them back.
 
   `idx` holds plan slots `start .. start + k - 1`; slots at or past an image's

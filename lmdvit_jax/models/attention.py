@@ -55,8 +55,7 @@ class WindowAttention(nn.Module):
     logits = jnp.einsum('nqhd,nkhd->nhqk', q, k).astype(jnp.float32)
 
     ws = self.win_size
-    table = self.param('relative_position_bias_table', dense_init,
-                       ((2 * ws - 1) ** 2, heads))
+    table = self.param('relative_position_bias_table', dense_init, ((2 * ws - 1) ** 2, heads))
     index = win.relative_position_index(ws).reshape(-1)
     bias = table[index].reshape(tokens, tokens, heads).transpose(2, 0, 1)
     logits = logits + bias[None]

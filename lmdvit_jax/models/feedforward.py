@@ -22,7 +22,7 @@ def gelu(x: jax.Array) -> jax.Array:
 MATRIX_FORM_MAX_PIXELS = 16
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _reflect_taps(ws_h: int, ws_w: int) -> np.ndarray:
   """`[3, 3, P, P]` 0/1 matrices (P = ws_h * ws_w): tap (i, j) of a 3x3 filter at
   output pixel p reads input pixel q of the reflect-padded window."""
@@ -32,7 +32,7 @@ def _reflect_taps(ws_h: int, ws_w: int) -> np.ndarray:
   out_pixels = np.arange(ws_h * ws_w)
   for i in range(3):
     for j in range(3):
-      taps[i, j, out_pixels, index[i:i + ws_h, j:j + ws_w].ravel()] = 1
+      taps[i, j, out_pixels, index[i : i + ws_h, j : j + ws_w].ravel()] = 1
   return taps
 
 
@@ -75,7 +75,7 @@ def _shifted_sum(xp: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array
   out = bias
   for i in range(3):
     for j in range(3):
-      out = out + xp[:, i:i + h, j:j + w, :] * kernel[i, j]
+      out = out + xp[:, i : i + h, j : j + w, :] * kernel[i, j]
   return out
 
 
@@ -87,9 +87,11 @@ class DepthwiseConv3x3Reflect(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     # Fan-in of a depthwise 3x3 kernel is 9, as in PyTorch's default init.
-    kernel = self.param('kernel', nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform',
-                                                                   in_axis=(0, 1), out_axis=2),
-                        (3, 3, self.features))
+    kernel = self.param(
+      'kernel',
+      nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform', in_axis=(0, 1), out_axis=2),
+      (3, 3, self.features),
+    )
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     return depthwise3x3_reflect(x, kernel, bias)
 
@@ -104,7 +106,6 @@ class WLeFF(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[n, ws, ws, C]` -> `[n, ws, ws, C]`."""
-    h = gelu(nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype,
-                      name='linear1')(x))
+    h = gelu(nn.Dense(self.hidden_dim, kernel_init=dense_init, dtype=self.dtype, name='linear1')(x))
     h = gelu(DepthwiseConv3x3Reflect(self.hidden_dim, name='dwconv')(h))
     return nn.Dense(self.dim, kernel_init=dense_init, dtype=self.dtype, name='linear2')(h)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -31,8 +32,9 @@ def matmul_precision(name: str):
   return jax.default_matmul_precision(name)
 
 
-STAGE_NAMES = tuple([f'encoder_{i}' for i in range(4)] + ['bottleneck'] +
-                    [f'decoder_{i}' for i in range(4)])
+STAGE_NAMES = tuple(
+  [f'encoder_{i}' for i in range(4)] + ['bottleneck'] + [f'decoder_{i}' for i in range(4)]
+)
 
 # PyTorch's default conv init (kaiming uniform with a = sqrt(5)): U(+-1/sqrt(fan_in)).
 conv_init = nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform')
@@ -68,8 +70,7 @@ class Upsample(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     b, h, w, cin = x.shape
-    kernel = self.param('kernel', conv_init,
-                        (2, 2, cin, self.features))
+    kernel = self.param('kernel', conv_init, (2, 2, cin, self.features))
     bias = self.param('bias', nn.initializers.zeros, (self.features,))
     # Stride equals kernel size: every output pixel sees exactly one input pixel.
     y = jnp.einsum('bhwi,pqio->bhpwqo', x.astype(self.dtype), kernel.astype(self.dtype))
@@ -83,11 +84,11 @@ def drop_path_rates(depths: Sequence[int], rate: float) -> list[tuple[float, ...
   the decoder reuses the encoder ramp reversed.
   """
   enc = [float(v) for v in np.linspace(0.0, rate, sum(depths[:4]))]
-  rates = [tuple(enc[sum(depths[:i]):sum(depths[:i + 1])]) for i in range(4)]
+  rates = [tuple(enc[sum(depths[:i]) : sum(depths[: i + 1])]) for i in range(4)]
   rates.append((rate,) * depths[4])
   dec = enc[::-1]
   for j in range(4):
-    lo, hi = sum(depths[5:5 + j]), sum(depths[5:6 + j])
+    lo, hi = sum(depths[5 : 5 + j]), sum(depths[5 : 6 + j])
     rates.append(tuple(dec[lo:hi]))
   return rates
 
@@ -158,22 +159,29 @@ class LMDViT(nn.Module):
     """Raises ValueError naming the first invalid attribute."""
     for name in ('depths', 'num_heads', 'prune_loc'):
       if len(getattr(self, name)) != NUM_STAGES:
-        raise ValueError(f'LMDViT.{name} needs {NUM_STAGES} entries (4 encoder stages, '
-                         f'bottleneck, 4 decoder stages), got {list(getattr(self, name))}')
+        raise ValueError(
+          f'LMDViT.{name} needs {NUM_STAGES} entries (4 encoder stages, '
+          f'bottleneck, 4 decoder stages), got {list(getattr(self, name))}'
+        )
     widths = [self.embed_dim * 2**i for i in range(5)] + [
-        self.embed_dim * 2**(4 - j) for j in range(4)]
+      self.embed_dim * 2 ** (4 - j) for j in range(4)
+    ]
     for i, (width, heads) in enumerate(zip(widths, self.num_heads)):
       if heads < 1 or width % heads:
-        raise ValueError(f'stage {STAGE_NAMES[i]} has width {width}, not divisible by '
-                         f'num_heads={heads}')
+        raise ValueError(
+          f'stage {STAGE_NAMES[i]} has width {width}, not divisible by num_heads={heads}'
+        )
     if self.embed_dim % 4:
-      raise ValueError(f'embed_dim must be a multiple of 4 (the confidence predictor '
-                       f'uses C/4 channels), got {self.embed_dim}')
+      raise ValueError(
+        f'embed_dim must be a multiple of 4 (the confidence predictor '
+        f'uses C/4 channels), got {self.embed_dim}'
+      )
     if self.win_size < 2 or self.win_size % 2:
       raise ValueError(f'win_size must be an even number >= 2, got {self.win_size}')
     if self.capacity != pruning.parse_capacity(self.capacity):
-      raise ValueError(f"capacity must be 'exact', 'masked' or a float in (0, 1], "
-                       f'got {self.capacity!r}')
+      raise ValueError(
+        f"capacity must be 'exact', 'masked' or a float in (0, 1], got {self.capacity!r}"
+      )
     pruning.chunk_size(1, self.capacity_chunks)  # raises on a bad value
     pruning.parse_train_capacity(self.train_capacity)  # raises on a bad value
     if not 0 <= self.keep_threshold < 1:
@@ -181,19 +189,23 @@ class LMDViT(nn.Module):
     if self.block not in BLOCKS:
       raise ValueError(f'block must be one of {sorted(BLOCKS)}, got {self.block!r}')
     if self.decision_rule not in pruning.DECISION_RULES:
-      raise ValueError(f'decision_rule must be one of {sorted(pruning.DECISION_RULES)}, '
-                       f'got {self.decision_rule!r}')
+      raise ValueError(
+        f'decision_rule must be one of {sorted(pruning.DECISION_RULES)}, got {self.decision_rule!r}'
+      )
 
   def check_input(self, x: jax.Array) -> None:
     if x.ndim != 4 or x.shape[-1] != 3:
       raise ValueError(f'LMDViT expects images [B, H, W, 3] (NHWC), got shape {x.shape}')
     if not jnp.issubdtype(x.dtype, jnp.floating):
-      raise TypeError(f'LMDViT expects float images in [0, 1], got dtype {x.dtype}; '
-                      'divide uint8 images by 255')
+      raise TypeError(
+        f'LMDViT expects float images in [0, 1], got dtype {x.dtype}; divide uint8 images by 255'
+      )
     h, w = x.shape[1:3]
     if h % self.multiple or w % self.multiple:
-      raise ValueError(f'image sides must be multiples of 16 * win_size = {self.multiple}, '
-                       f'got {h}x{w}; pad first (lmdvit_jax.inference pads for you)')
+      raise ValueError(
+        f'image sides must be multiples of 16 * win_size = {self.multiple}, '
+        f'got {h}x{w}; pad first (lmdvit_jax.inference pads for you)'
+      )
 
   @nn.compact
   def __call__(self, x: jax.Array, train: bool = False) -> LMDViTOutput:
@@ -206,41 +218,75 @@ class LMDViT(nn.Module):
 
     def stage(i: int, width: int, y: jax.Array) -> jax.Array:
       out, s, d, dr = AdaWPTStage(
-          width, self.depths[i], self.num_heads[i], self.win_size, self.mlp_ratio,
-          modulator=self.modulator and i > 4, prune=bool(self.prune_loc[i]),
-          keep_threshold=self.keep_threshold, decision_rule=self.decision_rule, block=self.block,
-          drop_path=dpr[i], capacity=self.capacity, chunks=self.capacity_chunks,
-          train_capacity=pruning.parse_train_capacity(self.train_capacity), remat=self.remat,
-          dtype=self.dtype,
-          name=STAGE_NAMES[i])(
-              y, train=train)
+        width,
+        self.depths[i],
+        self.num_heads[i],
+        self.win_size,
+        self.mlp_ratio,
+        modulator=self.modulator and i > 4,
+        prune=bool(self.prune_loc[i]),
+        keep_threshold=self.keep_threshold,
+        decision_rule=self.decision_rule,
+        block=self.block,
+        drop_path=dpr[i],
+        capacity=self.capacity,
+        chunks=self.capacity_chunks,
+        train_capacity=pruning.parse_train_capacity(self.train_capacity),
+        remat=self.remat,
+        dtype=self.dtype,
+        name=STAGE_NAMES[i],
+      )(y, train=train)
       scores.extend(s)
       decisions.extend(d)
       dropped.extend(dr)
       return out
 
-    y = nn.Conv(c, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype,
-                kernel_init=conv_init, name='input_proj')(x)
+    y = nn.Conv(
+      c,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      dtype=self.dtype,
+      kernel_init=conv_init,
+      name='input_proj',
+    )(x)
     y = nn.leaky_relu(y, negative_slope=0.01)
     skips = []
     for i in range(4):
       y = stage(i, c * 2**i, y)
       skips.append(y)
-      y = nn.Conv(c * 2**(i + 1), (4, 4), strides=(2, 2), padding=((1, 1), (1, 1)),
-                  dtype=self.dtype, kernel_init=conv_init, name=f'downsample_{i}')(y)
+      y = nn.Conv(
+        c * 2 ** (i + 1),
+        (4, 4),
+        strides=(2, 2),
+        padding=((1, 1), (1, 1)),
+        dtype=self.dtype,
+        kernel_init=conv_init,
+        name=f'downsample_{i}',
+      )(y)
     y = stage(4, c * 16, y)
     for j in range(4):
-      out = c * 2**(3 - j)
+      out = c * 2 ** (3 - j)
       y = Upsample(out, dtype=self.dtype, name=f'upsample_{j}')(y)
       y = jnp.concatenate([y, skips[3 - j]], axis=-1)
       y = stage(5 + j, 2 * out, y)
-    y = nn.Conv(4, (3, 3), padding=((1, 1), (1, 1)), dtype=self.dtype, kernel_init=conv_init,
-                name='output_proj')(y)
+    y = nn.Conv(
+      4,
+      (3, 3),
+      padding=((1, 1), (1, 1)),
+      dtype=self.dtype,
+      kernel_init=conv_init,
+      name='output_proj',
+    )(y)
     y = y.astype(jnp.float32)
     gate = jnp.maximum(jax.nn.sigmoid(y[..., 3:]), 0.1)
     restored = x + y[..., :3] * gate
-    return LMDViTOutput(restored=restored, gate=gate, scores=tuple(scores),
-                        decisions=tuple(decisions), dropped=tuple(dropped))
+    return LMDViTOutput(
+      restored=restored,
+      gate=gate,
+      scores=tuple(scores),
+      decisions=tuple(decisions),
+      dropped=tuple(dropped),
+    )
 
 
 _TRUNC_NORMAL_STD = 0.87962566103423978  # std of a unit normal truncated to [-2, 2]
@@ -263,8 +309,10 @@ def init_params(model: LMDViT, rng: int | jax.Array = 0) -> dict[str, Any]:
     The params pytree (nested dict of float32 jax arrays).
   """
   side = model.multiple
-  abstract = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
-                            jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32))['params']
+  abstract = jax.eval_shape(
+    lambda x: model.init(jax.random.PRNGKey(0), x),
+    jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32),
+  )['params']
   if isinstance(rng, int):
     entropy = [rng]
   else:

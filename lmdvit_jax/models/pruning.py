@@ -22,9 +22,10 @@ bit-identical, exactly like windows that were never run.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import dataclasses
 import math
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import flax.linen as nn
 import flax.struct
@@ -70,14 +71,14 @@ class DecisionBlock:
     return f'{self.stage}.{self.block}'
 
 
-def decision_blocks(stage_names: Sequence[str], depths: Sequence[int],
-                    prune_loc: Sequence[int]) -> tuple[DecisionBlock, ...]:
+def decision_blocks(
+  stage_names: Sequence[str], depths: Sequence[int], prune_loc: Sequence[int]
+) -> tuple[DecisionBlock, ...]:
   """The predicting blocks of a network, in the order of its `decisions`."""
-  out = []
+  out: list[DecisionBlock] = []
   for name, depth, prune in zip(stage_names, depths, prune_loc):
     if prune:
-      out.extend(DecisionBlock(name, b, block_shift(b, 2) > 0)
-                 for b in range(depth) if predicts(b))
+      out.extend(DecisionBlock(name, b, block_shift(b, 2) > 0) for b in range(depth) if predicts(b))
   return tuple(out)
 
 
@@ -86,8 +87,8 @@ def decision_blocks(stage_names: Sequence[str], depths: Sequence[int],
 # `decision_rule` naming it; training always samples Gumbel decisions.
 DecisionRule = Callable[[jax.Array, float], jax.Array]
 DECISION_RULES: dict[str, DecisionRule] = {
-    # The paper's: keep a window whose keep probability exceeds the threshold.
-    'threshold': lambda p, threshold: (p > threshold).astype(p.dtype),
+  # The paper's: keep a window whose keep probability exceeds the threshold.
+  'threshold': lambda p, threshold: (p > threshold).astype(p.dtype),
 }
 
 
@@ -130,10 +131,10 @@ class ConfidencePredictor(nn.Module):
     t = dense(c, 'in_linear1')(x.reshape(b, h * w, c))
     t = nn.LayerNorm(epsilon=LN_EPS, use_fast_variance=False, name='in_norm')(gelu(t))
     k2, b2 = _DenseParams(c, c, name='in_linear2')()
-    local = t @ k2[:, :half].astype(t.dtype) + b2[:half].astype(t.dtype)    # [B, N, C/2]
+    local = t @ k2[:, :half].astype(t.dtype) + b2[:half].astype(t.dtype)  # [B, N, C/2]
     glob = t.mean(axis=1) @ k2[:, half:].astype(t.dtype) + b2[half:].astype(t.dtype)  # [B, C/2]
     k3, b3 = _DenseParams(c, c // 2, name='out_linear1')()
-    per_image = glob @ k3[half:].astype(t.dtype) + b3.astype(t.dtype)      # [B, C/2]
+    per_image = glob @ k3[half:].astype(t.dtype) + b3.astype(t.dtype)  # [B, C/2]
     t = gelu(local @ k3[:half].astype(t.dtype) + per_image[:, None, :])
     t = gelu(dense(c // 4, 'out_linear2')(t))
     return dense(2, 'out_linear3')(t).reshape(b, h, w, 2)
@@ -156,8 +157,14 @@ def keep_probability(window_logits: jax.Array) -> jax.Array:
   return jax.nn.softmax(window_logits, axis=-1)[..., 0]
 
 
-def decide(window_logits: jax.Array, *, train: bool, threshold: float,
-           rng: jax.Array | None = None, rule: str = 'threshold') -> jax.Array:
+def decide(
+  window_logits: jax.Array,
+  *,
+  train: bool,
+  threshold: float,
+  rng: jax.Array | None = None,
+  rule: str = 'threshold',
+) -> jax.Array:
   """Decision layer: `[B, h, w, 2]` window logits -> `[B, h, w]` keep map in {0, 1}.
 
   Training draws a hard Gumbel-softmax sample (tau 1) whose gradient is that of
@@ -166,6 +173,8 @@ def decide(window_logits: jax.Array, *, train: bool, threshold: float,
   """
   if not train:
     return DECISION_RULES[rule](keep_probability(window_logits), threshold)
+  if rng is None:
+    raise ValueError('training decisions need an rng (the `gumbel` stream)')
   gumbels = jax.random.gumbel(rng, window_logits.shape, window_logits.dtype)
   soft = jax.nn.softmax(window_logits + gumbels, axis=-1)
   hard = jax.nn.one_hot(jnp.argmax(soft, axis=-1), 2, dtype=soft.dtype)
@@ -204,8 +213,9 @@ def parse_capacity(value: str | float) -> str | float:
     try:
       value = float(text)
     except ValueError:
-      raise ValueError(f"capacity must be 'exact', 'masked' or a number in (0, 1], "
-                       f'got {value!r}') from None
+      raise ValueError(
+        f"capacity must be 'exact', 'masked' or a number in (0, 1], got {value!r}"
+      ) from None
   value = float(value)
   if not 0 < value <= 1:
     raise ValueError(f'a fixed capacity must be in (0, 1], got {value}')
@@ -230,8 +240,9 @@ def fixed_capacity(num_windows: int, fraction: float) -> int:
   return min(num_windows, max(1, math.ceil(fraction * num_windows)))
 
 
-def plan_windows(policy: jax.Array, confidence: jax.Array,
-                 capacity: int | None = None, pad: int = 0) -> WindowPlan:
+def plan_windows(
+  policy: jax.Array, confidence: jax.Array, capacity: int | None = None, pad: int = 0
+) -> WindowPlan:
   """Ranks the windows of each image for gathering.
 
   Args:

@@ -10,12 +10,14 @@ with the image are computed in the program, never stored as constants.
 from __future__ import annotations
 
 import functools
+from typing import TypeVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-Array = jax.Array | np.ndarray
+# numpy in, numpy out; jax in, jax out.
+Array = TypeVar('Array', np.ndarray, jax.Array)
 
 
 def partition(x: Array, ws: int) -> Array:
@@ -45,8 +47,7 @@ def roll(x: jax.Array, shift: int) -> jax.Array:
   return jnp.roll(x, (shift, shift), axis=(1, 2))
 
 
-def shift_region_ids(window: jax.Array, grid_h: int, grid_w: int, ws: int,
-                     shift: int) -> jax.Array:
+def shift_region_ids(window: jax.Array, grid_h: int, grid_w: int, ws: int, shift: int) -> jax.Array:
   """Swin region label of every token of windows `window` of the rolled map.
 
   The rolled map is cut into 3 x 3 regions by `[0:-ws]`, `[-ws:-shift]`,
@@ -71,7 +72,7 @@ def shift_region_ids(window: jax.Array, grid_h: int, grid_w: int, ws: int,
   return labels.reshape(window.shape + (ws * ws,)).astype(jnp.int32)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def relative_position_index(ws: int) -> np.ndarray:
   """`[N, N]` index into the `[(2ws-1)^2, heads]` bias table (Swin layout)."""
   coords = np.stack(np.meshgrid(np.arange(ws), np.arange(ws), indexing='ij'))

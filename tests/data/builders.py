@@ -55,8 +55,9 @@ def build_reloblur(root: Path, counts=None, size=(24, 32), seed=0) -> dict:
   return truth
 
 
-def build_gopro(root: Path, layout='sequences', splits=('train', 'test'), n=2, size=(16, 24),
-                seed=0) -> dict:
+def build_gopro(
+  root: Path, layout='sequences', splits=('train', 'test'), n=2, size=(16, 24), seed=0
+) -> dict:
   """GOPRO_Large/{split}/<seq>/{blur,blur_gamma,sharp}/ or {split}/{input,target}/ trees.
 
   Returns {split: {name: (blur, blur_gamma, sharp)}}.
@@ -86,15 +87,24 @@ def build_gopro(root: Path, layout='sequences', splits=('train', 'test'), n=2, s
 def build_npy(root: Path, n=3, size=(20, 28), seed=0, sparse=True) -> dict:
   """The LMD-ViT evaluation format; masks alternate scipy sparse / dense 0-1 / dense 0-255."""
   import scipy.sparse
+
   rng = np.random.default_rng(seed)
   root.mkdir(parents=True, exist_ok=True)
   truth = {}
   for i in range(n):
     blur, sharp, mask = make_triple(rng, *size, (2, 9, 3, 15))
     kind = i % 3 if sparse else 1 + i % 2
-    stored = (scipy.sparse.csr_matrix(mask.astype(np.float32)) if kind == 0 else
-              mask.astype(np.uint8) if kind == 1 else mask.astype(np.uint8) * 255)
-    np.save(root / f'img{i:03d}.npy', {'img_blur': blur, 'img_gt': sharp, 'blur_mask': stored},
-            allow_pickle=True)
+    stored = (
+      scipy.sparse.csr_matrix(mask.astype(np.float32))
+      if kind == 0
+      else mask.astype(np.uint8)
+      if kind == 1
+      else mask.astype(np.uint8) * 255
+    )
+    np.save(
+      root / f'img{i:03d}.npy',
+      {'img_blur': blur, 'img_gt': sharp, 'blur_mask': stored},
+      allow_pickle=True,
+    )
     truth[f'img{i:03d}'] = (blur, sharp, mask)
   return truth

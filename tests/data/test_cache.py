@@ -11,6 +11,7 @@ import pytest
 from lmdvit_jax import files
 from lmdvit_jax.data import build, cache, crops, open_source, pipeline
 from lmdvit_jax.data.examples import DataError
+
 from .builders import build_gopro, build_reloblur, make_triple, save
 
 KEYS = ('blur', 'sharp', 'mask')
@@ -56,8 +57,10 @@ def test_batches_equal_the_png_path_bit_for_bit(tmp_path, layout):
   assert_same_batches(batches(cached, n=4), want)  # Filled on first read...
   assert len(list(where.rglob('*.frame'))) == len(open_source(spec, 'train'))
   assert_same_batches(batches(cached, n=4), want)  # ... and read back.
-  assert_same_batches(batches(cached, n=4, num_threads=1, blur_prob=1.0),
-                      batches(spec, n=4, num_threads=1, blur_prob=1.0))
+  assert_same_batches(
+    batches(cached, n=4, num_threads=1, blur_prob=1.0),
+    batches(spec, n=4, num_threads=1, blur_prob=1.0),
+  )
 
 
 def test_the_draw_from_mask_runs_is_the_draw_from_the_mask():
@@ -66,14 +69,19 @@ def test_the_draw_from_mask_runs_is_the_draw_from_the_mask():
   for t in range(400):
     h, w = (int(v) for v in g.integers(4, 30, 2))
     patch = int(g.integers(1, min(h, w) + 1))
-    mask = [(g.random((h, w)) < g.random() * 0.3), np.zeros((h, w)), np.ones((h, w)),
-            np.pad(np.ones((2, w)), ((0, h - 2), (0, 0)))][t % 4].astype(np.uint8)[..., None]
+    mask = [
+      (g.random((h, w)) < g.random() * 0.3),
+      np.zeros((h, w)),
+      np.ones((h, w)),
+      np.pad(np.ones((2, w)), ((0, h - 2), (0, 0))),
+    ][t % 4].astype(np.uint8)[..., None]
     runs = crops.mask_runs(mask)
     for blur_prob in (0.5, 1.0):
       seed = int(g.integers(1 << 30))
       a, b = np.random.default_rng(seed), np.random.default_rng(seed)
-      assert (crops.crop_origin(a, mask, patch, blur_prob)
-              == crops.crop_origin(b, mask, patch, blur_prob, runs))
+      assert crops.crop_origin(a, mask, patch, blur_prob) == crops.crop_origin(
+        b, mask, patch, blur_prob, runs
+      )
       assert a.random() == b.random()
 
 
@@ -126,8 +134,9 @@ def test_build_prints_the_space_first_and_a_killed_build_resumes(tmp_path, capsy
     cache.build(source, jobs=1, progress=False)
   monkeypatch.setattr(files, 'write_bytes_atomic', real_write)
   assert len(list(where.rglob('*.frame'))) == 1  # No half frame under a frame's name.
-  assert cache.CachedSource(source.source, where, 'reloblur-train', source.identity,
-                            source.spec).missing  # Opens: the rest is decoded on read.
+  assert cache.CachedSource(
+    source.source, where, 'reloblur-train', source.identity, source.spec
+  ).missing  # Opens: the rest is decoded on read.
   capsys.readouterr()
   result = build.build_cache(cached, jobs=2)
   out = capsys.readouterr().out.splitlines()
@@ -144,8 +153,11 @@ def test_a_changed_source_file_is_named_and_refreshed(tmp_path):
   build.build_cache(cached)
   blur_file = sorted((tmp_path / 'ReLoBlur' / 'dataset').rglob('*_blur.png'))[1]
   save(blur_file, np.zeros((40, 56, 3), np.uint8))
-  with pytest.raises(DataError, match=f"{blur_file} changed since it was decoded.*"
-                     r"python -m lmdvit_jax.data.build '.*cache="):
+  with pytest.raises(
+    DataError,
+    match=f"{blur_file} changed since it was decoded.*"
+    r"python -m lmdvit_jax.data.build '.*cache=",
+  ):
     open_source(cached, 'train')
   assert build.build_cache(cached)['decoded'] == 1
   source = open_source(cached, 'train')
@@ -185,8 +197,9 @@ def test_a_full_disk_is_one_line_naming_the_folder(tmp_path, monkeypatch):
   with pytest.raises(DataError, match=f'No space left for the frame cache in {where}'):
     source.example(0)
   monkeypatch.setattr(cache.shutil, 'disk_usage', lambda p: type('U', (), {'free': 1000})())
-  with pytest.raises(DataError, match=f'Not enough space for the frame cache in {where}.*'
-                     'needed, 0.00 GB free'):
+  with pytest.raises(
+    DataError, match=f'Not enough space for the frame cache in {where}.*needed, 0.00 GB free'
+  ):
     build.build_cache(cached)
 
 
@@ -197,7 +210,7 @@ def test_memory_stays_bounded_and_the_source_pickles(tmp_path, monkeypatch):
   for i in range(5):
     example = source.example(i)
     assert isinstance(example['blur'], np.memmap) or isinstance(example['blur'].base, np.memmap)
-  assert len(source._maps) == 2  # pylint: disable=protected-access
+  assert len(source._maps) == 2
   copy = pickle.loads(pickle.dumps(source))
   for key in KEYS:
     np.testing.assert_array_equal(copy.example(3)[key], source.example(3)[key])

@@ -19,8 +19,11 @@ def rare_blur_example(h=160, w=240, box=(70, 76, 100, 106)):
 def uniform_hit_rate(mask, patch):
   """Exact share of all crop positions that contain a blurred pixel."""
   h, w = mask.shape[:2]
-  hits = [mask[y:y + patch, x:x + patch].any()
-          for y in range(h - patch + 1) for x in range(w - patch + 1)]
+  hits = [
+    mask[y : y + patch, x : x + patch].any()
+    for y in range(h - patch + 1)
+    for x in range(w - patch + 1)
+  ]
   return float(np.mean(hits))
 
 
@@ -37,7 +40,7 @@ def test_about_half_of_the_crops_contain_blur_when_blur_is_rare():
     if on_blur:
       centred += 1
       assert ex['mask'][y + patch // 2, x + patch // 2, 0] == 1  # Centre pixel is blurred.
-    hits += ex['mask'][y:y + patch, x:x + patch].any()
+    hits += ex['mask'][y : y + patch, x : x + patch].any()
   assert abs(centred / n - 0.5) < 0.04
   expected = 0.5 + 0.5 * q
   assert abs(hits / n - expected) < 0.04, (hits / n, expected)
@@ -49,7 +52,7 @@ def test_without_blur_aware_sampling_crops_are_uniform():
   rng = np.random.default_rng(1)
   origins = [crops.crop_origin(rng, ex['mask'], 32, blur_prob=0.0) for _ in range(3000)]
   assert not any(c for _, _, c in origins)
-  hits = np.mean([ex['mask'][y:y + 32, x:x + 32].any() for y, x, _ in origins])
+  hits = np.mean([ex['mask'][y : y + 32, x : x + 32].any() for y, x, _ in origins])
   assert abs(hits - q) < 0.03
   ys = np.array([y for y, _, _ in origins])
   assert ys.min() == 0 and ys.max() == 160 - 32  # Every position is reachable.
@@ -70,7 +73,7 @@ def test_blur_only_at_the_border_still_gets_a_crop_with_blur():
   rng = np.random.default_rng(3)
   for _ in range(50):
     y, x, on_blur = crops.crop_origin(rng, mask, 16, blur_prob=1.0)
-    assert on_blur and mask[y:y + 16, x:x + 16].any()
+    assert on_blur and mask[y : y + 16, x : x + 16].any()
 
 
 def test_crop_shapes_and_errors():
@@ -96,9 +99,12 @@ def test_flips_move_all_images_together():
   seen = set()
   for _ in range(200):
     out = crops.random_flips(rng, ex)
-    candidates = {(h, v): ex['sharp'][::-1 if v else 1, ::-1 if h else 1]
-                  for h in (False, True) for v in (False, True)}
-    (flip_h, flip_v), = [k for k, c in candidates.items() if np.array_equal(out['sharp'], c)]
+    candidates = {
+      (h, v): ex['sharp'][:: -1 if v else 1, :: -1 if h else 1]
+      for h in (False, True)
+      for v in (False, True)
+    }
+    ((flip_h, flip_v),) = [k for k, c in candidates.items() if np.array_equal(out['sharp'], c)]
     seen.add((flip_h, flip_v))
     ys = slice(None, None, -1 if flip_v else 1)
     xs = slice(None, None, -1 if flip_h else 1)

@@ -8,7 +8,7 @@ from lmdvit_jax.data import dead_leaves, open_source
 
 def test_radii_follow_the_power_law_within_bounds():
   rng = np.random.default_rng(0)
-  radii = np.array([dead_leaves._radius(rng) for _ in range(20000)])  # pylint: disable=protected-access
+  radii = np.array([dead_leaves._radius(rng) for _ in range(20000)])
   lo, hi = dead_leaves.RADII
   assert radii.min() >= lo and radii.max() <= hi
   # Density r^-3: P(r > 2 lo) = (1/4 - (lo/hi)^2) / (1 - (lo/hi)^2), about a quarter.

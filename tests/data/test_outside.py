@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from lmdvit_jax.data import open_source, outside, synthetic
+from lmdvit_jax.data import open_source, outside, photos
 
 
 def test_examples_are_seeded_triples_identical_outside_the_mask():
@@ -17,8 +17,9 @@ def test_examples_are_seeded_triples_identical_outside_the_mask():
     np.testing.assert_array_equal(ex['blur'], again.example(i)['blur'])
     outside_mask = ex['mask'][..., 0] == 0
     np.testing.assert_array_equal(ex['blur'][outside_mask], ex['sharp'][outside_mask])
-  assert any(not np.array_equal(source.example(i)['blur'], other.example(i)['blur'])
-             for i in range(4))
+  assert any(
+    not np.array_equal(source.example(i)['blur'], other.example(i)['blur']) for i in range(4)
+  )
   blurred = [source.example(i) for i in range(4)]
   assert sum(np.any(e['blur'] != e['sharp']) for e in blurred) >= 3
 
@@ -26,8 +27,9 @@ def test_examples_are_seeded_triples_identical_outside_the_mask():
 def test_it_shares_no_photograph_with_the_training_generator():
   names = {p.stem.lower() for p in outside.PHOTO_DIR.glob('*.jpg')}
   assert len(names) >= 8
-  package = {path.rsplit('/', 1)[-1].rsplit('.', 1)[0].lower()
-             for _, path in synthetic.PACKAGE_PHOTOS.values()}
+  package = {
+    path.rsplit('/', 1)[-1].rsplit('.', 1)[0].lower() for _, path in photos.PACKAGE_PHOTOS.values()
+  }
   assert not names & package
 
 

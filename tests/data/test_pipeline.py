@@ -1,15 +1,16 @@
 """Training pipeline: mixture, determinism, exact resume, global batches on 4 devices."""
 
 import os
+from pathlib import Path
 import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 from lmdvit_jax.data import pipeline
+
 from .builders import save
 
 REPO = Path(__file__).resolve().parents[2]
@@ -48,7 +49,7 @@ def test_elements_are_float_patches_and_depend_only_on_seed():
 
 
 def test_synthetic_training_images_default_to_the_patch_size():
-  src, = pipeline.open_train_sources(['synthetic'], patch_size=64)
+  (src,) = pipeline.open_train_sources(['synthetic'], patch_size=64)
   assert src.size == (64, 64) and src.split == 'train' and len(src) >= 100_000
 
 
@@ -89,9 +90,15 @@ def test_each_process_reads_its_block_of_every_global_batch(monkeypatch):
 
 def test_iterator_from_config():
   import ml_collections
-  config = ml_collections.ConfigDict({
-      'batch_size': 2, 'patch_size': 16, 'seed': 0,
-      'data': {'sources': ('synthetic',), 'weights': (1.0,), 'num_threads': 1}})
+
+  config = ml_collections.ConfigDict(
+    {
+      'batch_size': 2,
+      'patch_size': 16,
+      'seed': 0,
+      'data': {'sources': ('synthetic',), 'weights': (1.0,), 'num_threads': 1},
+    }
+  )
   batch = next(pipeline.make_train_iterator_from_config(config))
   assert batch['sharp'].shape == (2, 16, 16, 3)
 
@@ -125,6 +132,7 @@ def test_global_batches_on_four_devices():
   ''')
   env = dict(os.environ, PYTHONPATH=str(REPO))
   env.pop('XLA_FLAGS', None)
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
-                       cwd=REPO, timeout=180)
+  out = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO, timeout=180
+  )
   assert out.returncode == 0 and out.stdout.strip().endswith('OK'), out.stderr[-3000:]

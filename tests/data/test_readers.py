@@ -7,6 +7,7 @@ import pytest
 
 from lmdvit_jax.data import readers, specs
 from lmdvit_jax.data.examples import DataError
+
 from .builders import build_gopro, build_npy, build_reloblur, save
 
 
@@ -91,9 +92,15 @@ def test_npy_errors(tmp_path):
   np.save(bad / 'x.npy', {'img_blur': np.zeros((4, 4, 3), np.uint8)}, allow_pickle=True)
   with pytest.raises(DataError, match='img_gt'):
     readers.NpySource(bad).example(0)
-  np.save(bad / 'x.npy', {'img_blur': np.zeros((4, 4, 3), np.uint8),
-                          'img_gt': np.zeros((4, 5, 3), np.uint8),
-                          'blur_mask': np.zeros((4, 4))}, allow_pickle=True)
+  np.save(
+    bad / 'x.npy',
+    {
+      'img_blur': np.zeros((4, 4, 3), np.uint8),
+      'img_gt': np.zeros((4, 5, 3), np.uint8),
+      'blur_mask': np.zeros((4, 4)),
+    },
+    allow_pickle=True,
+  )
   with pytest.raises(DataError, match='Size mismatch'):
     readers.NpySource(bad).example(0)
   (bad / 'x.npy').write_bytes(b'garbage')
@@ -179,7 +186,9 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
   assert val.split == 'val' and val[0]['blur'].shape == (32, 32, 3)
 
 
-@pytest.mark.parametrize('spec, message', [
+@pytest.mark.parametrize(
+  'spec, message',
+  [
     ('relobur:/x', "Did you mean 'reloblur'"),
     ('npy', 'needs a path'),
     ('synthetic:/x', 'takes no path'),
@@ -192,7 +201,8 @@ def test_open_source_parses_every_kind(tmp_path, reloblur_tree):
     ('pairs:/x?threshold', 'Malformed options'),
     ('synthetic?preset=wild', "Unknown preset 'wild'"),
     ('synthetic?size=3x4x5', 'not S or WxH'),
-])
+  ],
+)
 def test_open_source_rejects_typos(spec, message):
   with pytest.raises(ValueError, match=message):
     specs.open_source(spec)

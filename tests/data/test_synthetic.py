@@ -5,43 +5,48 @@ import time
 import numpy as np
 import pytest
 
-from lmdvit_jax.data import open_source, synthetic
+from lmdvit_jax.data import motion, open_source, photos, synthetic
+
 from .builders import save
 
 
 def test_package_photos_load_from_the_installed_packages():
-  for name in synthetic.PACKAGE_PHOTOS:
-    photo = synthetic._package_photo(name)
+  for name in photos.PACKAGE_PHOTOS:
+    photo = photos._package_photo(name)
     assert photo.dtype == np.uint8 and photo.ndim == 3 and photo.shape[2] == 3, name
     assert min(photo.shape[:2]) >= 256, name
     assert photo.std() > 10, name  # A real picture, not a blank placeholder.
 
 
-@pytest.mark.parametrize('photo_set', sorted(synthetic.PHOTO_SETS))
+@pytest.mark.parametrize('photo_set', sorted(photos.PHOTO_SETS))
 def test_photo_sets_hold_out_the_same_val_and_test_photos(photo_set):
-  train = set(synthetic.package_photos('train', photo_set).names)
-  val = set(synthetic.package_photos('val', photo_set).names)
-  test = set(synthetic.package_photos('test', photo_set).names)
-  assert test == set(synthetic.TEST_PHOTOS) and val == set(synthetic.VAL_PHOTOS)
+  train = set(photos.package_photos('train', photo_set).names)
+  val = set(photos.package_photos('val', photo_set).names)
+  test = set(photos.package_photos('test', photo_set).names)
+  assert test == set(photos.TEST_PHOTOS) and val == set(photos.VAL_PHOTOS)
   assert not train & test and not train & val and not val & test
-  assert train | test == set(synthetic.PHOTO_SETS[photo_set])
-  assert val <= set(synthetic.PACKAGE_PHOTOS)
+  assert train | test == set(photos.PHOTO_SETS[photo_set])
+  assert val <= set(photos.PACKAGE_PHOTOS)
 
 
 def test_larger_photo_set_adds_photos_of_other_packages():
-  skimage = set(synthetic.package_photos('train', 'skimage').names)
-  packages = set(synthetic.package_photos('train', 'packages').names)
+  skimage = set(photos.package_photos('train', 'skimage').names)
+  packages = set(photos.package_photos('train', 'packages').names)
   assert len(skimage) == 11 and skimage < packages and len(packages) == 15
-  assert {synthetic.PACKAGE_PHOTOS[n][0] for n in packages - skimage} == {
-      'sklearn', 'matplotlib', 'mahotas', 'pywt'}
+  assert {photos.PACKAGE_PHOTOS[n][0] for n in packages - skimage} == {
+    'sklearn',
+    'matplotlib',
+    'mahotas',
+    'pywt',
+  }
   with pytest.raises(ValueError, match='photo set'):
-    synthetic.package_photos('train', 'imagenet')
+    photos.package_photos('train', 'imagenet')
 
 
 def test_missing_photo_package_names_what_to_install(monkeypatch):
-  monkeypatch.setitem(synthetic.PACKAGE_PHOTOS, 'absent', ('no_such_package_xyz', 'a.png'))
-  with pytest.raises(synthetic.DataError, match='pip install no_such_package_xyz'):
-    synthetic._package_photo('absent')
+  monkeypatch.setitem(photos.PACKAGE_PHOTOS, 'absent', ('no_such_package_xyz', 'a.png'))
+  with pytest.raises(photos.DataError, match="pip install no_such_package_xyz"):
+    photos._package_photo('absent')
 
 
 def test_srgb_round_trip():
@@ -52,15 +57,15 @@ def test_srgb_round_trip():
   np.testing.assert_allclose(synthetic.srgb_to_linear(v.astype(np.float32) / 255), lin, atol=1e-6)
 
 
-@pytest.mark.parametrize('kind', synthetic.TRAJECTORY_KINDS)
+@pytest.mark.parametrize('kind', motion.TRAJECTORY_KINDS)
 def test_kernel_is_normalised_and_centred_on_mid_exposure(kind):
   rng = np.random.default_rng(1)
   for length in (8.0, 30.0, 64.0):
-    path = synthetic.random_trajectory(rng, length, kind)
+    path = motion.random_trajectory(rng, length, kind)
     np.testing.assert_allclose(path[len(path) // 2], 0.0, atol=1e-9)
     arc = np.linalg.norm(np.diff(path, axis=0), axis=1).sum()
     np.testing.assert_allclose(arc, length, rtol=1e-6)
-    k = synthetic.trajectory_kernel(path)
+    k = motion.trajectory_kernel(path)
     assert k.shape[0] == k.shape[1] and k.shape[0] % 2 == 1
     np.testing.assert_allclose(k.sum(), 1.0, rtol=1e-5)
     r = k.shape[0] // 2
@@ -69,10 +74,10 @@ def test_kernel_is_normalised_and_centred_on_mid_exposure(kind):
 
 
 def test_linear_kernel_is_a_centred_segment():
-  path = synthetic.random_trajectory(np.random.default_rng(3), 20.0, 'linear')
-  k = synthetic.trajectory_kernel(path)
+  path = motion.random_trajectory(np.random.default_rng(3), 20.0, 'linear')
+  k = motion.trajectory_kernel(path)
   r = k.shape[0] // 2
-  ys, xs = np.mgrid[-r:r + 1, -r:r + 1]
+  ys, xs = np.mgrid[-r : r + 1, -r : r + 1]
   np.testing.assert_allclose([(k * ys).sum(), (k * xs).sum()], [0, 0], atol=1e-4)
   extent = np.sqrt((k * (ys**2 + xs**2)).sum() * 12)  # Uniform segment: var = L^2 / 12.
   np.testing.assert_allclose(extent, 20.0, rtol=0.1)
@@ -88,8 +93,9 @@ def test_same_seed_same_triple_other_seed_other_triple():
       np.testing.assert_array_equal(ea[key], eb[key])
     assert not np.array_equal(ea['sharp'], ec['sharp'])
   # Random access: example 3 does not depend on having made 0..2 first.
-  np.testing.assert_array_equal(synthetic.SyntheticSource(count=4, size=64, seed=7).example(3)['blur'],
-                                a.example(3)['blur'])
+  np.testing.assert_array_equal(
+    synthetic.SyntheticSource(count=4, size=64, seed=7).example(3)['blur'], a.example(3)['blur']
+  )
 
 
 def test_blur_equals_sharp_outside_the_mask_and_differs_inside():
@@ -109,8 +115,9 @@ def test_blur_equals_sharp_outside_the_mask_and_differs_inside():
 def test_blur_preserves_object_energy_in_linear_light():
   # White object on black: sum(sharp) = sum(alpha), sum(blur) = sum(K * alpha) = sum(alpha).
   photos = [np.zeros((80, 80, 3), np.uint8), np.full((80, 80, 3), 255, np.uint8)]
-  settings = synthetic.BlurSettings(blur_length=(10, 20), object_size=(0.2, 0.3),
-                                    num_objects=(1, 1), max_noise=0.0)
+  settings = synthetic.BlurSettings(
+    blur_length=(10, 20), object_size=(0.2, 0.3), num_objects=(1, 1), max_noise=0.0
+  )
   checked = 0
   for seed in range(40):
     rng = np.random.default_rng(seed)
@@ -130,11 +137,11 @@ def test_blur_preserves_object_energy_in_linear_light():
 def test_train_and_test_use_disjoint_photos_and_streams():
   train = synthetic.SyntheticSource(count=2, size=32, seed=0, split='train')
   test = synthetic.SyntheticSource(count=2, size=32, seed=0, split='test')
-  assert set(train.photos.names) == set(synthetic.package_photos('train', 'skimage').names)
-  assert set(test.photos.names) == set(synthetic.TEST_PHOTOS)
+  assert set(train.photos.names) == set(photos.package_photos('train', 'skimage').names)
+  assert set(test.photos.names) == set(photos.TEST_PHOTOS)
   assert not np.array_equal(train.example(0)['sharp'], test.example(0)['sharp'])
   val = synthetic.SyntheticSource(count=2, size=32, seed=0, split='val')
-  assert set(val.photos.names) == set(synthetic.VAL_PHOTOS)
+  assert set(val.photos.names) == set(photos.VAL_PHOTOS)
   with pytest.raises(ValueError, match='split'):
     synthetic.SyntheticSource(split='validation')
 
@@ -145,33 +152,33 @@ def test_folder_of_photos_splits_by_name(tmp_path):
     save(tmp_path / 'photos' / f'p{i}.png', rng.integers(0, 256, (40, 50, 3), dtype=np.uint8))
   save(tmp_path / 'photos' / 'sub' / 'grey.jpg', rng.integers(0, 256, (60, 40), dtype=np.uint8))
   every = {f'p{i}' for i in range(10)} | {'sub/grey'}
-  train = synthetic.folder_photos(tmp_path / 'photos', 'train', val_fraction=0.0)
-  test = synthetic.folder_photos(tmp_path / 'photos', 'test')
+  train = photos.folder_photos(tmp_path / 'photos', 'train', val_fraction=0.0)
+  test = photos.folder_photos(tmp_path / 'photos', 'test')
   assert len(train) >= 1 and len(test) >= 1
   assert not set(train.names) & set(test.names)
   assert set(train.names) | set(test.names) == every
   # Val comes out of train only; test stays where it was.
-  train_less = synthetic.folder_photos(tmp_path / 'photos', 'train', val_fraction=0.5)
-  val = synthetic.folder_photos(tmp_path / 'photos', 'val', val_fraction=0.5)
+  train_less = photos.folder_photos(tmp_path / 'photos', 'train', val_fraction=0.5)
+  val = photos.folder_photos(tmp_path / 'photos', 'val', val_fraction=0.5)
   assert len(val) >= 1 and len(train_less) >= 1
   assert set(train_less.names) | set(val.names) == set(train.names)
   assert not set(train_less.names) & set(val.names)
-  assert synthetic.folder_photos(tmp_path / 'photos', 'test').names == test.names
+  assert photos.folder_photos(tmp_path / 'photos', 'test').names == test.names
   assert all(p.shape[2] == 3 for p in train)
   src = synthetic.SyntheticSource(count=2, size=32, photos=tmp_path / 'photos')
   assert src.example(1)['blur'].shape == (32, 32, 3)
   with pytest.raises(FileNotFoundError):
-    synthetic.folder_photos(tmp_path / 'nope')
+    photos.folder_photos(tmp_path / 'nope')
 
 
 def test_folder_too_small_for_val_says_so(tmp_path):
   for name in ('a', 'b'):
     save(tmp_path / f'{name}.png', np.full((20, 20, 3), 100, np.uint8))
   # Two photos: one for train and one for test, whatever the fractions.
-  assert len(synthetic.folder_photos(tmp_path, 'train', val_fraction=1.0)) == 1
-  assert len(synthetic.folder_photos(tmp_path, 'test', val_fraction=1.0)) == 1
-  with pytest.raises(synthetic.DataError, match='no val photos'):
-    synthetic.folder_photos(tmp_path, 'val', val_fraction=1.0)
+  assert len(photos.folder_photos(tmp_path, 'train', val_fraction=1.0)) == 1
+  assert len(photos.folder_photos(tmp_path, 'test', val_fraction=1.0)) == 1
+  with pytest.raises(photos.DataError, match="no val photos"):
+    photos.folder_photos(tmp_path, 'val', val_fraction=1.0)
 
 
 def test_generator_is_fast():
@@ -190,11 +197,14 @@ def test_objects_are_the_most_textured_of_their_tries():
   more detail (and so more visible blur) than objects from a single crop."""
   photo = np.full((96, 192, 3), 128, np.uint8)
   photo[:, 96:] = np.random.default_rng(1).integers(0, 256, (96, 96, 3), np.uint8)
-  assert synthetic.texture_energy(photo[:, 96:]) > 50 * (1 + synthetic.texture_energy(photo[:, :96]))
+  assert synthetic.texture_energy(photo[:, 96:]) > 50 * (
+    1 + synthetic.texture_energy(photo[:, :96])
+  )
 
   def object_detail(tries):
-    settings = synthetic.BlurSettings(blur_length=(4.0, 6.0), texture_tries=tries,
-                                      max_noise=0.0, num_objects=(1, 1))
+    settings = synthetic.BlurSettings(
+      blur_length=(4.0, 6.0), texture_tries=tries, max_noise=0.0, num_objects=(1, 1)
+    )
     detail = []
     for seed in range(16):
       t = synthetic.synthesize(np.random.default_rng(seed), [photo], (48, 48), settings)
@@ -212,15 +222,19 @@ def test_default_settings_are_realistic_local_blur():
   s = synthetic.BlurSettings()
   assert s.blur_length == (2.0, 12.0) and s.texture_tries > 1
   assert synthetic.PRESETS['extreme'].blur_length == (8.0, 64.0)
-  shares = [synthetic.synthesize(np.random.default_rng(i), synthetic.package_photos('test'),
-                                 (128, 192))['mask'].mean() for i in range(12)]
+  shares = [
+    synthetic.synthesize(np.random.default_rng(i), photos.package_photos('test'), (128, 192))[
+      'mask'
+    ].mean()
+    for i in range(12)
+  ]
   assert 0.005 < min(shares) and max(shares) < 0.4 and 0.02 < np.mean(shares) < 0.25
 
 
 def test_camera_shake_paths_have_the_asked_length_and_uneven_speed():
   rng = np.random.default_rng(0)
   for length in (3.0, 12.0):
-    path = synthetic.shake_trajectory(rng, length)
+    path = motion.shake_trajectory(rng, length)
     steps = np.linalg.norm(np.diff(path, axis=0), axis=1)
     assert steps.sum() == pytest.approx(length, rel=1e-6)
     assert steps.std() > 0.05 * steps.mean()  # not constant speed
@@ -265,15 +279,15 @@ def test_camera_renders_gamma_noise_and_jpeg_and_keeps_outside_the_mask_identica
 
 
 def test_varied_preset_makes_valid_triples_unlike_the_default():
-  photos = synthetic.package_photos('test')
+  pool = photos.package_photos('test')
   varied, default = synthetic.PRESETS['varied'], synthetic.PRESETS['realistic']
   objects = []
   for seed in range(8):
-    ex = synthetic.synthesize(np.random.default_rng(seed), photos, (96, 128), varied)
+    ex = synthetic.synthesize(np.random.default_rng(seed), pool, (96, 128), varied)
     m = ex['mask'][..., 0] > 0
     assert ex['blur'].dtype == np.uint8 and 0 < m.mean() < 0.9
     np.testing.assert_array_equal(ex['blur'][~m], ex['sharp'][~m])
-    plain = synthetic.synthesize(np.random.default_rng(seed), photos, (96, 128), default)
+    plain = synthetic.synthesize(np.random.default_rng(seed), pool, (96, 128), default)
     objects.append(not np.array_equal(ex['sharp'], plain['sharp']))
   assert all(objects)
   source = open_source('synthetic?count=2&size=64&preset=varied')

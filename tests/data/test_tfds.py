@@ -2,15 +2,16 @@
 
 import importlib.util
 import os
+from pathlib import Path
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
 import lmdvit_jax.data  # noqa: F401  (registers the builders)
 from lmdvit_jax.data import readers, specs, synthetic
+
 from .builders import build_gopro, build_reloblur
 
 REPO = Path(__file__).resolve().parents[2]
@@ -18,8 +19,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def run_python(code: str) -> str:
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, env=env,
-                       cwd=REPO, timeout=120)
+  out = subprocess.run(
+    [sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
+  )
   assert out.returncode == 0, out.stderr
   return out.stdout
 
@@ -30,23 +32,26 @@ def test_tensorflow_is_not_installed():
 
 def test_import_registers_builders_in_either_order_with_plain_imports():
   out = run_python(
-      'import sys, lmdvit_jax.data\n'
-      'print("import hooks added:", sum(type(h).__module__.startswith("lmdvit_jax")'
-      ' for h in sys.meta_path))\n'
-      'import tensorflow_datasets as tfds\n'
-      'print(sorted(b for b in tfds.list_builders(with_community_datasets=False)'
-      ' if b in ("reloblur", "gopro", "synthetic_local_blur")))\n')
+    'import sys, lmdvit_jax.data\n'
+    'print("import hooks added:", sum(type(h).__module__.startswith("lmdvit_jax")'
+    ' for h in sys.meta_path))\n'
+    'import tensorflow_datasets as tfds\n'
+    'print(sorted(b for b in tfds.list_builders(with_community_datasets=False)'
+    ' if b in ("reloblur", "gopro", "synthetic_local_blur")))\n'
+  )
   assert 'import hooks added: 0' in out
   assert "['gopro', 'reloblur', 'synthetic_local_blur']" in out
   out = run_python(
-      'import tensorflow_datasets as tfds, lmdvit_jax.data\n'
-      'print(tfds.builder("reloblur").name, tfds.builder("gopro/blur_gamma").builder_config.blur)\n'
-      'print(len(tfds.builder("reloblur").MANUAL_DOWNLOAD_INSTRUCTIONS) > 100)\n')
+    'import tensorflow_datasets as tfds, lmdvit_jax.data\n'
+    'print(tfds.builder("reloblur").name, tfds.builder("gopro/blur_gamma").builder_config.blur)\n'
+    'print(len(tfds.builder("reloblur").MANUAL_DOWNLOAD_INSTRUCTIONS) > 100)\n'
+  )
   assert out.split() == ['reloblur', 'blur_gamma', 'True']
 
 
 def read_split(data_dir, name, split):
   import tensorflow_datasets as tfds
+
   source = tfds.data_source(name, split=split, data_dir=data_dir)
   return [source[i] for i in range(len(source))]
 
@@ -61,6 +66,7 @@ def check_features(example):
 
 def test_synthetic_build_and_read_round_trip(tmp_path):
   from lmdvit_jax.data import tfds_builders
+
   builder = tfds_builders.build('synthetic_local_blur/tiny', data_dir=str(tmp_path))
   files = sorted(p.name for p in Path(builder.data_dir).iterdir())
   assert any('.array_record-' in f for f in files), files
@@ -79,9 +85,11 @@ def test_synthetic_build_and_read_round_trip(tmp_path):
 
 def test_reloblur_build_and_read_round_trip(tmp_path):
   from lmdvit_jax.data import tfds_builders
+
   build_reloblur(tmp_path / 'manual')
-  tfds_builders.build('reloblur', data_dir=str(tmp_path / 'tfds'),
-                      manual_dir=str(tmp_path / 'manual'))
+  tfds_builders.build(
+    'reloblur', data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'manual')
+  )
   for split in ('train', 'test'):
     reader = readers.ReLoBlurSource(tmp_path / 'manual', split)
     stored = specs.open_source(f'tfds:reloblur?data_dir={tmp_path / "tfds"}', split=split)
@@ -98,11 +106,13 @@ def test_reloblur_build_and_read_round_trip(tmp_path):
 
 def test_gopro_build_blur_gamma_and_missing_manual_dir(tmp_path):
   from lmdvit_jax.data import tfds_builders
+
   truth = build_gopro(tmp_path / 'manual', splits=('test',))
   with pytest.raises(FileNotFoundError, match='GOPRO_Large'):
     tfds_builders.build('gopro', data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'no'))
-  tfds_builders.build('gopro/blur_gamma', data_dir=str(tmp_path / 'tfds'),
-                      manual_dir=str(tmp_path / 'manual'))  # Only test exists: train skipped.
+  tfds_builders.build(
+    'gopro/blur_gamma', data_dir=str(tmp_path / 'tfds'), manual_dir=str(tmp_path / 'manual')
+  )  # Only test exists: train skipped.
   examples = read_split(tmp_path / 'tfds', 'gopro/blur_gamma', 'test')
   assert len(examples) == len(truth['test'])
   for ex in examples:
@@ -115,11 +125,29 @@ def test_gopro_build_blur_gamma_and_missing_manual_dir(tmp_path):
 
 def test_build_command_line(tmp_path):
   env = dict(os.environ, PYTHONPATH=str(REPO))
-  out = subprocess.run([sys.executable, '-m', 'lmdvit_jax.data.build', 'synthetic_local_blur/tiny',
-                        '--data_dir', str(tmp_path)], capture_output=True, text=True, env=env,
-                       cwd=REPO, timeout=120)
+  out = subprocess.run(
+    [
+      sys.executable,
+      '-m',
+      'lmdvit_jax.data.build',
+      'synthetic_local_blur/tiny',
+      '--data_dir',
+      str(tmp_path),
+    ],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+    timeout=120,
+  )
   assert out.returncode == 0, out.stderr
   assert 'test: 4 examples' in out.stdout
-  bad = subprocess.run([sys.executable, '-m', 'lmdvit_jax.data.build', 'relobur'],
-                       capture_output=True, text=True, env=env, cwd=REPO, timeout=60)
+  bad = subprocess.run(
+    [sys.executable, '-m', 'lmdvit_jax.data.build', 'relobur'],
+    capture_output=True,
+    text=True,
+    env=env,
+    cwd=REPO,
+    timeout=60,
+  )
   assert bad.returncode != 0 and 'unknown dataset' in bad.stderr

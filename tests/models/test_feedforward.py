@@ -13,7 +13,7 @@ def _numpy_reference(x, kernel, bias):
   out = np.broadcast_to(bias, x.shape).astype(np.float64)
   for i in range(3):
     for j in range(3):
-      out = out + xp[:, i:i + h, j:j + w] * kernel[i, j]
+      out = out + xp[:, i : i + h, j : j + w] * kernel[i, j]
   return out
 
 

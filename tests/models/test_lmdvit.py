@@ -10,20 +10,24 @@ import pytest
 from configs import lmdvit as lmdvit_config
 from configs import lmdvit_small, tiny
 from lmdvit_jax import convert
-from lmdvit_jax.models import (LMDViT, count_params, fan_in_predictors, identity_output,
-                               init_params)
+from lmdvit_jax.models import LMDViT, count_params, fan_in_predictors, identity_output, init_params
 from tests.helpers import fixture_names
 
 
 def abstract_params(model, side=128):
-  return jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
-                        jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32))['params']
+  return jax.eval_shape(
+    lambda x: model.init(jax.random.PRNGKey(0), x),
+    jax.ShapeDtypeStruct((1, side, side, 3), jnp.float32),
+  )['params']
 
 
-@pytest.mark.parametrize('config, expected', [
+@pytest.mark.parametrize(
+  'config, expected',
+  [
     (lmdvit_config, 54_549_163),  # the official count of the released model
     (lmdvit_small, 13_945_471),
-])
+  ],
+)
 def test_param_counts(config, expected):
   assert count_params(abstract_params(LMDViT(**config.get_config().model))) == expected
 
@@ -57,14 +61,16 @@ def assert_matches_fixture(out, io):
   n = len([k for k in io if k.startswith('decisions_')])
   assert len(out.decisions) == len(out.scores) == n
   for i in range(n):
-    np.testing.assert_array_equal(np.asarray(out.decisions[i]), io[f'decisions_{i:02d}'],
-                                  err_msg=f'decision map {i}')
+    np.testing.assert_array_equal(
+      np.asarray(out.decisions[i]), io[f'decisions_{i:02d}'], err_msg=f'decision map {i}'
+    )
     # The bound grows with the logits' range: in fixture A they reach |137|, and
     # the official float32 model is itself up to 1.1e-4 away from a float64
     # evaluation of the same network (float32 rounding, not a mapping error).
     ref = io[f'scores_{i:02d}']
-    np.testing.assert_allclose(out.scores[i], ref, rtol=0,
-                               atol=1e-4 + 1e-6 * np.abs(ref).max(), err_msg=f'scores {i}')
+    np.testing.assert_allclose(
+      out.scores[i], ref, rtol=0, atol=1e-4 + 1e-6 * np.abs(ref).max(), err_msg=f'scores {i}'
+    )
 
 
 _APPLY = {}
@@ -155,32 +161,42 @@ def test_unpruned_stages_have_no_predictor():
   model = LMDViT(**kwargs)
   params = abstract_params(model)
   assert 'predictor_0' not in params['encoder_0'] and 'predictor_1' in params['encoder_1']
-  out = jax.eval_shape(lambda p, x: model.apply({'params': p}, x), params,
-                       jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32))
+  out = jax.eval_shape(
+    lambda p, x: model.apply({'params': p}, x),
+    params,
+    jax.ShapeDtypeStruct((1, 128, 128, 3), jnp.float32),
+  )
   assert len(out.decisions) == 2 + 2  # encoder_1 (depth 2), decoder_2 (depth 3: two predict)
 
 
-@pytest.mark.parametrize('shape, dtype, message', [
+@pytest.mark.parametrize(
+  'shape, dtype, message',
+  [
     ((1, 128, 128), jnp.float32, r'\[B, H, W, 3\]'),
     ((1, 128, 128, 4), jnp.float32, r'\[B, H, W, 3\]'),
     ((1, 100, 128, 3), jnp.float32, 'multiples of 16 \\* win_size = 128'),
     ((1, 128, 128, 3), jnp.uint8, 'float images'),
-])
+  ],
+)
 def test_bad_inputs_fail_clearly(shape, dtype, message):
   model = LMDViT(**tiny.get_config().model)
   with pytest.raises((ValueError, TypeError), match=message):
-    jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x),
-                   jax.ShapeDtypeStruct(shape, dtype))
+    jax.eval_shape(
+      lambda x: model.init(jax.random.PRNGKey(0), x), jax.ShapeDtypeStruct(shape, dtype)
+    )
 
 
-@pytest.mark.parametrize('field, value, message', [
+@pytest.mark.parametrize(
+  'field, value, message',
+  [
     ('depths', (1, 2, 3), 'needs 9 entries'),
     ('num_heads', (1, 2, 3, 4, 5, 6, 7, 8, 9), 'not divisible'),
     ('capacity', 'fast', "capacity must be 'exact'"),
     ('capacity', 1.5, r'in \(0, 1\]'),
     ('capacity_chunks', 0, 'capacity_chunks must be a positive integer'),
     ('capacity_chunks', 2.5, 'capacity_chunks must be a positive integer'),
-])
+  ],
+)
 def test_bad_config_fails_clearly(field, value, message):
   kwargs = dict(tiny.get_config().model)
   kwargs[field] = value
@@ -194,8 +210,9 @@ def test_init_params_matches_flax_init_structure():
   p = init_params(model, 3)
   assert jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), p) == a
   q = init_params(model, 3)
-  assert all(np.array_equal(u, v) for u, v in
-             zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(q)))
+  assert all(
+    np.array_equal(u, v) for u, v in zip(jax.tree_util.tree_leaves(p), jax.tree_util.tree_leaves(q))
+  )
   kernel = np.asarray(init_params(LMDViT(), 0)['decoder_0']['block_0']['mlp']['linear1']['kernel'])
   assert abs(kernel.std() - 0.02) < 0.001 and np.abs(kernel).max() <= 0.04 / 0.8796 + 1e-6
 
@@ -214,8 +231,11 @@ def test_identity_start_and_fan_in_predictors(tiny_model_and_params):
 
   scaled = fan_in_predictors(params, 0)
   paths = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_leaves_with_path(params)]
-  changed = [p for p, a, b in zip(paths, jax.tree_util.tree_leaves(params),
-                                  jax.tree_util.tree_leaves(scaled)) if not np.array_equal(a, b)]
+  changed = [
+    p
+    for p, a, b in zip(paths, jax.tree_util.tree_leaves(params), jax.tree_util.tree_leaves(scaled))
+    if not np.array_equal(a, b)
+  ]
   assert changed and all('predictor_' in c and 'kernel' in c for c in changed)
   official = np.abs(np.asarray(apply(params).scores[0])).mean()
   fan_in = np.abs(np.asarray(apply(scaled).scores[0])).mean()

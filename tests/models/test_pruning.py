@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 
 from configs import tiny
-from lmdvit_jax.models import LMDViT, fan_in_predictors, init_params, pruning
+from lmdvit_jax.models import LMDViT, adawpt, fan_in_predictors, init_params, pruning
 from lmdvit_jax.models import windows as win
-from lmdvit_jax.models import adawpt
 from lmdvit_jax.models.adawpt import AdaWPTStage
 
 B, SIDE, DIM, WS = 3, 16, 16, 4  # 16 windows of 4x4 per image
@@ -17,8 +16,16 @@ NUM_WINDOWS = (SIDE // WS) ** 2
 
 
 def make_stage(capacity, chunks=pruning.DEFAULT_CHUNKS):
-  return AdaWPTStage(DIM, depth=4, num_heads=2, win_size=WS, modulator=True, prune=True,
-                     capacity=capacity, chunks=chunks)
+  return AdaWPTStage(
+    DIM,
+    depth=4,
+    num_heads=2,
+    win_size=WS,
+    modulator=True,
+    prune=True,
+    capacity=capacity,
+    chunks=chunks,
+  )
 
 
 _JITTED = {}
@@ -68,8 +75,9 @@ def test_setup_has_different_kept_counts_per_image(setup):
 
 # Exact mode in chunks of 1, 3 (the last chunk padded past the 16 windows) and
 # 16 windows (one chunk), and fixed budgets.
-@pytest.mark.parametrize('capacity,chunks', [('exact', 16), ('exact', 6), ('exact', 1),
-                                             (1.0, 16), (0.875, 16)])
+@pytest.mark.parametrize(
+  'capacity,chunks', [('exact', 16), ('exact', 6), ('exact', 1), (1.0, 16), (0.875, 16)]
+)
 def test_gathered_equals_masked(setup, capacity, chunks):
   x, params = setup
   ref, _, ref_decisions, _ = run(make_stage('masked'), params, x)
@@ -151,10 +159,12 @@ class _MarkingBlock(adawpt.TransformerBlock):
 def test_exact_mode_computes_at_most_one_chunk_beyond_the_kept_count(setup, monkeypatch, chunks):
   x, params = setup
   monkeypatch.setitem(adawpt.BLOCKS, 'lewin', _MarkingBlock)
-  stage = AdaWPTStage(DIM, depth=1, num_heads=2, win_size=WS, prune=True, capacity='exact',
-                      chunks=chunks)
-  out, _, decisions, _ = stage.apply({'params': {'predictor_0': params['predictor_0']}}, x,
-                                     train=False)
+  stage = AdaWPTStage(
+    DIM, depth=1, num_heads=2, win_size=WS, prune=True, capacity='exact', chunks=chunks
+  )
+  out, _, decisions, _ = stage.apply(
+    {'params': {'predictor_0': params['predictor_0']}}, x, train=False
+  )
   kept = np.asarray(decisions[0]).reshape(B, -1).sum(-1).astype(int)
   marked = np.isclose(np.asarray(win.partition(out - x, WS)), 1.0, atol=1e-5)
   computed = marked.all(axis=(2, 3, 4)).sum(-1)
@@ -166,21 +176,27 @@ def test_exact_mode_computes_at_most_one_chunk_beyond_the_kept_count(setup, monk
 
 def test_compiled_program_has_static_shapes_and_no_host_calls(setup):
   x, params = setup
-  lowered = jax.jit(lambda p, x: make_stage('exact').apply({'params': p}, x, train=False)).lower(params, x)
+  lowered = jax.jit(lambda p, x: make_stage('exact').apply({'params': p}, x, train=False)).lower(
+    params, x
+  )
   text = lowered.as_text()
   assert 'callback' not in text
   assert 'stablehlo.while' in text  # the run-time loop over chunks of kept windows
   # Compiled FLOPs follow a fixed budget.
   flops = {}
   for budget in (1.0, 0.25):
-    compiled = jax.jit(lambda p, x, s=make_stage(budget): s.apply({'params': p}, x, train=False)).lower(
-        params, x).compile()
+    compiled = (
+      jax.jit(lambda p, x, s=make_stage(budget): s.apply({'params': p}, x, train=False))  # noqa: B008
+      .lower(params, x)
+      .compile()
+    )
     flops[budget] = compiled.cost_analysis()['flops']
   assert flops[0.25] < 0.5 * flops[1.0]
 
 
 def test_a_new_decision_rule_is_one_registry_entry_and_a_config_value(monkeypatch):
   """Plugging in a second inference rule: register it, name it in the model."""
+
   # Keep the most confident half of each image's windows, whatever the threshold.
   def top_half(p, threshold):
     del threshold
@@ -204,5 +220,9 @@ def test_pruning_owns_which_blocks_predict_and_their_shifts():
   assert [pruning.predicts(b) for b in range(4)] == [True, True, False, False]
   assert [pruning.block_shift(b, 8) for b in range(4)] == [0, 4, 0, 4]
   blocks = pruning.decision_blocks(('a', 'b', 'c'), (3, 1, 2), (1, 0, 1))
-  assert [(b.label, b.shifted) for b in blocks] == [('a.0', False), ('a.1', True),
-                                                    ('c.0', False), ('c.1', True)]
+  assert [(b.label, b.shifted) for b in blocks] == [
+    ('a.0', False),
+    ('a.1', True),
+    ('c.0', False),
+    ('c.1', True),
+  ]

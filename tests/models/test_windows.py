@@ -16,16 +16,19 @@ def test_shift_region_ids_match_swin_mask():
   for h, w, ws, s in ((16, 24, 8, 4), (8, 8, 8, 4), (12, 20, 4, 2)):
     gh, gw = h // ws, w // ws
     ids = np.asarray(win.shift_region_ids(np.arange(gh * gw), gh, gw, ws, s))
+
     # Brute force: label every pixel of the rolled map by its 3x3 region.
-    def region(i, n):
-      return 0 if i < n - ws else (1 if i < n - s else 2)  # pylint: disable=cell-var-from-loop
+    def region(i, n, ws=ws, s=s):
+      return 0 if i < n - ws else (1 if i < n - s else 2)
+
     labels = np.array([[region(i, h) * 3 + region(j, w) for j in range(w)] for i in range(h)])
     expected = win.partition(labels[None, :, :, None], ws).reshape(-1, ws * ws)
     np.testing.assert_array_equal(ids, expected)
     # Any index array: the same labels, window by window.
     picked = np.array([[gh * gw - 1, 0], [gw - 1, gh * gw - gw]])
     np.testing.assert_array_equal(
-        np.asarray(win.shift_region_ids(picked, gh, gw, ws, s)), expected[picked])
+      np.asarray(win.shift_region_ids(picked, gh, gw, ws, s)), expected[picked]
+    )
   # Only the last window row and column mix regions.
   assert len(np.unique(ids[0])) == 1 and len(np.unique(ids[-1])) == 4
 
@@ -40,5 +43,6 @@ def test_relative_position_index():
 
 def test_window_mean():
   x = np.arange(16.0).reshape(1, 4, 4, 1)
-  np.testing.assert_allclose(np.asarray(win.window_mean(x, 2))[0, :, :, 0],
-                             [[2.5, 4.5], [10.5, 12.5]])
+  np.testing.assert_allclose(
+    np.asarray(win.window_mean(x, 2))[0, :, :, 0], [[2.5, 4.5], [10.5, 12.5]]
+  )
