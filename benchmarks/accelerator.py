@@ -77,6 +77,10 @@ FULL = dict(
   steps=5,
   data_frames=8,
   data_batches=8,
+  # (mode, dtype) of the inference rows: every mode in float32 and bfloat16.
+  inference_combos=[
+    (m, d) for m in ('dense', 'exact', 'budget 0.25') for d in ('float32', 'bfloat16')
+  ],
   # (dtype, remat, train_capacity): the dense step four ways, pruned training at 0.25.
   train_combos=[(d, r, 'dense') for d in ('float32', 'bfloat16') for r in ('none', 'blocks')]
   + [('float32', 'none', 0.25), ('bfloat16', 'none', 0.25)],
@@ -91,12 +95,9 @@ SMOKE = dict(
   steps=2,
   data_frames=2,
   data_batches=2,
-  # Two of the four, which between them cover both dtypes and both remats.
-  train_combos=[
-    ('float32', 'none', 'dense'),
-    ('bfloat16', 'blocks', 'dense'),
-    ('float32', 'none', 0.25),
-  ],
+  # Every mode and both dtypes, each at least once; both remats, pruned training.
+  inference_combos=[('dense', 'float32'), ('exact', 'bfloat16'), ('budget 0.25', 'float32')],
+  train_combos=[('float32', 'none', 'dense'), ('bfloat16', 'blocks', 0.25)],
 )
 # Seconds each part is expected to take on an H100/H200 (the full run); a part
 # starts only if this much of the budget is left. --smoke runs every part, so
@@ -234,31 +235,31 @@ def inference_part(sizes: dict) -> dict:
     'budget 0.25': (LMDViT(**kwargs, capacity=0.25), keep_all(pruned, base)),
   }
   rows = []
-  for mode, (model, params) in modes.items():
-    for dtype in ('float32', 'bfloat16'):
-      m = model.clone(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
-      deblurrer = inference.Deblurrer(m, params, InferenceSettings(tile=0), warmup=False)
-      start = time.perf_counter()
-      fn = deblurrer._executable(1, *g.padded_shape)
-      compile_s = time.perf_counter() - start
-      p = deblurrer.params
-      out = fn(p, canvas)
-      kept = [float(np.mean(d)) for d in jax.device_get(out[1])]
-      kept = min(
-        float(np.mean(kept)) if kept else 1.0, m.capacity if isinstance(m.capacity, float) else 1.0
-      )
-      rows.append(
-        {
-          'mode': mode,
-          'dtype': dtype,
-          'size': f'{h}x{w}',
-          'kept': kept,
-          'seconds': _median_seconds(lambda fn=fn, p=p: fn(p, canvas), sizes['repeats']),
-          'compile_s': compile_s,
-          'xla_gib': _xla_gib(fn),
-          'peak_device_gib': _peak_device_gib(),
-        }
-      )
+  for mode, dtype in sizes['inference_combos']:
+    model, params = modes[mode]
+    m = model.clone(dtype=jnp.bfloat16 if dtype == 'bfloat16' else jnp.float32)
+    deblurrer = inference.Deblurrer(m, params, InferenceSettings(tile=0), warmup=False)
+    start = time.perf_counter()
+    fn = deblurrer._executable(1, *g.padded_shape)
+    compile_s = time.perf_counter() - start
+    p = deblurrer.params
+    out = fn(p, canvas)
+    kept = [float(np.mean(d)) for d in jax.device_get(out[1])]
+    kept = min(
+      float(np.mean(kept)) if kept else 1.0, m.capacity if isinstance(m.capacity, float) else 1.0
+    )
+    rows.append(
+      {
+        'mode': mode,
+        'dtype': dtype,
+        'size': f'{h}x{w}',
+        'kept': kept,
+        'seconds': _median_seconds(lambda fn=fn, p=p: fn(p, canvas), sizes['repeats']),
+        'compile_s': compile_s,
+        'xla_gib': _xla_gib(fn),
+        'peak_device_gib': _peak_device_gib(),
+      }
+    )
   return {
     'rows': rows,
     'notes': [

@@ -125,3 +125,43 @@ def import_official(repo: str):
   import model_hw
 
   return torch, model_hw
+
+
+def op_times(compiled, args, trace_dir: str) -> list[tuple[str, str, float]]:
+  """Profiles one run of `compiled(*args)` with `jax.profiler`: for each HLO op
+  run, (its name, its metadata's op_name: the flax module path and named
+  scopes, milliseconds)."""
+  import glob
+  import gzip
+  import json
+  import re
+
+  import jax
+
+  names = dict(re.findall(r'%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', compiled.as_text()))
+  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
+  jax.block_until_ready(compiled(*args))
+  jax.profiler.stop_trace()
+  path = sorted(glob.glob(f'{trace_dir}/plugins/profile/*/perfetto_trace.json.gz'))[-1]
+  with gzip.open(path) as f:
+    events = json.load(f)['traceEvents']
+  out = []
+  for e in events:
+    op = e.get('args', {}).get('hlo_op') if e.get('ph') == 'X' else None
+    if op is not None:
+      out.append((op, names.get(op, ''), e['dur'] / 1e3))
+  return out
+
+
+def cpu_model() -> str:
+  """The CPU's model name (tables of timings say which machine gave them)."""
+  try:
+    with open('/proc/cpuinfo', encoding='utf-8') as f:
+      for line in f:
+        if line.startswith('model name'):
+          return line.split(':', 1)[1].strip()
+  except OSError:
+    pass
+  import platform
+
+  return platform.processor() or 'unknown CPU'

@@ -12,6 +12,11 @@ Modes:
              alternately with it, and their ratio;
   <float>    fixed budget b with predictors that keep every window, so each
              block runs exactly b of its windows.
+Given `--official_repo` (and `--official_python`, a Python with torch and
+einops), the official model then runs in its own process after ours, at the
+same sizes: every window kept against our `dense`, and a fixed random share
+kept in every block against each budget (`benchmarks.pytorch_reference`);
+a second table puts the two side by side.
 Times are medians over `--repeats` runs after one warm-up; compilation is
 timed apart (no persistent compilation cache here). FLOPs come from XLA's cost
 analysis of the compiled program and memory from its buffer assignment
@@ -20,7 +25,10 @@ analysis of the compiled program and memory from its buffer assignment
 
 from __future__ import annotations
 
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 from absl import flags
@@ -28,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import calibrate, keep_all
+from benchmarks.common import calibrate, cpu_model, keep_all
 from configs import lmdvit as lmdvit_config
 from lmdvit_jax import cli, programs
 from lmdvit_jax.models import LMDViT, init_params, pruning
@@ -44,6 +52,8 @@ def _define_flags() -> None:
   flags.DEFINE_float('exact_keep', 0.25, 'kept fraction targeted in exact mode')
   flags.DEFINE_integer('embed_dim', 32, '32 released, 16 small')
   flags.DEFINE_integer('chunks', pruning.DEFAULT_CHUNKS, "capacity_chunks of 'exact' mode")
+  flags.DEFINE_string('official_repo', None, 'a checkout of LeiaLi/LMD-ViT: time it too')
+  flags.DEFINE_string('official_python', sys.executable, 'Python with torch for it')
 
 
 def parse_size(s: str) -> tuple[int, int]:
@@ -92,9 +102,45 @@ def row(h: int, w: int, mode: str, kept: float, seconds: float, r: dict) -> str:
   )
 
 
+def official_seconds(h: int, w: int, kept: list[float]) -> dict[float, float]:
+  """The official model's median seconds at each kept share, in its own process."""
+  cmd = [
+    FLAGS.official_python,
+    '-m',
+    'benchmarks.pytorch_reference',
+    f'--official_repo={FLAGS.official_repo}',
+    f'--size={h}x{w}',
+    f'--kept={",".join(map(str, kept))}',
+    f'--repeats={FLAGS.repeats}',
+    '--json',
+  ]
+  out = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+  return {float(k): v for k, v in out['seconds'].items()}
+
+
+def side_by_side(ours: dict[tuple[str, str], float]) -> None:
+  """Each size's official times, then ours against them."""
+  print(f'\nagainst the official model, each in its own process ({cpu_model()}):')
+  print('| size | ours | official | ours (s) | official (s) | ours / official |')
+  print('| --- | --- | --- | --- | --- | --- |')
+  for size in dict.fromkeys(s for s, _ in ours):
+    h, w = parse_size(size)
+    shares = {m: 1.0 if m == 'dense' else float(m) for s, m in ours if s == size}
+    theirs = official_seconds(h, w, sorted(set(shares.values()), reverse=True))
+    for mode, kept in shares.items():
+      label = 'every window kept' if kept == 1.0 else f'{kept:g} kept at random'
+      t_ours, t_theirs = ours[size, mode], theirs[kept]
+      print(
+        f'| {h}x{w} | {mode} | {label} | {t_ours:.2f} | {t_theirs:.2f} | {t_ours / t_theirs:.2f} |',
+        flush=True,
+      )
+
+
 def main(argv):
   del argv
   cfg = dict(lmdvit_config.get_config().model)
+  if FLAGS.official_repo and FLAGS.embed_dim != cfg['embed_dim']:
+    cli.fail(f'--official_repo times the released model: leave --embed_dim at {cfg["embed_dim"]}')
   cfg['embed_dim'] = FLAGS.embed_dim
   rng = np.random.default_rng(0)
   print(
@@ -105,6 +151,7 @@ def main(argv):
   print('| size | mode | kept | run (s) | compile (s) | XLA GFLOPs | XLA memory (MB) |')
   print('| --- | --- | --- | --- | --- | --- | --- |')
   ratios = []
+  timed: dict[tuple[str, str], float] = {}  # (size, mode) -> seconds, for the official table
   for size in FLAGS.sizes.split(','):
     h, w = parse_size(size)
     x = jnp.asarray(rng.uniform(size=(1, h, w, 3)), jnp.float32)
@@ -124,6 +171,7 @@ def main(argv):
         [seconds] = time_alternately([r], x, FLAGS.repeats)
         kept = r['kept'] if mode == 'dense' else min(r['kept'], capacity)
         print(row(h, w, mode, kept, seconds, r), flush=True)
+        timed[size, mode] = seconds
         continue
       exact = compile_program(model, calibrate(model, base, x, FLAGS.exact_keep), x)
       # The fixed budget that runs the same share of windows exact mode kept.
@@ -137,6 +185,8 @@ def main(argv):
       f'{size}: exact / fixed budget at its kept fraction: time {time_ratio:.2f}x, '
       f'compile {compile_ratio:.2f}x'
     )
+  if FLAGS.official_repo:
+    side_by_side(timed)
 
 
 if __name__ == '__main__':

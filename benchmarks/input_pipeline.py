@@ -27,6 +27,7 @@ from absl import flags
 import numpy as np
 from PIL import Image
 
+from benchmarks.common import cpu_model
 from lmdvit_jax import cli
 
 
@@ -216,7 +217,7 @@ def main(argv):
   root = Path(fl.data) if fl.data else Path(tempfile.gettempdir()) / 'lmdvit_input_pipeline'
   specs = make_datasets(root, fl.frames, _size(fl.reloblur_size), _size(fl.gopro_size))
   cache_dir = root / 'cache'
-  report = {'cores': cores(), 'cpu': _cpu_model(), 'rows': [], 'builds': {}}
+  report = {'cores': cores(), 'cpu': cpu_model(), 'rows': [], 'builds': {}}
   print(f'{report["cpu"]}, {cores()} cores; {fl.patch}x{fl.patch} crops, batch {fl.batch}\n')
   for name, spec in specs.items():
     cached = f'{spec}?cache={cache_dir}'
@@ -261,16 +262,6 @@ def main(argv):
   )
   if fl.output:
     Path(fl.output).write_text(json.dumps(report, indent=1))
-
-
-def _cpu_model() -> str:
-  try:
-    for line in Path('/proc/cpuinfo').read_text().splitlines():
-      if line.startswith('model name'):
-        return line.split(':', 1)[1].strip()
-  except OSError:
-    pass
-  return 'unknown CPU'
 
 
 if __name__ == '__main__':

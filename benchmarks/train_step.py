@@ -56,18 +56,10 @@ from absl import flags
 import jax
 import numpy as np
 
-from benchmarks.common import load_config, random_batch
+from benchmarks.common import cpu_model, load_config, random_batch
 from benchmarks.pytorch_reference import official_train_step
 from lmdvit_jax import cli, programs, train_lib
 from lmdvit_jax.models import count_params, pruning
-
-
-def _cpu() -> str:
-  for line in open('/proc/cpuinfo', encoding='utf-8'):
-    if line.startswith('model name'):
-      return line.split(':', 1)[1].strip()
-  return platform.processor() or 'unknown CPU'
-
 
 FLAGS = flags.FLAGS
 
@@ -394,7 +386,9 @@ def main(argv):
     return
   if args.official_repo and not os.path.isfile(os.path.join(args.official_repo, 'model_hw.py')):
     raise FileNotFoundError(f'no model_hw.py in --official_repo={args.official_repo}')
-  print(f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, {_cpu()}')
+  print(
+    f'jax {jax.__version__}, {jax.device_count()} x {jax.devices()[0].device_kind}, {cpu_model()}'
+  )
   if args.mode == 'separate':
     rows = separate(args)
     print(

@@ -25,9 +25,6 @@ predictor, losses ...), forward and backward apart: a second table.
 from __future__ import annotations
 
 import collections
-import glob
-import gzip
-import json
 import re
 import statistics
 import time
@@ -39,7 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from benchmarks.common import load_config, random_batch
+from benchmarks.common import load_config, op_times, random_batch
 from lmdvit_jax import cli, losses, train_lib
 from lmdvit_jax.models import lmdvit, pruning
 from lmdvit_jax.models import windows as win
@@ -112,22 +109,11 @@ def trace_table(
   """Profiles one run of `compiled(*args)`: per component (forward ms, backward
   ms), and per kind of HLO op (`ynn_fusion`, `copy_bitcast_fusion`, ...: the op's
   name without its number) the ms of op time."""
-  names = dict(re.findall(r'%?([\w.\-]+) = [^\n]*?op_name="([^"]*)"', compiled.as_text()))
-  jax.profiler.start_trace(trace_dir, create_perfetto_trace=True)
-  jax.block_until_ready(compiled(*args))
-  jax.profiler.stop_trace()
-  path = sorted(glob.glob(f'{trace_dir}/plugins/profile/*/perfetto_trace.json.gz'))[-1]
-  with gzip.open(path) as f:
-    events = json.load(f)['traceEvents']
   total = collections.defaultdict(lambda: [0.0, 0.0])
-  kinds = collections.Counter()
-  for e in events:
-    op = e.get('args', {}).get('hlo_op') if e.get('ph') == 'X' else None
-    if op is None:
-      continue
-    op_name = names.get(op, '')
-    total[_component(op_name)]['transpose(' in op_name] += e['dur'] / 1e3
-    kinds[re.sub(r'\.\d+$', '', op)] += e['dur'] / 1e3
+  kinds: collections.Counter = collections.Counter()
+  for op, op_name, ms in op_times(compiled, args, trace_dir):
+    total[_component(op_name)]['transpose(' in op_name] += ms
+    kinds[re.sub(r'\.\d+$', '', op)] += ms
   return (
     sorted(((k, f, b) for k, (f, b) in total.items()), key=lambda r: -(r[1] + r[2])),
     kinds.most_common(),

@@ -182,23 +182,7 @@ def describe(exported: jax.export.Exported, deblurrer: inference.Deblurrer) -> d
     'params': 'embedded as constants',
     'self_ensemble': deblurrer.self_ensemble,
     'matmul_precision': deblurrer.matmul_precision,
-    'model': {
-      k: getattr(model, k)
-      for k in (
-        'embed_dim',
-        'depths',
-        'num_heads',
-        'win_size',
-        'mlp_ratio',
-        'modulator',
-        'prune_loc',
-        'keep_threshold',
-        'decision_rule',
-        'capacity',
-        'capacity_chunks',
-      )
-    }
-    | {'dtype': np.dtype(model.dtype).name},
+    'model': model.describe(),
     'jax': jax.__version__,
   }
 

@@ -35,6 +35,7 @@ import tqdm
 
 from lmdvit_jax import (
   checkpointing,
+  config_checks,
   evaluation,
   files,
   preemption,
@@ -65,7 +66,7 @@ def train_and_evaluate(
     raise ValueError(f"distributed must be '', 'true' or 'false', got {config.distributed!r}")
   mesh_lib.maybe_initialize_distributed(choices[str(config.distributed).lower()])
   # Every config mistake is reported here, before the workdir is touched.
-  train_lib.check_run_config(config)
+  config_checks.check_run_config(config)
   workdir = files.check_writable_dir(workdir, '--workdir')
   # One writer per workdir: a second run is refused here, by every process.
   with workdir_lock.held(workdir):

@@ -31,6 +31,7 @@ ENTRY_POINTS = (
       'tiling',
       'accelerator',
       'input_pipeline',
+      'inference_parts',
     )
   ]
   + [

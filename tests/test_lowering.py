@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import pytest
 
 from configs import lmdvit as lmdvit_config
-from lmdvit_jax import export, inference, train_lib
+from lmdvit_jax import config_checks, export, inference, train_lib
 from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.models import LMDViT, init_params
 from tests.helpers import small_config
@@ -68,7 +68,7 @@ def test_matmul_precision_reaches_the_compiled_train_step():
   config = small_config()
   config.matmul_precision = 'fp64'
   with pytest.raises(ValueError, match='matmul_precision must be one of'):
-    train_lib.check_run_config(config)
+    config_checks.check_run_config(config)
 
 
 @pytest.fixture(scope='module')

@@ -150,6 +150,24 @@ class LMDViT(nn.Module):
         object.__setattr__(self, name, tuple(value))
     super().__post_init__()
 
+  def describe(self) -> dict[str, Any]:
+    """The architecture and inference attributes that results record (metrics.json,
+    an export's .json), with the compute dtype by name."""
+    names = (
+      'embed_dim',
+      'depths',
+      'num_heads',
+      'win_size',
+      'mlp_ratio',
+      'modulator',
+      'prune_loc',
+      'keep_threshold',
+      'decision_rule',
+      'capacity',
+      'capacity_chunks',
+    )
+    return {k: getattr(self, k) for k in names} | {'dtype': np.dtype(self.dtype).name}
+
   @property
   def multiple(self) -> int:
     """Input sides must be multiples of this (four 2x down-samplings of ws windows)."""

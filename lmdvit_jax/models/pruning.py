@@ -270,7 +270,8 @@ def gather_windows(windows: jax.Array, idx: jax.Array) -> jax.Array:
 
   Indices past `nW` (padding of the last chunk) read window `nW - 1`.
   """
-  return jnp.take_along_axis(windows, idx[:, :, None, None, None], axis=1, mode='clip')
+  with jax.named_scope('gather_windows'):  # Named for profiles (benchmarks.inference_parts).
+    return jnp.take_along_axis(windows, idx[:, :, None, None, None], axis=1, mode='clip')
 
 
 def scatter_windows(windows: jax.Array, idx: jax.Array, updated: jax.Array) -> jax.Array:
@@ -278,4 +279,5 @@ def scatter_windows(windows: jax.Array, idx: jax.Array, updated: jax.Array) -> j
   b_idx = jnp.arange(windows.shape[0])[:, None]
   # Each row of idx is a slice of a permutation, padded with distinct indices
   # past nW: no write collides.
-  return windows.at[b_idx, idx].set(updated, unique_indices=True, mode='drop')
+  with jax.named_scope('scatter_windows'):
+    return windows.at[b_idx, idx].set(updated, unique_indices=True, mode='drop')
