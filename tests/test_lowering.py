@@ -42,29 +42,29 @@ def _lowered_train_step(**changes):
 
 
 @pytest.mark.parametrize(
-  'dtype,remat,capacity',
+  'dtype,remat,capacity,precision',
   [
-    ('float32', 'none', 'dense'),
-    ('float32', 'blocks', 'dense'),
-    ('bfloat16', 'none', 'dense'),
-    ('bfloat16', 'blocks', 'dense'),
-    ('float32', 'blocks', 0.25),
-    ('bfloat16', 'none', 0.5),
+    ('float32', 'none', 'dense', 'highest'),
+    ('bfloat16', 'blocks', 'dense', 'default'),
+    ('float32', 'blocks', 0.25, 'default'),
+    ('bfloat16', 'none', 0.5, 'highest'),
   ],
 )
-def test_train_step_lowers_for_gpu_and_tpu(dtype, remat, capacity):
-  exported = _lowered_train_step(compute_dtype=dtype, remat=remat, train_capacity=capacity)
+def test_train_step_lowers_for_gpu_and_tpu(dtype, remat, capacity, precision):
+  """Each dtype with each remat setting, dense and pruned, at either matmul precision."""
+  exported = _lowered_train_step(
+    compute_dtype=dtype, remat=remat, train_capacity=capacity, matmul_precision=precision
+  )
   assert exported.platforms == ACCELERATORS
   text = exported.mlir_module()
   assert 'tf.aliasing_output' in text  # the state is donated, as train.py runs it
   assert ('bf16' in text) == (dtype == 'bfloat16')
   # Pruned training ranks windows to gather them; the dense step ranks nothing.
   assert ('stablehlo.sort' in text) == (capacity != 'dense')
+  assert highest_share(text) == (1 if precision == 'highest' else 0)
 
 
-def test_matmul_precision_reaches_the_compiled_train_step():
-  assert highest_share(_lowered_train_step(matmul_precision='highest').mlir_module()) == 1
-  assert highest_share(_lowered_train_step(matmul_precision='default').mlir_module()) == 0
+def test_an_unknown_matmul_precision_is_refused():
   config = small_config()
   config.matmul_precision = 'fp64'
   with pytest.raises(ValueError, match='matmul_precision must be one of'):

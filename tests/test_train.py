@@ -16,6 +16,9 @@ from tests.helpers import REPO, subprocess_env
 
 NUM_STEPS = 6  # small_config: checkpoints every 2 steps (keeps 2), logs every 2, evals every 3.
 LOG_EVERY = 2
+# One worker runs this module (pytest-xdist, --dist loadscope), so the
+# `uninterrupted` run is made once; being the longest, it starts first.
+pytestmark = pytest.mark.schedule_first
 
 CONFIG_FILE = '''
 from tests.helpers import small_config
@@ -402,23 +405,26 @@ def test_rows_of_a_run_killed_before_its_first_checkpoint_are_not_kept(tmp_path)
 
 
 def test_pruned_training_trains_resumes_and_evaluates_like_the_dense_run(tmp_path):
-  """`train_capacity=0.25`: checkpoints, resumes exactly where it stopped, evaluates."""
+  """`train_capacity=0.25`: checkpoints, evaluates, and a run resumed from its
+  step 4 ends where the whole run did."""
+  import shutil
+
   from lmdvit_jax import training
   from tests.helpers import small_config
 
   config = small_config()
-  config.update(train_capacity=0.25, num_train_steps=4, eval_every_steps=4)
-  first = training.train_and_evaluate(config, tmp_path / 'split')
-  assert np.isfinite(first['loss']) and checkpointing.latest_step(tmp_path / 'split') == 4
-  config.update(num_train_steps=6)
+  config.update(train_capacity=0.25, num_train_steps=6, eval_every_steps=4)
+  last = training.train_and_evaluate(config, tmp_path / 'whole')
+  assert np.isfinite(last['loss'])
+  assert sorted(int(p.name) for p in (tmp_path / 'whole' / 'checkpoints').iterdir()) == [4, 6]
+  evals = _read_jsonl(tmp_path / 'whole' / 'eval.jsonl')
+  assert [e['step'] for e in evals] == [4, 6] and np.isfinite(evals[0]['eval/wpsnr'])
+  # The same run stopped after step 4: its workdir as it was then, rows past 4 included.
+  shutil.copytree(tmp_path / 'whole', tmp_path / 'split')
+  shutil.rmtree(tmp_path / 'split' / 'checkpoints' / '6')
   training.train_and_evaluate(config, tmp_path / 'split')  # resumes from step 4
-  whole = small_config()
-  whole.update(train_capacity=0.25, num_train_steps=6, eval_every_steps=4)
-  training.train_and_evaluate(whole, tmp_path / 'whole')
   split, ref = _checkpoint_arrays(tmp_path / 'split', 6), _checkpoint_arrays(tmp_path / 'whole', 6)
   for k in ref:
     np.testing.assert_allclose(split[k], ref[k], rtol=0, atol=1e-6, err_msg=k)
-  evals = _read_jsonl(tmp_path / 'whole' / 'eval.jsonl')
-  assert [e['step'] for e in evals] == [4, 6] and np.isfinite(evals[0]['eval/wpsnr'])
   rows = _read_jsonl(tmp_path / 'split' / 'metrics.jsonl')
   assert [r['step'] for r in rows] == [2, 4, 6]
