@@ -1,7 +1,6 @@
 """The demo: shipped weights that deblur held-out images, and the train path end to end."""
 
 import json
-import os
 import subprocess
 import sys
 
@@ -10,15 +9,14 @@ import numpy as np
 import pytest
 
 from lmdvit_jax import calibration, checkpointing, shipped_weights
-from tests.helpers import REPO
+from tests.helpers import REPO, subprocess_env
 
 
 def _demo(tmp_path, *args, timeout=900):
-  env = dict(os.environ, PYTHONPATH=str(REPO))
   return subprocess.run(
     [sys.executable, str(REPO / 'demo.py'), *args],
     cwd=tmp_path,
-    env=env,
+    env=subprocess_env(),
     capture_output=True,
     text=True,
     timeout=timeout,
@@ -139,7 +137,7 @@ def test_train_path_end_to_end(tmp_path):
   assert [json.loads(r)['step'] for r in rows] == [1, 2]
   assert len(summary['images']) == 2 and (workdir / 'demo_eval' / 'overview.png').is_file()
   # The README's pruning analysis runs on the demo's checkpoint: one row per block.
-  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env = subprocess_env()
   proc = subprocess.run(
     [
       sys.executable,
