@@ -1,6 +1,5 @@
 """Training pipeline: mixture, determinism, exact resume, global batches on 4 devices."""
 
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -10,10 +9,9 @@ import numpy as np
 import pytest
 
 from lmdvit_jax.data import pipeline
+from tests.helpers import REPO, subprocess_env
 
 from .builders import save
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def constant_pairs(root: Path, value: int, n: int = 3, size=(40, 40)) -> str:
@@ -130,7 +128,7 @@ def test_global_batches_on_four_devices():
         raise AssertionError('batch 6 on 4 devices should fail')
       print('OK')
   ''')
-  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env = subprocess_env()
   env.pop('XLA_FLAGS', None)
   out = subprocess.run(
     [sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO, timeout=180

@@ -1,7 +1,6 @@
 """TFDS builders: registration, build to array_record and read back, no TensorFlow."""
 
 import importlib.util
-import os
 from pathlib import Path
 import subprocess
 import sys
@@ -11,14 +10,13 @@ import pytest
 
 import lmdvit_jax.data  # noqa: F401  (registers the builders)
 from lmdvit_jax.data import readers, specs, synthetic
+from tests.helpers import REPO, subprocess_env
 
 from .builders import build_gopro, build_reloblur
 
-REPO = Path(__file__).resolve().parents[2]
-
 
 def run_python(code: str) -> str:
-  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env = subprocess_env()
   out = subprocess.run(
     [sys.executable, '-c', code], capture_output=True, text=True, env=env, cwd=REPO, timeout=120
   )
@@ -124,7 +122,7 @@ def test_gopro_build_blur_gamma_and_missing_manual_dir(tmp_path):
 
 
 def test_build_command_line(tmp_path):
-  env = dict(os.environ, PYTHONPATH=str(REPO))
+  env = subprocess_env()
   out = subprocess.run(
     [
       sys.executable,
