@@ -67,15 +67,16 @@ class _AbandonedReads:
   closed the loop meanwhile), or, through asyncio's logger, 'Future exception
   was never retrieved' with that read's own error; hundreds for a train
   state. Only those are dropped: closed-loop errors, asyncio records that
-  name a step being tried, and, once a restore has failed, asyncio's
-  never-retrieved errors raised inside orbax.
+  name a step being tried, and, from the first restore tried on, asyncio's
+  never-retrieved errors raised inside orbax (an abandoned read can be
+  collected before its restore's error reaches the caller).
   """
 
   CLOSED = 'Event loop is closed'
 
   def __init__(self):
     self.steps: set[str] = set()
-    self.failed = False
+    self.tried = False
     self._installed = False
 
   def install(self) -> None:
@@ -98,7 +99,7 @@ class _AbandonedReads:
     error = record.exc_info[1] if record.exc_info else None
     text = f'{record.getMessage()} {error}'
     in_orbax = (
-      self.failed
+      self.tried
       and 'never retrieved' in text
       and any(
         '/orbax/' in frame.filename for frame in traceback.extract_tb(error.__traceback__ or None)
@@ -134,10 +135,10 @@ def restore_newest_intact(steps, restore, directory: str | Path):
       f'{folder / str(step)}/'
       for folder in (Path(directory).absolute(), Path(directory).absolute() / CHECKPOINTS)
     )
+    _ABANDONED.tried = True  # before the restore: see _AbandonedReads
     try:
       return step, restore(step)
     except Exception as e:  # orbax/tensorstore raise many kinds
-      _ABANDONED.failed = True
       skipped.append(f'step {step} ({_first_line(e)})')
       logging.warning(
         'Skipping damaged checkpoint step %d in %s: %s', step, directory, _first_line(e)
