@@ -63,21 +63,31 @@ class _Epochs(Sequence):
 
 
 class _ProcessRows(Sequence):
-  """One process's rows of each global batch of `dataset`, in order.
+  """One process's rows of each global batch of `dataset`, in order, from
+  global batch `first_batch` on.
 
-  Element j is row j mod L of this process's L rows of global batch j // L.
+  Element j is row j mod L of this process's L rows of global batch
+  first_batch + j // L.
   """
 
-  def __init__(self, dataset: Sequence, batch_size: int, local_batch_size: int, process: int):
+  def __init__(
+    self,
+    dataset: Sequence,
+    batch_size: int,
+    local_batch_size: int,
+    process: int,
+    first_batch: int = 0,
+  ):
     self.dataset, self.batch_size, self.local = dataset, batch_size, local_batch_size
     self.offset = process * local_batch_size
+    self.first_batch = first_batch
 
   def __len__(self) -> int:
-    return len(self.dataset) // self.batch_size * self.local
+    return (len(self.dataset) // self.batch_size - self.first_batch) * self.local
 
   def __getitem__(self, index: int):  # type: ignore[override]  # no slices
     batch, row = divmod(int(index), self.local)
-    return self.dataset[batch * self.batch_size + self.offset + row]
+    return self.dataset[(self.first_batch + batch) * self.batch_size + self.offset + row]
 
 
 def _augment(
@@ -172,9 +182,10 @@ class GlobalBatchIterator:
   [B, P, P, 1]} as jax.Arrays sharded on their first axis over `data`. Each
   process reads only its own rows: process p of n, rows p*B/n .. (p+1)*B/n - 1
   of every global batch, so the global batches, in order, are the same for
-  any number of processes. `get_state()` is this process's position (a dict
-  with plain ints; save one per process, or just process 0's: all processes
-  advance in lockstep); `set_state` restores it.
+  any number of processes. `get_state()` is the position, {'batches': the
+  global batches read}: the same in every process, and it resumes a job of
+  any number of processes (a run stopped on 8 hosts goes on on 4 with the
+  batches it would have seen). `set_state` restores it.
   """
 
   def __init__(
@@ -187,7 +198,7 @@ class GlobalBatchIterator:
     prefetch: int | None = None,
     worker_count: int = 0,
   ):
-    nproc, pid = jax.process_count(), jax.process_index()
+    nproc = jax.process_count()
     axes = sharding.spec[0] if isinstance(sharding.spec[0], tuple) else (sharding.spec[0],)
     data_shards = int(np.prod([sharding.mesh.shape[a] for a in axes if a is not None]))
     if batch_size % data_shards or batch_size % nproc:
@@ -198,31 +209,52 @@ class GlobalBatchIterator:
     self.batch_size = batch_size
     self.local_batch_size = batch_size // nproc
     self.sharding = sharding
-    local = grain.MapDataset.source(_ProcessRows(dataset, batch_size, self.local_batch_size, pid))
-    options = grain.ReadOptions(
+    self._dataset = dataset
+    self._options = grain.ReadOptions(
       num_threads=max(1, num_threads), prefetch_buffer_size=prefetch or 2 * self.local_batch_size
     )
-    stream = local.to_iter_dataset(options)
-    if worker_count > 0:
+    self._worker_count = worker_count
+    self._batches = 0
+    self._local = self._stream(0)
+
+  def _stream(self, first_batch: int) -> Iterator[dict[str, np.ndarray]]:
+    """This process's batches from global batch `first_batch` on."""
+    rows = _ProcessRows(
+      self._dataset, self.batch_size, self.local_batch_size, jax.process_index(), first_batch
+    )
+    stream = grain.MapDataset.source(rows).to_iter_dataset(self._options)
+    if self._worker_count > 0:
       _ensure_absl_flags_parsed()  # grain's worker processes read absl flags.
-      stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count))
-    self._local = iter(stream.batch(self.local_batch_size, drop_remainder=True, batch_fn=_stack))
+      stream = stream.mp_prefetch(grain.MultiprocessingOptions(num_workers=self._worker_count))
+    return iter(stream.batch(self.local_batch_size, drop_remainder=True, batch_fn=_stack))
 
   def __iter__(self):
     return self
 
   def next_local(self) -> dict[str, np.ndarray]:
     """This process's rows of the next batch, numpy [B / num_processes, ...]."""
-    return next(self._local)
+    batch = next(self._local)
+    self._batches += 1
+    return batch
 
   def __next__(self) -> dict[str, jax.Array]:
     return to_global(self.next_local(), self.sharding, self.batch_size)
 
   def get_state(self) -> dict[str, Any]:
-    return self._local.get_state()
+    return {'batches': self._batches}
 
   def set_state(self, state: Mapping[str, Any]) -> None:
-    self._local.set_state(dict(state))
+    """Goes on after `state['batches']` global batches. A position written
+    before positions counted batches ({'next_index': rows of this process})
+    is read as one of a job with as many processes as this one."""
+    if 'batches' in state:
+      batches = int(state['batches'])
+    elif set(state) == {'next_index'}:
+      batches = int(state['next_index']) // self.local_batch_size
+    else:
+      raise ValueError(f'Unknown data position {dict(state)!r}: expected {{"batches": N}}.')
+    self._batches = batches
+    self._local = self._stream(batches)
 
 
 def prefetch_to_devices(

@@ -86,6 +86,43 @@ def test_each_process_reads_its_block_of_every_global_batch(monkeypatch):
     np.testing.assert_array_equal(got, want)
 
 
+def test_a_position_resumes_a_job_of_another_number_of_processes(monkeypatch):
+  """The position counts global batches: one process's position, after 3
+  batches, resumes each of two processes at its rows of batch 4, and their
+  position resumes one process there again. A position written before
+  (this process's rows) is read as one of a job of as many processes."""
+  kwargs = dict(patch_size=16, batch_size=4, seed=2, num_threads=1)
+  spec = ['synthetic?size=16']
+  one = pipeline.make_train_iterator(spec, **kwargs)
+  for _ in range(3):
+    one.next_local()
+  position = one.get_state()
+  assert position == {'batches': 3}
+  want = one.next_local()['blur']
+
+  monkeypatch.setattr(pipeline.jax, 'process_count', lambda: 2)
+  halves, positions = [], []
+  for pid in range(2):
+    monkeypatch.setattr(pipeline.jax, 'process_index', lambda pid=pid: pid)
+    it = pipeline.make_train_iterator(spec, **kwargs)
+    it.set_state(position)
+    halves.append(it.next_local()['blur'])
+    positions.append(it.get_state())
+  np.testing.assert_array_equal(np.concatenate(halves), want)
+  assert positions == [{'batches': 4}] * 2
+  legacy = pipeline.make_train_iterator(spec, **kwargs)  # process 1 of 2
+  legacy.set_state({'next_index': 6})  # 3 batches of 2 rows
+  np.testing.assert_array_equal(legacy.next_local()['blur'], halves[1])
+  with pytest.raises(ValueError, match='Unknown data position'):
+    legacy.set_state({'index': 6})
+
+  monkeypatch.setattr(pipeline.jax, 'process_count', lambda: 1)
+  monkeypatch.setattr(pipeline.jax, 'process_index', lambda: 0)
+  again = pipeline.make_train_iterator(spec, **kwargs)
+  again.set_state(positions[0])
+  np.testing.assert_array_equal(again.next_local()['blur'], one.next_local()['blur'])
+
+
 def test_iterator_from_config():
   import ml_collections
 
