@@ -2,8 +2,11 @@
 the environment of test subprocesses, the shared compilation cache and where
 the golden fixtures live. Fixtures are in conftest.py."""
 
+import json
 import os
 from pathlib import Path
+import subprocess
+import sys
 import tempfile
 
 import jax
@@ -69,3 +72,27 @@ def fixture_names() -> list[str]:
     return sorted(p.name[: -len('_meta.json')] for p in reference_dir().glob('fixture_*_meta.json'))
   except FileNotFoundError:
     return []
+
+
+def run_commands(
+  commands: list[list[str]], cwd: Path = REPO, env: dict[str, str] | None = None
+) -> list[subprocess.CompletedProcess]:
+  """Each `python COMMAND...` (`['train.py', ...]`, `['-m', 'pkg.mod', ...]`),
+  as its own process would run it, all in one interpreter that imports the
+  libraries once (tests/entry_points.py): for checks of a command's start, its
+  flags, help and first-line errors."""
+  runner = subprocess.run(
+    [sys.executable, str(REPO / 'tests' / 'entry_points.py'), json.dumps(commands)],
+    cwd=cwd,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=900,
+  )
+  assert runner.returncode == 0, runner.stderr[-3000:]
+  results = [json.loads(line) for line in runner.stdout.splitlines()]
+  assert [r['command'] for r in results] == commands, runner.stdout[-3000:]
+  return [
+    subprocess.CompletedProcess(r['command'], r['returncode'], r['stdout'], r['stderr'])
+    for r in results
+  ]

@@ -9,7 +9,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, run_commands
 
 ENTRY_POINTS = (
   [
@@ -58,11 +58,14 @@ def _one_error_line(proc, prog, *needles):
     assert needle in lines[0], lines[0]
 
 
-def _run(args, cwd=REPO, timeout=180):
+def _env() -> dict[str, str]:
   # No PYTHONPATH: the installed (editable) package must be what is imported.
-  env = {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  return {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+
+
+def _run(args, cwd=REPO, timeout=180):
   return subprocess.run(
-    [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    [sys.executable, *args], cwd=cwd, env=_env(), capture_output=True, text=True, timeout=timeout
   )
 
 
@@ -90,9 +93,17 @@ OWN_FLAGS = {
 }
 
 
+@pytest.fixture(scope='module')
+def helps() -> dict[str, subprocess.CompletedProcess]:
+  """`python ENTRY --help` of every entry point, in one interpreter (the
+  libraries imported once, not 21 times)."""
+  procs = run_commands([[*entry, '--help'] for entry in ENTRY_POINTS], env=_env())
+  return {proc.args[-2]: proc for proc in procs}
+
+
 @pytest.mark.parametrize('entry', ENTRY_POINTS, ids=lambda e: e[-1])
-def test_help_of_every_entry_point(entry):
-  proc = _run([*entry, '--help'])
+def test_help_of_every_entry_point(entry, helps):
+  proc = helps[entry[-1]]
   assert proc.returncode == 0, proc.stderr[-2000:]
   assert 'Traceback' not in proc.stderr
   assert len(proc.stdout) > 100
@@ -148,16 +159,15 @@ def test_convert_names_a_damaged_file(tmp_path):
   bad = tmp_path / 'weights.npz'
   np.savez(bad, a=np.zeros(1000))
   bad.write_bytes(bad.read_bytes()[:200])  # truncated zip
-  proc = _run(['-m', 'lmdvit_jax.convert', str(bad), str(tmp_path / 'out')])
-  assert proc.returncode == 2
-  lines = proc.stderr.strip().splitlines()
-  assert len(lines) == 1 and lines[0].startswith('convert.py: error:') and str(bad) in lines[0]
-  assert not (tmp_path / 'out').exists()
   # A readable .npz that is not an LMD-ViT state dict: named too.
   other = tmp_path / 'other.npz'
   np.savez(other, fc=np.zeros((2, 2)))
-  proc = _run(['-m', 'lmdvit_jax.convert', str(other), str(tmp_path / 'out')])
-  assert proc.returncode == 2 and str(other) in proc.stderr and 'Traceback' not in proc.stderr
+  procs = run_commands(
+    [['-m', 'lmdvit_jax.convert', str(f), str(tmp_path / 'out')] for f in (bad, other)], env=_env()
+  )
+  for proc, f in zip(procs, (bad, other)):
+    _one_error_line(proc, 'convert.py', str(f))
+  assert not (tmp_path / 'out').exists()
 
 
 REFERENCE = REPO.parent / 'shared' / 'reference' / 'fixture_a_weights.npz'
@@ -165,15 +175,13 @@ REFERENCE = REPO.parent / 'shared' / 'reference' / 'fixture_a_weights.npz'
 
 @pytest.mark.skipif(not REFERENCE.is_file(), reason='reference weights not found')
 def test_convert_never_replaces_a_checkpoint_unasked_and_stays_quiet(tmp_path):
-  out = tmp_path / 'converted'
-  first = _run(['-m', 'lmdvit_jax.convert', str(REFERENCE), str(out)])
+  convert = ['-m', 'lmdvit_jax.convert', str(REFERENCE), str(tmp_path / 'converted')]
+  first, again, forced = run_commands([convert, convert, [*convert, '--overwrite']], env=_env())
   assert first.returncode == 0, first.stderr[-3000:]
   assert first.stderr.strip() == ''  # no INFO lines from jax or orbax
-  again = _run(['-m', 'lmdvit_jax.convert', str(REFERENCE), str(out)])
   _one_error_line(again, 'convert.py', 'already holds checkpoint steps [0]', '--overwrite')
-  forced = _run(['-m', 'lmdvit_jax.convert', str(REFERENCE), str(out), '--overwrite'])
   assert forced.returncode == 0, forced.stderr[-3000:]
-  assert sorted(p.name for p in (out / 'checkpoints').iterdir()) == ['0']
+  assert sorted(p.name for p in (tmp_path / 'converted' / 'checkpoints').iterdir()) == ['0']
 
 
 def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
@@ -183,42 +191,34 @@ def test_user_mistakes_are_one_line_before_any_work(tmp_path, checkpoint):
   unwritable = a_file / 'out'  # no folder can be made inside a file, root or not
   photo = REPO.parent / 'shared' / 'data' / 'real'
   deblur = ['-m', 'lmdvit_jax.deblur', f'--checkpoint={checkpoint}']
-  _one_error_line(
-    _run([*deblur, f'--output={tmp_path}/o', '--capacity=1.5', str(photo)]), 'deblur.py', 'capacity'
-  )
-  assert not (tmp_path / 'o').exists()  # A refused command makes no folder.
-  _one_error_line(
-    _run([*deblur, f'--output={tmp_path}/o']), 'deblur.py', 'at least one image file or folder'
-  )
-  _one_error_line(
-    _run([*deblur, f'--output={unwritable}', str(photo)]), 'deblur.py', 'not writable'
-  )
   evaluate = ['evaluate.py', f'--checkpoint={checkpoint}', '--data=synthetic?count=1&size=64']
-  _one_error_line(
-    _run([*evaluate, f'--output={tmp_path}/e', '--panel_height=0']), 'evaluate.py', '--panel_height'
-  )
-  _one_error_line(_run([*evaluate, f'--output={unwritable}']), 'evaluate.py', 'not writable')
-  _one_error_line(
-    _run([*evaluate, f'--output={tmp_path}/e', '--max_memory=1K']),
-    'evaluate.py',
-    'max_memory (1.0 KiB) is less than the params',
-  )
-  assert not (tmp_path / 'e').exists()
   train = ['train.py', '--config=configs/tiny.py']
-  _one_error_line(
-    _run([*train, f'--workdir={unwritable}']), 'train.py', '--workdir', 'not writable'
-  )
-  _one_error_line(
-    _run(['train.py', '--config=configs/nope.py', f'--workdir={tmp_path}/t']),
-    'train.py',
-    "No such file or directory: 'configs/nope.py'",
-  )
-  _one_error_line(
-    _run([*train, f'--workdir={tmp_path}/t', '--config.keep_checkpoints=0']),
-    'train.py',
-    'keep_checkpoints must be at least 1',
-  )
-  assert not (tmp_path / 't').exists()
+  cases = [
+    ([*deblur, f'--output={tmp_path}/o', '--capacity=1.5', str(photo)], 'capacity'),
+    ([*deblur, f'--output={tmp_path}/o'], 'at least one image file or folder'),
+    ([*deblur, f'--output={unwritable}', str(photo)], 'not writable'),
+    ([*evaluate, f'--output={tmp_path}/e', '--panel_height=0'], '--panel_height'),
+    ([*evaluate, f'--output={unwritable}'], 'not writable'),
+    (
+      [*evaluate, f'--output={tmp_path}/e', '--max_memory=1K'],
+      'max_memory (1.0 KiB) is less than the params',
+    ),
+    ([*train, f'--workdir={unwritable}'], '--workdir', 'not writable'),
+    (
+      ['train.py', '--config=configs/nope.py', f'--workdir={tmp_path}/t'],
+      "No such file or directory: 'configs/nope.py'",
+    ),
+    (
+      [*train, f'--workdir={tmp_path}/t', '--config.keep_checkpoints=0'],
+      'keep_checkpoints must be at least 1',
+    ),
+  ]
+  procs = run_commands([command for command, *_ in cases], env=_env())
+  for proc, (command, *needles) in zip(procs, cases):
+    prog = 'deblur.py' if command[0] == '-m' else command[0]
+    _one_error_line(proc, prog, *needles)
+  # A refused command makes no folder.
+  assert not any((tmp_path / d).exists() for d in ('o', 'e', 't'))
 
 
 def readme_commands() -> list[list[str]]:

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lmdvit_jax import checkpointing
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, run_commands, subprocess_env
 
 NUM_STEPS = 6  # small_config: checkpoints every 2 steps (keeps 2), logs every 2, evals every 3.
 LOG_EVERY = 2
@@ -197,23 +197,37 @@ def _two_processes(workdir, config_file, *overrides):
   ]
 
 
-@pytest.mark.parametrize(
-  'override, message',
-  [
-    ('--config.optim.lrr=1e-3', 'Did you mean "lr"'),
-    ('--config.patch_size=100', 'patch_size=100 is not a multiple of 16 * win_size = 64'),
-    ('--config.data.sources=("synthetc",)', "Unknown data kind 'synthetc'"),
-    ('--config.compute_dtype=float16', 'compute_dtype must be one of'),
-  ],
-)
-def test_config_mistakes_fail_in_one_line_before_any_work(tmp_path, config_file, override, message):
-  workdir = tmp_path / 'run'
-  code, output = _train(workdir, config_file, override)
-  assert code == 2, output[-3000:]
+CONFIG_MISTAKES = {
+  '--config.optim.lrr=1e-3': 'Did you mean "lr"',
+  '--config.patch_size=100': 'patch_size=100 is not a multiple of 16 * win_size = 64',
+  '--config.data.sources=("synthetc",)': "Unknown data kind 'synthetc'",
+  '--config.compute_dtype=float16': 'compute_dtype must be one of',
+}
+
+
+@pytest.fixture(scope='module')
+def config_mistakes(tmp_path_factory, config_file):
+  """`train.py` with each mistake, all in one interpreter (tests/entry_points.py)."""
+  root = tmp_path_factory.mktemp('mistakes')
+  commands = [
+    ['train.py', f'--config={config_file}', f'--workdir={root / str(i)}', override]
+    for i, override in enumerate(CONFIG_MISTAKES)
+  ]
+  procs = run_commands(commands, env=subprocess_env())
+  return {
+    override: (proc, root / str(i))
+    for i, (override, proc) in enumerate(zip(CONFIG_MISTAKES, procs))
+  }
+
+
+@pytest.mark.parametrize('override', CONFIG_MISTAKES)
+def test_config_mistakes_fail_in_one_line_before_any_work(config_mistakes, override):
+  proc, workdir = config_mistakes[override]
+  output = proc.stdout + proc.stderr
+  assert proc.returncode == 2, output[-3000:]
   errors = [l for l in output.splitlines() if 'error:' in l]
-  assert len(errors) == 1 and errors[0].startswith('train.py: error:') and message in errors[0], (
-    output
-  )
+  assert len(errors) == 1 and errors[0].startswith('train.py: error:'), output
+  assert CONFIG_MISTAKES[override] in errors[0], output
   assert 'Traceback' not in output
   assert not workdir.exists()
 
