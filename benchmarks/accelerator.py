@@ -24,10 +24,10 @@ less than its estimate (so a run always ends with its tables; --smoke runs all):
              here) through a frame cache, the recipe's crops and batches, with
              the default reader and one thread per core: crops/s, beside the
              fastest train step's images/s (does the data keep up?);
-  demo       `configs/demo.py` from scratch for `--demo_s` seconds (--smoke: until
-             three steps are logged, whatever the speed of the machine; stopped by
-             SIGTERM, which checkpoints cleanly): the loss at its first and last
-             logged steps;
+  demo       `configs/demo.py` from scratch for `--demo_s` seconds (--smoke: its
+             model narrower and one block a stage, until three steps are logged,
+             whatever the speed of the machine; stopped by SIGTERM, which
+             checkpoints cleanly): the loss at its first and last logged steps;
   official   with `--official_repo` and torch importable: the official model's
              inference (same size, all and `--keep` of the windows kept) and
              train step (same recipe), on the same device, in this run.
@@ -371,7 +371,13 @@ def demo(sizes: dict) -> dict:
     '--config.checkpoint_every_steps=1000000',
   ]
   if FLAGS.smoke:
-    overrides += ['--config.patch_size=64', '--config.batch_size=2', '--config.log_every_steps=1']
+    overrides += [
+      '--config.patch_size=64',
+      '--config.batch_size=2',
+      '--config.log_every_steps=1',
+      '--config.model.embed_dim=8',
+      f'--config.model.depths={(1,) * 9}',
+    ]
   proc = subprocess.Popen(
     [
       sys.executable,

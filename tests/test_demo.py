@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from lmdvit_jax import calibration, checkpointing, shipped_weights
-from tests.helpers import REPO, subprocess_env
+from tests.helpers import REPO, run_commands, subprocess_env
 
 
 def _demo(tmp_path, *args, timeout=900):
@@ -137,42 +137,19 @@ def test_train_path_end_to_end(tmp_path):
   assert [json.loads(r)['step'] for r in rows] == [1, 2]
   assert len(summary['images']) == 2 and (workdir / 'demo_eval' / 'overview.png').is_file()
   # The README's pruning analysis runs on the demo's checkpoint: one row per block.
-  env = subprocess_env()
-  proc = subprocess.run(
+  ranking = ['-m', 'analyses.pruning_ranking', f'--checkpoint={workdir}']
+  whole, tiled = run_commands(
     [
-      sys.executable,
-      '-m',
-      'analyses.pruning_ranking',
-      f'--checkpoint={workdir}',
-      '--data=synthetic?size=64&count=2',
+      [*ranking, '--data=synthetic?size=64&count=2'],
+      [*ranking, '--data=synthetic?size=128&count=1', '--tile=64'],
     ],
     cwd=tmp_path,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
+    env=subprocess_env(),
   )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  rows = [l for l in proc.stdout.splitlines() if l.startswith('| decoder')]
-  assert len(rows) == 3, proc.stdout
-  proc = subprocess.run(
-    [
-      sys.executable,
-      '-m',
-      'analyses.pruning_ranking',
-      f'--checkpoint={workdir}',
-      '--data=synthetic?size=128&count=1',
-      '--tile=64',
-    ],
-    cwd=tmp_path,
-    env=env,
-    capture_output=True,
-    text=True,
-    timeout=300,
-  )
-  assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'scored as 64x64 tiles' in proc.stdout
-  assert len([l for l in proc.stdout.splitlines() if l.startswith('| decoder')]) == 3
+  for proc in (whole, tiled):
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert len([l for l in proc.stdout.splitlines() if l.startswith('| decoder')]) == 3, proc.stdout
+  assert 'scored as 64x64 tiles' in tiled.stdout
 
 
 def test_export_weights_round_trips_and_leaves_no_temporary_files(checkpoint, tmp_path):

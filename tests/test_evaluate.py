@@ -1,8 +1,6 @@
 """evaluate.py end to end on a tiny random model and a folder in the official .npy format."""
 
 import json
-import subprocess
-import sys
 
 from absl import flags
 from absl.testing import flagsaver
@@ -16,7 +14,7 @@ from lmdvit_jax.inference import DeblurResult, DecisionBlock
 from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.models import LMDViT
 from lmdvit_jax.tiling import PadGeometry
-from tests.helpers import REPO
+from tests.helpers import run_commands
 
 H, W = 100, 120  # pads to 128 x 128
 
@@ -164,28 +162,37 @@ def test_nan_handling_helpers():
   assert np.isnan(evaluation.nanmean([]))
 
 
-def _run_cli(*args):
-  return subprocess.run(
-    [sys.executable, str(REPO / 'evaluate.py'), *args],
-    cwd=REPO,
-    capture_output=True,
-    text=True,
-    timeout=120,
-  )
+@pytest.fixture(scope='module')
+def cli_runs(checkpoint, tmp_path_factory):
+  """evaluate.py's mistakes, in one interpreter (tests/entry_points.py): a bad
+  data spec, a missing checkpoint, an output that is a file."""
+  root = tmp_path_factory.mktemp('cli')
+  (root / 'taken').write_text('')
+  runs = {
+    'bad_spec': [f'--checkpoint={checkpoint}', '--data=npz:/nowhere', f'--output={root}'],
+    'no_checkpoint': [
+      f'--checkpoint={root / "missing"}',
+      '--data=synthetic?count=1',
+      f'--output={root / "out"}',
+    ],
+    'output_is_a_file': [
+      f'--checkpoint={checkpoint}',
+      '--data=synthetic?count=1&size=64',
+      f'--output={root / "taken"}',
+    ],
+  }
+  procs = run_commands([['evaluate.py', *args] for args in runs.values()])
+  return root, dict(zip(runs, procs))
 
 
-def test_cli_errors(checkpoint, tmp_path):
-  bad_spec = _run_cli(f'--checkpoint={checkpoint}', '--data=npz:/nowhere', f'--output={tmp_path}')
+def test_cli_errors(cli_runs):
+  root, runs = cli_runs
+  bad_spec, no_ckpt = runs['bad_spec'], runs['no_checkpoint']
   assert bad_spec.returncode != 0
   assert "Unknown data kind 'npz'" in bad_spec.stderr and 'npy' in bad_spec.stderr
-  no_ckpt = _run_cli(
-    f'--checkpoint={tmp_path / "missing"}',
-    '--data=synthetic?count=1',
-    f'--output={tmp_path / "out"}',
-  )
   assert no_ckpt.returncode != 0
   assert 'checkpoint directory not found' in no_ckpt.stderr
-  assert not (tmp_path / 'out' / 'metrics.json').exists()
+  assert not (root / 'out' / 'metrics.json').exists()
 
 
 def test_training_and_evaluate_py_score_alike(checkpoint, evaluated):
@@ -239,13 +246,8 @@ def test_bad_files_are_found_before_any_forward_pass(checkpoint, tmp_path, monke
   assert len(written['skipped']) == 2 and 'img_1' in written['skipped'][0]
 
 
-def test_output_that_is_a_file_fails_before_work(checkpoint, tmp_path):
-  (tmp_path / 'taken').write_text('')
-  run = _run_cli(
-    f'--checkpoint={checkpoint}',
-    '--data=synthetic?count=1&size=64',
-    f'--output={tmp_path / "taken"}',
-  )
+def test_output_that_is_a_file_fails_before_work(cli_runs):
+  run = cli_runs[1]['output_is_a_file']
   assert run.returncode == 2
   assert run.stderr.strip().splitlines()[-1].startswith('evaluate.py: error:')
   assert 'existing file' in run.stderr and 'Traceback' not in run.stderr
