@@ -5,9 +5,10 @@ stderr. Prints one JSON line per command: its returncode, stdout and stderr.
 
     python tests/entry_points.py '[["train.py", "--help"], ["-m", "lmdvit_jax.deblur", "--help"]]'
 
-Not a test module: tests/test_cli.py runs it as a subprocess, without
-PYTHONPATH, so that what is imported is the installed project. No JAX backend
-is started before the fork (a child may start its own).
+Not a test module: the tests run it through `helpers.run_commands`
+(tests/test_cli.py without PYTHONPATH, so that what is imported is the
+installed project). No JAX backend is started before the fork (a child may
+start its own).
 """
 
 import json
@@ -31,7 +32,7 @@ def _child(command: list[str], out_fd: int, err_fd: int) -> None:
   try:
     sys.path.insert(0, str(REPO))  # as `python -m` (cwd) and `python script.py` (its folder) do
     if command[0] == '-m':
-      sys.argv = [str(REPO / (command[1].replace('.', '/') + '.py')), *command[2:]]
+      sys.argv = [command[1], *command[2:]]  # run_module sets argv[0] to the module's file
       runpy.run_module(command[1], run_name='__main__', alter_sys=True)
     else:
       sys.argv = [str(REPO / command[0]), *command[1:]]
@@ -40,7 +41,7 @@ def _child(command: list[str], out_fd: int, err_fd: int) -> None:
     code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     if isinstance(e.code, str):
       print(e.code, file=sys.stderr)
-  except BaseException:  # pylint: disable=broad-except  # reported as Python would
+  except BaseException:  # reported as Python would report it
     import traceback
 
     traceback.print_exc()
