@@ -14,11 +14,15 @@ interrupted by Ctrl-C (one line, no traceback).
 
 from __future__ import annotations
 
+import _thread
 from collections.abc import Callable, Sequence
+import functools
 import logging as logging_lib
 from pathlib import Path
 import re
+import signal
 import sys
+import threading
 from typing import TYPE_CHECKING, NoReturn
 
 from absl import app, flags, logging
@@ -208,6 +212,20 @@ def _config_file_error(error: OSError) -> str | None:
   return f'--config: {text.strip().splitlines()[-1].strip()}'
 
 
+def _deliver_lost_interrupts(
+  unraisable: sys.UnraisableHookArgs, previous: Callable[[sys.UnraisableHookArgs], object]
+) -> None:
+  """Raises a Ctrl-C again that Python swallowed: one that lands in a
+  finalizer or a gc callback (JAX runs one at every collection) is printed
+  as 'Exception ignored' and the command would carry on."""
+  if unraisable.exc_type is not None and issubclass(unraisable.exc_type, KeyboardInterrupt):
+    # Sent again from another thread, a moment later: by then this code has
+    # returned (were it to land in a finalizer again, this hook runs again).
+    threading.Timer(0.01, _thread.interrupt_main, (signal.SIGINT,)).start()
+    return
+  previous(unraisable)
+
+
 def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
   """`absl.app.run(main)` with one-line errors (see the module docstring), in a
   process whose large allocations go on huge pages (`host_memory`).
@@ -239,9 +257,13 @@ def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
         fail(_message(e))
       raise
 
+  previous_hook = sys.unraisablehook
+  sys.unraisablehook = functools.partial(_deliver_lost_interrupts, previous=previous_hook)
   try:
     app.run(guarded, flags_parser=parse_flags)
   except KeyboardInterrupt:
     # Ctrl-C before a command installs its own handling (train.py's loop
     # checkpoints and exits 0): files are only ever renamed into place whole.
     fail('interrupted (Ctrl-C); nothing is left half-written', EXIT_INTERRUPTED)
+  finally:
+    sys.unraisablehook = previous_hook

@@ -137,6 +137,33 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
   assert not list(tmp_path.rglob('*.tmp'))
 
 
+def test_a_ctrl_c_that_lands_in_a_finalizer_still_stops_the_command(tmp_path):
+  """Python swallows an exception raised in a finalizer or a gc callback (JAX
+  runs one at each collection): the Ctrl-C is raised again, in ordinary code."""
+  script = tmp_path / 'finalizer.py'
+  script.write_text(
+    'import gc, os, signal, time\n'
+    'from lmdvit_jax import cli\n'
+    'class Finalized:\n'
+    '  def __del__(self):\n'
+    '    os.kill(os.getpid(), signal.SIGINT)\n'
+    'def main(argv):\n'
+    '  Finalized()\n'
+    '  gc.collect()\n'
+    '  for _ in range(500):\n'
+    '    time.sleep(0.01)\n'
+    '  print("carried on")\n'
+    'if __name__ == "__main__":\n'
+    '  cli.run(main)\n'
+  )
+  proc = _run([str(script)], cwd=tmp_path)
+  assert proc.returncode == 130, proc.stdout + proc.stderr
+  assert 'carried on' not in proc.stdout
+  assert proc.stderr.strip() == (
+    'finalizer.py: error: interrupted (Ctrl-C); nothing is left half-written'
+  )
+
+
 def test_quiet_commands_log_warnings_only_unless_asked(tmp_path):
   script = tmp_path / 'quiet_command.py'
   script.write_text(
