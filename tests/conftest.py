@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+import signal
 
 import pytest
 
@@ -33,3 +34,10 @@ def pytest_collection_modifyitems(items):
 
 # Tests stay hermetic: no persistent compilation cache unless a test sets one.
 os.environ.setdefault('LMDVIT_COMPILATION_CACHE', 'off')
+
+# A test run started with SIGINT ignored (a script's background job: `cmd &`
+# without job control, as CI may start it) passes that on to every command it
+# starts, and the Ctrl-C tests would find it ignored: take it as a terminal's
+# foreground job does.
+if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+  signal.signal(signal.SIGINT, signal.default_int_handler)
