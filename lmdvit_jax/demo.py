@@ -26,6 +26,7 @@ import numpy as np
 
 from lmdvit_jax import checkpointing, evaluation, files, image_io, panels
 from lmdvit_jax.calibration import calibrate_keep_threshold
+from lmdvit_jax.inference import Deblurrer
 from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.shipped_weights import (
   OVERRIDES_FILE,
@@ -173,15 +174,18 @@ def run(
   settings = InferenceSettings(
     capacity='exact', keep_threshold=keep_threshold, self_ensemble=self_ensemble
   )
+  # One deblurrer for both sets: an image size compiles (and warms up) once.
+  deblurrer = Deblurrer.from_checkpoint(workdir, None, settings, progress=progress)
+  deblurrer.check_memory()
   result = evaluation.evaluate(
     str(workdir),
     config.demo.data,
     str(out),
-    settings,
     split='test',
     num_panels=n_panels,
     keep=n_panels,
     progress=progress,
+    deblurrer=deblurrer,
   )
   mean, records = result['mean'], result['images']
   rows = targets(mean)
@@ -191,9 +195,9 @@ def run(
       str(workdir),
       config.demo.outside_data,
       str(out / 'outside'),
-      settings,
       num_panels=0,
       progress=progress,
+      deblurrer=deblurrer,
     )
     outside = {
       'data': config.demo.outside_data,

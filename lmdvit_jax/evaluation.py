@@ -253,12 +253,16 @@ def evaluate(
   skip_bad: bool = False,
   keep: int = 0,
   progress: bool = True,
+  deblurrer: Deblurrer | None = None,
 ) -> dict[str, Any]:
   """Evaluates a checkpoint directory on a data spec; writes metrics.json,
   table.md and panels under `output`.
 
   `settings` (capacity, keep threshold, dtype, self-ensemble, tiling...)
-  default to the checkpoint's model.json and inference.json.
+  default to the checkpoint's model.json and inference.json. `deblurrer`: the
+  checkpoint already loaded, under its settings (the demo scores two sets
+  with one: each image size compiles and warms up once); `settings`, `step`
+  and `warmup` are then its own.
 
   Every file is opened and validated first (keys, dtypes, sizes, finite
   values): a bad one stops the run before any forward pass, with one message
@@ -285,11 +289,14 @@ def evaluate(
   if not Path(checkpoint).is_dir():
     raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
   source = open_source(data, split=split)
-  # Loading the model checks the tiling settings against its grid before any data is read.
-  deblurrer = Deblurrer.from_checkpoint(
-    checkpoint, step, settings, warmup=warmup, progress=progress
-  )
-  deblurrer.check_memory()
+  if deblurrer is None:
+    # Loading the model checks the tiling settings against its grid before any data is read.
+    deblurrer = Deblurrer.from_checkpoint(
+      checkpoint, step, settings, warmup=warmup, progress=progress
+    )
+    deblurrer.check_memory()
+  elif settings is not None or step is not None:
+    raise ValueError('give evaluate settings and a step, or a loaded deblurrer, not both')
   files.check_writable_dir(out_dir)  # before minutes of evaluation, not after
   good, bad = check_source(source, max_images)
   if bad and not skip_bad:

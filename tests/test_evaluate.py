@@ -10,7 +10,7 @@ import pytest
 
 import evaluate
 from lmdvit_jax import checkpointing, evaluation
-from lmdvit_jax.inference import DeblurResult, DecisionBlock
+from lmdvit_jax.inference import Deblurrer, DeblurResult, DecisionBlock
 from lmdvit_jax.inference_settings import InferenceSettings
 from lmdvit_jax.models import LMDViT
 from lmdvit_jax.tiling import PadGeometry
@@ -305,3 +305,19 @@ def test_an_image_without_blur_is_left_out_of_recall_and_counted(checkpoint, tmp
   by_name = {r['name']: r for r in written['images']}
   assert by_name['img_1']['prune_recall'] is None  # NaN, written as null
   assert summary['mean']['prune_recall'] == pytest.approx(by_name['img_0']['prune_recall'])
+
+
+def test_a_loaded_deblurrer_scores_as_its_checkpoint_does(checkpoint, tmp_path):
+  """The demo scores two sets with one deblurrer (each size compiles once)."""
+  data, settings = 'synthetic?size=128x64&count=1', InferenceSettings(capacity='masked')
+  loaded = evaluation.evaluate(
+    str(checkpoint), data, str(tmp_path / 'a'), settings, num_panels=0, progress=False
+  )
+  deblurrer = Deblurrer.from_checkpoint(checkpoint, settings=settings)
+  given = evaluation.evaluate(
+    str(checkpoint), data, str(tmp_path / 'b'), num_panels=0, progress=False, deblurrer=deblurrer
+  )
+  for key in evaluation.IMAGE_METRICS:
+    assert given['mean'][key] == loaded['mean'][key], key
+  with pytest.raises(ValueError, match='not both'):
+    evaluation.evaluate(str(checkpoint), data, str(tmp_path / 'c'), settings, deblurrer=deblurrer)
