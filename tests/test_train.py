@@ -114,13 +114,19 @@ def test_run_writes_metrics_checkpoints_and_best(uninterrupted):
   assert list((w / 'tensorboard').glob('events.out.tfevents.*'))
 
 
-def test_a_stop_signal_then_a_kill_lose_nothing_and_the_run_ends_as_if_uninterrupted(
+def test_a_stop_signal_a_kill_and_a_damaged_step_lose_nothing_and_the_run_ends_as_if_uninterrupted(
   tmp_path, config_file, uninterrupted
 ):
   """Three runs of one workdir. SIGTERM while step 1 runs: step 1 is saved and
   the run exits 0. The rerun continues from it and is killed (SIGKILL) once it
-  has saved step 4. The third resumes from step 4 and ends with the
-  uninterrupted run's weights, optimizer state and loss."""
+  has saved step 4, leaving a damaged step 6 (as a kill while writing it
+  would) and best/ from before. The third sets step 6 aside, resumes from step
+  4, evaluates, and ends with the uninterrupted run's weights, optimizer state
+  and loss."""
+  import shutil
+
+  from tests.test_checkpointing import _damage
+
   # Evaluation does not touch the training state: switch it off (and check overrides work).
   no_eval = '--config.eval_every_steps=0'
   # Only the signal saves: periodic checkpoints and the end lie far past it.
@@ -148,11 +154,17 @@ def test_a_stop_signal_then_a_kill_lose_nothing_and_the_run_ends_as_if_uninterru
   assert 'Resumed from step 1' in output, output[-3000:]
   killed_at = checkpointing.latest_step(tmp_path)
   assert killed_at is not None and killed_at < NUM_STEPS, 'the run finished before the kill'
+  shutil.copytree(
+    uninterrupted / 'checkpoints' / str(NUM_STEPS), tmp_path / 'checkpoints' / str(NUM_STEPS)
+  )
+  _damage(tmp_path / 'checkpoints' / str(NUM_STEPS), 'truncate')
+  shutil.copytree(uninterrupted / 'best', tmp_path / 'best')
 
-  code, output = _train(tmp_path, config_file, no_eval)
+  code, output = _train(tmp_path, config_file)  # evaluates at step 6
   assert code == 0, output[-5000:]
-  assert not (tmp_path / 'eval.jsonl').exists()
-  assert f'Resumed from step {killed_at}' in output
+  assert f'Resumed from step {killed_at}' in output and 'Set the damaged checkpoint aside' in output
+  assert 'Event loop is closed' not in output and 'Traceback' not in output
+  assert (tmp_path / 'checkpoints' / f'{NUM_STEPS}.damaged').is_dir()
   assert checkpointing.latest_step(tmp_path) == NUM_STEPS
   resumed = _checkpoint_arrays(tmp_path, NUM_STEPS)
   reference = _checkpoint_arrays(uninterrupted, NUM_STEPS)
@@ -165,24 +177,11 @@ def test_a_stop_signal_then_a_kill_lose_nothing_and_the_run_ends_as_if_uninterru
   # One row per logged step (the stop logs its step): rows written after the
   # checkpoint a run resumes from are not repeated.
   assert [r['step'] for r in _read_jsonl(tmp_path / 'metrics.jsonl')] == [1, 2, 4, 6]
-
-
-def test_resume_past_a_damaged_step_with_best_from_before_is_clean(
-  tmp_path, config_file, uninterrupted
-):
-  import shutil
-
-  from tests.test_checkpointing import _damage
-
-  workdir = tmp_path / 'run'
-  shutil.copytree(uninterrupted, workdir)
-  _damage(workdir / 'checkpoints' / str(NUM_STEPS), 'truncate')
-  code, output = _train(workdir, config_file, '--config.num_train_steps=9')
-  assert code == 0, output[-5000:]
-  assert 'Resumed from step 4' in output and 'Set the damaged checkpoint aside' in output
-  assert 'Event loop is closed' not in output and 'Traceback' not in output
-  assert checkpointing.latest_step(workdir) == 9
-  json.loads((workdir / 'best' / 'best.json').read_text())
+  evals = _read_jsonl(tmp_path / 'eval.jsonl')
+  assert [e['step'] for e in evals] == [NUM_STEPS]
+  reference_eval = _read_jsonl(uninterrupted / 'eval.jsonl')[-1]
+  assert evals[0]['eval/wpsnr'] == pytest.approx(reference_eval['eval/wpsnr'], abs=1e-3)
+  assert checkpointing.read_best(tmp_path)['wpsnr'] >= evals[0]['eval/wpsnr']
 
 
 def _free_port() -> int:
@@ -268,15 +267,35 @@ def _signal_once_training_starts(proc, signum):
   return seen.decode(errors='replace') + out
 
 
-def test_ctrl_c_during_training_saves_the_step_in_flight(tmp_path, config_file):
-  """SIGINT takes the way SIGTERM does (the test above continues such a run)."""
-  args = ('--config.eval_every_steps=0', '--config.checkpoint_every_steps=1000')
-  proc = _train(tmp_path, config_file, *args, '--config.num_train_steps=1000', wait=False)
-  output = _signal_once_training_starts(proc, signal.SIGINT)
-  assert proc.returncode == 0, output[-5000:]
-  assert 'Stopped by SIGINT after step 1, checkpoint saved' in output, output[-3000:]
-  assert 'Traceback' not in output and 'KeyboardInterrupt' not in output
+def test_ctrl_c_during_training_saves_the_step_in_flight(tmp_path, monkeypatch, caplog):
+  """SIGINT takes the way SIGTERM does (the test above sends SIGTERM to
+  train.py): here it reaches this process while step 1 is dispatched."""
+  from lmdvit_jax import train_lib, training
+  from tests.helpers import small_config
+
+  real = train_lib.make_train_step
+
+  def make_interrupted_step(*args):
+    step = real(*args)
+
+    def first_interrupted(state, batch):
+      if not calls:
+        os.kill(os.getpid(), signal.SIGINT)
+      calls.append(1)
+      return step(state, batch)
+
+    return first_interrupted
+
+  calls = []
+  monkeypatch.setattr(train_lib, 'make_train_step', make_interrupted_step)
+  config = small_config()
+  config.update(num_train_steps=1000, checkpoint_every_steps=1000, eval_every_steps=0)
+  before = signal.getsignal(signal.SIGINT)
+  training.train_and_evaluate(config, tmp_path)  # returns: no KeyboardInterrupt
+  assert len(calls) == 1
+  assert 'Stopped by SIGINT after step 1, checkpoint saved' in caplog.text
   assert checkpointing.latest_step(tmp_path) == 1
+  assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
 
 
 def test_two_processes_resume_train_like_one_and_agree_on_a_preemption(
