@@ -49,7 +49,11 @@ def small_config() -> ml_collections.ConfigDict:
 
 
 def subprocess_env(**extra) -> dict[str, str]:
+  """The environment of the commands tests start: the shared compilation cache,
+  and no restart onto huge pages unless asked (`LMDVIT_HUGE_PAGES`): for the
+  tests' small programs huge pages cost more than they save (docs/tests.md)."""
   env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=CACHE_DIR, **extra)
+  env.setdefault('LMDVIT_HUGE_PAGES', '0')
   env['PYTHONPATH'] = os.pathsep.join([str(REPO), env.get('PYTHONPATH', '')])
   return env
 

@@ -1,6 +1,5 @@
 """Every documented entry point runs as written, and fails the same way: one line."""
 
-import os
 import re
 import signal
 import subprocess
@@ -9,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import REPO, run_commands
+from tests.helpers import REPO, run_commands, subprocess_env
 
 ENTRY_POINTS = (
   [
@@ -60,7 +59,7 @@ def _one_error_line(proc, prog, *needles):
 
 def _env() -> dict[str, str]:
   # No PYTHONPATH: the installed (editable) package must be what is imported.
-  return {k: v for k, v in os.environ.items() if k != 'PYTHONPATH'}
+  return {k: v for k, v in subprocess_env().items() if k != 'PYTHONPATH'}
 
 
 def _run(args, cwd=REPO, timeout=180):
@@ -120,7 +119,7 @@ def test_ctrl_c_before_training_starts_is_one_line(tmp_path):
     stdout=subprocess.PIPE,
     stderr=subprocess.STDOUT,
     text=True,
-    env={k: v for k, v in os.environ.items() if k != 'PYTHONPATH'},
+    env=_env(),
   )
   lines = []
   for line in proc.stdout:  # The first log line: the run has started setting up.

@@ -31,8 +31,8 @@ def test_shipped_weights_load_and_beat_the_input_on_held_out_images(tmp_path):
   proc = _demo(
     tmp_path,
     f'--workdir={workdir}',
-    '--config.demo.data=synthetic?size=384x256&count=2&seed=7',
-    '--config.demo.outside_data=outside?size=384x256&count=1',
+    '--config.demo.data=synthetic?size=256x256&count=2&seed=7',
+    '--config.demo.outside_data=outside?size=256x256&count=1',
     '--config.demo.num_panels=2',
   )
   assert proc.returncode == 0, proc.stderr[-3000:]

@@ -62,7 +62,7 @@ cli.run(main)
 
 @pytest.mark.parametrize('opt_out', [False, True])
 def test_a_script_runs_once_with_its_arguments_and_the_tunable_where_it_helps(opt_out):
-  env = subprocess_env(**({host_memory.OPT_OUT: '0'} if opt_out else {}))
+  env = subprocess_env(**{host_memory.OPT_OUT: '0' if opt_out else '1'})
   env.pop('GLIBC_TUNABLES', None)
   proc = subprocess.Popen(
     [sys.executable, '-c', SCRIPT, 'a', 'b c'],
