@@ -54,4 +54,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  cli.run(main, quiet=True)
+  cli.run(main, quiet=True, huge_pages=False)  # small programs, a few calls

@@ -226,14 +226,19 @@ def _deliver_lost_interrupts(
   previous(unraisable)
 
 
-def run(main: Callable[[list[str]], int | None], quiet: bool = False) -> None:
+def run(
+  main: Callable[[list[str]], int | None], quiet: bool = False, huge_pages: bool = True
+) -> None:
   """`absl.app.run(main)` with one-line errors (see the module docstring), in a
   process whose large allocations go on huge pages (`host_memory`).
 
   Libraries' INFO logs are left out unless `--verbosity` is given. `quiet`:
   log warnings and errors only (a command that prints results keeps them
-  readable)."""
-  host_memory.restart_with_huge_pages()
+  readable). `huge_pages=False`: no restart onto huge pages, for a command of
+  a few short calls of small programs, where mapping 2 MiB pages costs more
+  than it saves (docs/performance.md)."""
+  if huge_pages:
+    host_memory.restart_with_huge_pages()
 
   def guarded(argv: list[str]) -> int | None:
     if not flags.FLAGS['verbosity'].present:

@@ -10,8 +10,10 @@ step on a 2-core CPU (`benchmarks/train_step.py`, page-fault column). glibc's
 
 Tunables are read once, when the process starts, so `restart_with_huge_pages`
 re-executes the command with the tunable set (same pid, arguments and
-environment otherwise). `cli.run` calls it before parsing flags, so every script
-of the project starts this way; `LMDVIT_HUGE_PAGES=0` turns it off.
+environment otherwise). `cli.run` calls it before parsing flags, so the
+project's scripts start this way (not `demo.py`: for a few calls of small
+programs the 2 MiB pages zeroed at start-up cost more than they save);
+`LMDVIT_HUGE_PAGES=0` turns it off.
 """
 
 from __future__ import annotations

@@ -56,16 +56,17 @@ import os, sys
 from lmdvit_jax import cli
 def main(argv):
   print(os.getpid(), os.environ.get('GLIBC_TUNABLES', ''), ' '.join(argv[1:]))
-cli.run(main)
+cli.run(main, huge_pages=sys.argv.pop(1) == 'on')
 '''
 
 
-@pytest.mark.parametrize('opt_out', [False, True])
-def test_a_script_runs_once_with_its_arguments_and_the_tunable_where_it_helps(opt_out):
+@pytest.mark.parametrize('opt_out, command', [(False, 'on'), (True, 'on'), (False, 'off')])
+def test_a_script_runs_once_with_its_arguments_and_the_tunable_where_it_helps(opt_out, command):
+  """`command`: whether the script asks for huge pages (`cli.run(huge_pages=...)`)."""
   env = subprocess_env(**{host_memory.OPT_OUT: '0' if opt_out else '1'})
   env.pop('GLIBC_TUNABLES', None)
   proc = subprocess.Popen(
-    [sys.executable, '-c', SCRIPT, 'a', 'b c'],
+    [sys.executable, '-c', SCRIPT, command, 'a', 'b c'],
     cwd=REPO,
     env=env,
     stdout=subprocess.PIPE,
@@ -79,10 +80,13 @@ def test_a_script_runs_once_with_its_arguments_and_the_tunable_where_it_helps(op
   pid, tunables, args = lines[0].split(' ', 2)
   assert int(pid) == proc.pid  # re-executed in place, not a child process
   assert args == 'a b c'
-  expected = host_memory.needs_restart(env, host_memory.thp_mode(), host_memory.glibc_version())
+  expected = command == 'on' and host_memory.needs_restart(
+    env, host_memory.thp_mode(), host_memory.glibc_version()
+  )
   assert (tunables == host_memory.TUNABLE) is expected
   assert expected is (
-    not opt_out
+    command == 'on'
+    and not opt_out
     and host_memory.thp_mode() == 'madvise'
     and (host_memory.glibc_version() or (0,)) >= host_memory.MIN_GLIBC
   )
