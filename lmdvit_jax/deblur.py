@@ -172,10 +172,7 @@ def run(
       raise FileNotFoundError(f'checkpoint directory not found: {checkpoint}')
     # No warm-up: timings here are informative only, and it would double the
     # work of the first image of every size.
-    deblurrer = Deblurrer.from_checkpoint(
-      checkpoint, step, settings, warmup=False, progress=progress
-    )
-    deblurrer.check_memory()
+    deblurrer = Deblurrer.for_command(checkpoint, step, settings, warmup=False, progress=progress)
   except (FileNotFoundError, ValueError, checkpointing.CheckpointError) as e:
     cli.error(str(e))
     return 2

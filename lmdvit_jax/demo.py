@@ -175,8 +175,7 @@ def run(
     capacity='exact', keep_threshold=keep_threshold, self_ensemble=self_ensemble
   )
   # One deblurrer for both sets: an image size compiles (and warms up) once.
-  deblurrer = Deblurrer.from_checkpoint(workdir, None, settings, progress=progress)
-  deblurrer.check_memory()
+  deblurrer = Deblurrer.for_command(workdir, None, settings, progress=progress)
   result = evaluation.evaluate(
     str(workdir),
     config.demo.data,

@@ -291,12 +291,9 @@ def evaluate(
   source = open_source(data, split=split)
   if deblurrer is None:
     # Loading the model checks the tiling settings against its grid before any data is read.
-    deblurrer = Deblurrer.from_checkpoint(
-      checkpoint, step, settings, warmup=warmup, progress=progress
-    )
-    deblurrer.check_memory()
+    deblurrer = Deblurrer.for_command(checkpoint, step, settings, warmup=warmup, progress=progress)
   elif settings is not None or step is not None:
-    raise ValueError('give evaluate settings and a step, or a loaded deblurrer, not both')
+    raise ValueError('evaluate takes settings and a step, or a loaded deblurrer: not both')
   files.check_writable_dir(out_dir)  # before minutes of evaluation, not after
   good, bad = check_source(source, max_images)
   if bad and not skip_bad:

@@ -223,6 +223,20 @@ class Deblurrer:
     settings = (settings or InferenceSettings()).with_recorded(recorded)
     return cls(model_from_kwargs(kwargs), params, settings, **options)
 
+  @classmethod
+  def for_command(
+    cls,
+    directory: str | Path,
+    step: int | None = None,
+    settings: InferenceSettings | None = None,
+    **options: Any,
+  ) -> Deblurrer:
+    """`from_checkpoint`, then `check_memory`: what a command loads, so that a
+    memory budget no image fits in stops it before any image is read."""
+    deblurrer = cls.from_checkpoint(directory, step, settings, **options)
+    deblurrer.check_memory()
+    return deblurrer
+
   @property
   def blocks(self) -> tuple[pruning.DecisionBlock, ...]:
     return decision_blocks(self.model)
